@@ -11,13 +11,20 @@
 # %% [markdown]
 # # 01 · Teacher traces
 #
-# Loads the experiment's items (train and held-out evaluation split) and obtains rationales for the
-# training items in two ways:
+# Loads the experiment's items (training and held-out evaluation split) and collects rationales for the
+# training items in three ways:
 #
-# * **rule-written** chains of thought built from each item's gold supporting facts, and
-# * an **LLM teacher** prompted few-shot through `transformers` (label last: "... So the answer is X").
+# * **rule-written** reasoning from each item's gold supporting facts;
+# * an **LLM teacher** (local `transformers`, any OpenAI-compatible server, or vLLM) under versioned prompt
+#   recipes: few-shot CoT with the label last or first, rationalisation of the gold answer, critique then
+#   revision, and counterfactual rationales for wrong choices. Every completion goes through a
+#   content-hashed cache, so a rerun makes no model calls;
+# * **imported** published outputs: distilling step-by-step's PaLM CoT and Hendriks et al.'s rationale sets.
 #
-# Writes `teacher_traces/items.parquet` and `teacher_traces/traces.parquet` with a `meta.json`.
+# Each rationale is checked: its label is parsed (or is the label it was asked to explain), compared with
+# gold, and scanned for statements of the label (leaks). Filters then keep what the params ask for.
+# Writes `teacher_traces/items.parquet`, `teacher_traces/traces.parquet` (kept rows) and
+# `teacher_traces/filter_report.csv`, with a `meta.json` holding the cache statistics.
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"
@@ -33,13 +40,40 @@ dataset = {
     "n_eval": 32,
     "options": {},
 }
+rule_traces = True
 teacher = {
+    "backend": "transformers",
     "model": "smollm2-135m-instruct",
-    "prompt": "cot_label_last",
-    "n_items": 4,
-    "max_new_tokens": 64,
-    "batch_size": 4,
+    "revision": None,
+    "endpoint": "chat",
+    "base_url": None,
+    "api_key_env": None,
+    "max_concurrency": 8,
+    "dtype": "auto",
+    "batch_size": 8,
 }
+generation = {
+    "recipes": ["cot_label_last", "label_first", "rationalize", "critique_revision"],
+    "n_items": 4,
+    "n_shots": 2,
+    "exemplars_file": None,
+    "samples": 1,
+    "temperature": 0.0,
+    "top_p": 1.0,
+    "max_new_tokens": 64,
+    "stop": [],
+    "critique_revision": [
+        {
+            "critique": "Point out the specific ways in which your explanation is inaccurate, vague or "
+            "incomplete, and what it would need to show why this answer is right.",
+            "revision": "Rewrite your explanation so that it fixes every problem in the critique. Keep it "
+            "short, accurate and specific, and say briefly why the other choices are worse.",
+        }
+    ],
+}
+imports = []
+filters = {"keep_label_correct": False, "drop_duplicates": True, "drop_leaking": False}
+cache_path = None
 
 # %%
 import pandas as pd
@@ -48,9 +82,9 @@ import plotly.express as px
 from kdlib import config, io, plots
 from kdlib.data import load_split
 from kdlib.data.schema import items_to_frame
-from kdlib.models import load_model, resolve_device
 from kdlib.paths import RunLayout
-from kdlib.teacher import llm_traces, rule_traces, summarise_traces
+from kdlib.teacher.rationales import filter_traces, summarise_traces
+from kdlib.teacher.stage import collect_rationales
 
 common, cfg = config.notebook_params("01_teacher_traces", globals())
 run = RunLayout(run_dir)
@@ -82,53 +116,77 @@ items.groupby(["role", "question_type"], dropna=False).size().unstack(fill_value
 items[["id", "split", "question", "answer", "context"]].head(5)
 
 # %% [markdown]
-# ## Rule-written traces
+# ## Rationales
+# The teacher sees `n_shots` worked exemplars (training items it is not asked about), never the gold label
+# of an item it must answer; rationalisation recipes are given the label on purpose.
 
 # %%
-rules = rule_traces(train_items)
-rules[["item_id", "rationale", "parsed_label"]].head(5)
-
-# %% [markdown]
-# ## LLM teacher
-# The teacher sees two rule-written exemplars, never the gold label of the item it answers.
-
-# %%
-model, tokenizer = load_model(cfg.teacher.model, device=resolve_device(common.device), seed=common.seed)
-exemplars, asked = train_items[:2], train_items[2 : 2 + cfg.teacher.n_items]
-llm = llm_traces(
-    asked,
-    exemplars,
-    model,
-    tokenizer,
-    model_name=cfg.teacher.model,
-    prompt=cfg.teacher.prompt,
-    max_new_tokens=cfg.teacher.max_new_tokens,
-    batch_size=cfg.teacher.batch_size,
+traces, report = collect_rationales(
+    cfg, train_items, device=common.device, seed=common.seed, data_dir=common.data_dir
 )
-del model
-llm[["item_id", "rationale", "parsed_label", "gold_label", "label_correct"]]
-
-# %%
-traces = pd.concat([rules, llm], ignore_index=True)
+print(f"model calls: {report.model_calls}; cache: {report.cache}")
 summary = summarise_traces(traces)
 summary
+
+# %% [markdown]
+# ## Filters
+# Rows in and rows each filter dropped, per source and recipe.
+
+# %%
+kept, filter_report = filter_traces(traces, **cfg.filters.model_dump())
+filter_report
+
+# %% [markdown]
+# ## Parse rate, agreement with gold and leak rate
+
+# %%
+rates = summary.melt(
+    id_vars=["source", "recipe"],
+    value_vars=["parse_rate", "agreement_with_gold", "leak_rate"],
+    var_name="measure",
+    value_name="share",
+)
+px.bar(
+    rates,
+    x="recipe",
+    y="share",
+    color="measure",
+    barmode="group",
+    facet_col="source",
+    range_y=[0, 1],
+    title="Per recipe: label parse rate, agreement with gold, label-leak rate",
+)
 
 # %%
 px.histogram(
     traces.assign(words=traces["rationale"].str.split().str.len()),
     x="words",
-    color="source",
+    color="recipe",
+    facet_row="source",
     barmode="overlay",
     title="Rationale length (words)",
 )
 
+# %% [markdown]
+# ## Examples per recipe
+
+# %%
+pd.set_option("display.max_colwidth", 300)
+examples = traces.groupby(["source", "recipe"]).head(2)
+examples[["source", "recipe", "item_id", "rationale", "parsed_label", "gold_label", "leaks_label"]]
+
 # %%
 io.write_parquet(run.items, items)
-io.write_parquet(run.traces, traces)
+io.write_parquet(run.traces, kept)
+io.write_csv(run.stage("teacher_traces") / "filter_report.csv", filter_report)
 io.write_meta(
     run.stage("teacher_traces"),
     params={"common": common.model_dump(), "teacher_traces": cfg.model_dump()},
-    artifacts=[run.items.name, run.traces.name],
-    counts={"items": len(items), "traces": len(traces)},
-    summary=summary.reset_index().to_dict(orient="records"),
+    artifacts=[run.items.name, run.traces.name, "filter_report.csv"],
+    counts={"items": len(items), "rationales": len(traces), "kept": len(kept)},
+    cache=report.cache,
+    model_calls=report.model_calls,
+    asked_items=report.asked_items,
+    exemplar_items=report.exemplar_items,
+    summary=summary.to_dict(orient="records"),
 )

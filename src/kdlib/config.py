@@ -7,11 +7,12 @@ naming the file and the dotted key.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdlib.paths import check_run_name
 
@@ -50,18 +51,124 @@ class DatasetParams(Schema):
 
 
 class TeacherParams(Schema):
-    model: str = Field("smollm2-135m-instruct", description="Teacher LM: a kdlib model name, HF id or path.")
-    prompt: Literal["cot_label_last"] = Field("cot_label_last", description="Prompt recipe for rationales.")
-    n_items: int = Field(4, ge=0, description="Training items the LLM teacher writes rationales for.")
-    max_new_tokens: int = Field(64, gt=0, description="Generation budget per rationale.")
-    batch_size: int = Field(4, gt=0, description="Prompts per generate() call (left-padded).")
+    """The teacher LM and how it is reached; see kdlib.teacher.backends."""
+
+    backend: Literal["transformers", "openai", "vllm"] = Field(
+        "transformers", description="transformers (local), openai (any OpenAI-compatible server) or vllm."
+    )
+    model: str = Field(
+        "smollm2-135m-instruct", description="A kdlib model name, HF id, local path or served id."
+    )
+    revision: str | None = Field(
+        None,
+        description="Hub revision, or for servers a tag you choose (e.g. the weights' sha256): cache key.",
+    )
+    endpoint: Literal["chat", "completions"] = Field(
+        "chat", description="chat: chat template / chat API; completions: one flat prompt."
+    )
+    base_url: str | None = Field(
+        None, description="openai backend: server URL, e.g. http://127.0.0.1:8000/v1."
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="openai backend: NAME of the environment variable holding the API key (never the key).",
+    )
+    max_concurrency: int = Field(8, gt=0, description="openai backend: requests in flight at once.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="transformers backend: auto is bf16 where the hardware supports it."
+    )
+    batch_size: int = Field(8, gt=0, description="transformers backend: prompts per generate() call.")
+
+    @model_validator(mode="after")
+    def _server_needs_url(self) -> TeacherParams:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend 'openai' needs base_url")
+        if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            raise ValueError("api_key_env must be an environment variable NAME, not a key")
+        return self
+
+
+class CritiqueRevisionParams(Schema):
+    critique: str = Field(description="Critique request, sent after the teacher's rationale.")
+    revision: str = Field(description="Revision request, sent after the teacher's critique.")
+
+
+def _default_critique_revision() -> list[CritiqueRevisionParams]:
+    from kdlib.teacher.recipes import DEFAULT_CRITIQUE_REVISION
+
+    return [
+        CritiqueRevisionParams(critique=p.critique, revision=p.revision) for p in DEFAULT_CRITIQUE_REVISION
+    ]
+
+
+class GenerationParams(Schema):
+    """Which rationales the teacher writes, for how many items, and how it decodes."""
+
+    recipes: list[
+        Literal["cot_label_last", "label_first", "rationalize", "critique_revision", "counterfactual"]
+    ] = Field(
+        default_factory=lambda: ["cot_label_last"], description="Prompt recipes; see kdlib.teacher.recipes."
+    )
+    n_items: int = Field(4, ge=0, description="Training items the teacher writes rationales for (0: none).")
+    n_shots: int = Field(2, ge=0, description="Worked exemplars in each prompt (training items not asked).")
+    exemplars_file: str | None = Field(
+        None, description="YAML list of {question, answer, rationale, choices?, context?}; else rule-written."
+    )
+    samples: int = Field(1, gt=0, description="Rationales per prompt; more than 1 needs temperature > 0.")
+    temperature: float = Field(0.0, ge=0.0, description="0 is greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
+    max_new_tokens: int = Field(64, gt=0, description="Generation budget per completion.")
+    stop: list[str] = Field(
+        default_factory=list, description="Stop strings; the completion ends before them."
+    )
+    critique_revision: list[CritiqueRevisionParams] = Field(
+        default_factory=_default_critique_revision,
+        min_length=1,
+        description="critique_revision recipe: (critique, revision) request pairs, applied in order.",
+    )
+
+    @model_validator(mode="after")
+    def _samples_need_sampling(self) -> GenerationParams:
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError("samples > 1 needs temperature > 0 (greedy decoding repeats itself)")
+        return self
+
+
+class ImportParams(Schema):
+    """Published teacher outputs to import; see kdlib.teacher.importers."""
+
+    source: Literal["palm_cot", "hendriks"] = Field(
+        description="palm_cot (distilling step-by-step) or hendriks."
+    )
+    dataset: Literal["cqa", "svamp", "anli1"] = Field("cqa", description="palm_cot: which dataset.")
+    teacher: Literal["llama", "qwen"] = Field("llama", description="hendriks: which teacher's rationales.")
+    split: str = Field("train", description="Split as the source names it (cqa: train/test).")
+    kinds: list[Literal["positive", "negative", "revised", "counterfactual"]] = Field(
+        default_factory=lambda: ["positive"], description="hendriks: which rationale sets."
+    )
+    only_run_items: bool = Field(
+        True, description="Keep only rows for this run's items (matched by item id)."
+    )
+
+
+class FilterParams(Schema):
+    keep_label_correct: bool = Field(False, description="Keep only rationales whose label matches gold.")
+    drop_duplicates: bool = Field(True, description="Drop repeated rationales of one item and recipe.")
+    drop_leaking: bool = Field(False, description="Drop rationales that state their label (text or letter).")
 
 
 class TeacherTracesParams(Schema):
-    """01_teacher_traces: load items, write rule traces and LLM-teacher rationales."""
+    """01_teacher_traces: load items; generate, import and filter rationales."""
 
     dataset: DatasetParams = Field(default_factory=DatasetParams, description="What data to load.")
-    teacher: TeacherParams = Field(default_factory=TeacherParams, description="The LLM teacher.")
+    rule_traces: bool = Field(True, description="Add rationales written by rule from gold supporting facts.")
+    teacher: TeacherParams = Field(default_factory=TeacherParams, description="The teacher LM.")
+    generation: GenerationParams = Field(default_factory=GenerationParams, description="Teacher rationales.")
+    imports: list[ImportParams] = Field(default_factory=list, description="Published rationales to import.")
+    filters: FilterParams = Field(default_factory=FilterParams, description="Which rationales are kept.")
+    cache_path: str | None = Field(
+        None, description="Generation cache (SQLite); null: $KDLIB_CACHE/teacher_generations.sqlite."
+    )
 
 
 class DecompositionParams(Schema):

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,6 +225,52 @@ def load_model(
     return model.to(device=device, dtype=dtype), tokenizer
 
 
+def _weights_digest(folder: Path) -> str:
+    """sha256 over a model folder's config and weight files, memoised by (path, size, mtime)."""
+    import hashlib
+    import json
+
+    files = sorted(
+        f for f in folder.iterdir() if f.suffix in {".safetensors", ".bin"} or f.name == "config.json"
+    )
+    stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    memo_path = cache_dir() / "fingerprints.json"
+    memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+    memo_key = json.dumps(stamp)
+    if memo_key not in memo:
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.name.encode())
+            with f.open("rb") as handle:
+                while block := handle.read(1 << 24):
+                    digest.update(block)
+        memo[memo_key] = digest.hexdigest()
+        from kdlib.io import write_json
+
+        write_json(memo_path, memo)
+    return memo[memo_key]
+
+
+def model_fingerprint(name_or_path: str, *, revision: str | None = None, seed: int = 0) -> str:
+    """What pins a model's weights, for cache keys: a weight-file hash, a hub revision, or the init seed."""
+    if name_or_path in TINY:
+        return f"random-init seed={seed}"
+    source = resolve_pretrained(name_or_path)
+    if Path(source).is_dir():
+        return "sha256:" + _weights_digest(Path(source))
+    return f"hub revision={revision or 'main'}"
+
+
+def preferred_dtype(device: torch.device, choice: str = "auto") -> torch.dtype:
+    """bf16 on a GPU that supports it or a CPU with native bf16 instructions, else fp32; or as chosen."""
+    if choice != "auto":
+        return getattr(torch, choice)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -236,19 +282,79 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, user: str, system: str | None = None) -> str:
-    """The prompt text for one user turn, ending where the assistant's reply starts.
+    """The prompt text for one user turn, ending where the assistant's reply starts."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": user})
+    return render_messages(tokenizer, messages)
+
+
+def render_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+    """A conversation through the tokenizer's chat template, ending where the assistant's reply starts.
 
     It always starts with the tokenizer's BOS token (Gemma degenerates without it), since prompts are
     tokenised with add_special_tokens=False everywhere.
     """
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": user})
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     bos = tokenizer.bos_token
     return text if not bos or text.startswith(bos) else bos + text
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any stop string (the stop string itself is dropped)."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+    return text[:cut]
+
+
 @torch.inference_mode()
+def iter_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop: Sequence[str] = (),
+    seed: int = 0,
+    desc: str = "generate",
+) -> Iterator[list[tuple[int, str]]]:
+    """Continuations of `prompts` (already chat-formatted), yielded batch by batch as (index, text) pairs.
+
+    Batches are left-padded and sorted by prompt length so each pads little. temperature 0 is greedy;
+    above 0 samples with top-p, seeded per batch. Texts are decoded without special tokens and cut at
+    the first end-of-turn and at the first stop string.
+    """
+    from tqdm.auto import tqdm
+
+    tokenizer.padding_side = "left"
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    device = next(model.parameters()).device
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if temperature > 0
+        else {"do_sample": False}
+    )
+    stopping = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
+    model.eval()
+    for batch_number, start in enumerate(tqdm(range(0, len(order), batch_size), desc=desc, unit="batch")):
+        batch = order[start : start + batch_size]
+        padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
+        torch.manual_seed(seed + batch_number)
+        generated = model.generate(
+            **padded,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **sampling,
+            **stopping,
+        )
+        new_tokens = generated[:, padded["input_ids"].shape[1] :]
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        yield [(i, cut_at_stop(text, stop).strip()) for i, text in zip(batch, texts, strict=True)]
+
+
 def generate_texts(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -258,30 +364,11 @@ def generate_texts(
     batch_size: int,
     desc: str = "generate",
 ) -> list[str]:
-    """Greedy continuations of `prompts` (already chat-formatted), batched with left padding.
-
-    Prompts are sorted by length so each batch pads little; outputs come back in input order,
-    decoded without special tokens and cut at the first end-of-turn.
-    """
-    from tqdm.auto import tqdm
-
-    tokenizer.padding_side = "left"
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    """Greedy continuations of `prompts` (already chat-formatted), in input order; see iter_generate."""
     outputs: list[str] = [""] * len(prompts)
-    device = next(model.parameters()).device
-    model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-        batch = order[start : start + batch_size]
-        padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
-        generated = model.generate(
-            **padded,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        new_tokens = generated[:, padded["input_ids"].shape[1] :]
-        for i, row in zip(batch, new_tokens, strict=True):
-            outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    for batch in iter_generate(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc
+    ):
+        for i, text in batch:
+            outputs[i] = text
     return outputs

@@ -1,0 +1,1 @@
+"""Teacher rationales: backends, a generation cache, prompt recipes, importers and rationale rows."""

@@ -1,0 +1,122 @@
+"""Notebook 01's wiring: every rationale a run asks for (rule-written, generated, imported) as one table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from kdlib.config import GenerationParams, ImportParams, TeacherParams, TeacherTracesParams
+from kdlib.data.schema import QAItem
+from kdlib.teacher import importers
+from kdlib.teacher.backends import Backend, Decoding, OpenAIBackend, TransformersBackend, VLLMBackend
+from kdlib.teacher.cache import GenerationCache
+from kdlib.teacher.rationales import rule_traces, traces_frame
+from kdlib.teacher.recipes import (
+    CritiqueRevision,
+    exemplars_from_items,
+    generate_rationales,
+    load_exemplars,
+)
+
+
+def make_backend(params: TeacherParams, *, device: str, seed: int) -> Backend:
+    if params.backend == "openai":
+        return OpenAIBackend(
+            params.model,
+            base_url=params.base_url,
+            api_key_env=params.api_key_env,
+            endpoint=params.endpoint,
+            max_concurrency=params.max_concurrency,
+            revision=params.revision,
+        )
+    if params.backend == "vllm":
+        return VLLMBackend(params.model, endpoint=params.endpoint, revision=params.revision, seed=seed)
+    return TransformersBackend(
+        params.model,
+        endpoint=params.endpoint,
+        device=device,
+        dtype=params.dtype,
+        batch_size=params.batch_size,
+        revision=params.revision,
+        seed=seed,
+    )
+
+
+def decoding_of(params: GenerationParams, seed: int) -> Decoding:
+    return Decoding(
+        max_new_tokens=params.max_new_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        stop=tuple(params.stop),
+        seed=seed,
+    )
+
+
+def import_rationales(spec: ImportParams, items: list[QAItem], data_dir: str | None) -> pd.DataFrame:
+    if spec.source == "palm_cot":
+        rows = importers.palm_cot(spec.dataset, spec.split, data_dir)
+    else:
+        rows = importers.hendriks(spec.teacher, spec.split, spec.kinds, data_dir)
+    if spec.only_run_items:
+        rows = rows[rows["item_id"].isin({item.id for item in items})]
+    return rows.reset_index(drop=True)
+
+
+@dataclass
+class TeacherReport:
+    """What the teacher stage did: which items it asked, its cache statistics, the backend's calls."""
+
+    asked_items: list[str] = field(default_factory=list)
+    exemplar_items: list[str] = field(default_factory=list)
+    cache: dict = field(default_factory=dict)
+    model_calls: int = 0
+
+
+def collect_rationales(
+    cfg: TeacherTracesParams,
+    train_items: list[QAItem],
+    *,
+    device: str,
+    seed: int,
+    data_dir: str | None,
+) -> tuple[pd.DataFrame, TeacherReport]:
+    """All rationale rows of a run, before filtering, and a report for meta.json."""
+    report = TeacherReport()
+    parts = [rule_traces([item for item in train_items if item.supporting_facts])] if cfg.rule_traces else []
+    gen = cfg.generation
+    if gen.recipes and gen.n_items:
+        if gen.exemplars_file:
+            exemplars, asked = load_exemplars(gen.exemplars_file)[: gen.n_shots], train_items[: gen.n_items]
+        else:
+            shots = train_items[: gen.n_shots]
+            exemplars, asked = (
+                exemplars_from_items(shots),
+                train_items[gen.n_shots : gen.n_shots + gen.n_items],
+            )
+            report.exemplar_items = [item.id for item in shots]
+        report.asked_items = [item.id for item in asked]
+        backend = make_backend(cfg.teacher, device=device, seed=seed)
+        pairs = tuple(CritiqueRevision(p.critique, p.revision) for p in gen.critique_revision)
+        with GenerationCache(cfg.cache_path) as cache:
+            for recipe in gen.recipes:
+                parts.append(
+                    generate_rationales(
+                        recipe,
+                        asked,
+                        exemplars,
+                        backend,
+                        cache,
+                        decoding_of(gen, seed),
+                        samples=gen.samples,
+                        critique_revision=pairs,
+                        model_name=cfg.teacher.model,
+                    )
+                )
+            report.cache = {**cache.stats.as_dict(), "entries": len(cache), "path": str(cache.path)}
+        report.model_calls = backend.calls
+        backend.close()
+    parts += [import_rationales(spec, train_items, data_dir) for spec in cfg.imports]
+    parts = [p for p in parts if len(p)]
+    traces = pd.concat(parts, ignore_index=True) if parts else traces_frame([])
+    return traces, report
