@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.kdlib-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# llama-cpp-python (dev extra) compiles llama.cpp: build the library only, not its examples and tests.
+export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF
 
 .PHONY: venv demo test lint lab clean-outputs
 

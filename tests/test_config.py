@@ -70,6 +70,24 @@ def test_notebook_defaults_equal_demo_params():
         ),
         ("common: {run_name: ../../etc}", "common.run_name", "no '..'"),
         ("evaluate: {}", "evaluate", "unknown key"),
+        ("teacher_traces: {teacher: {backend: openai}}", "teacher_traces.teacher", "needs base_url"),
+        (
+            "teacher_traces: {teacher: {backend: openai, base_url: 'http://x/v1', api_key_env: 'sk-123'}}",
+            "teacher_traces.teacher",
+            "NAME, not a key",
+        ),
+        ("teacher_traces: {generation: {samples: 4}}", "teacher_traces.generation", "temperature > 0"),
+        (
+            "teacher_traces: {generation: {recipes: [socratic]}}",
+            "teacher_traces.generation.recipes.0",
+            "cot_label",
+        ),
+        ("teacher_traces: {imports: [{source: gpt4}]}", "teacher_traces.imports.0.source", "palm_cot"),
+        (
+            "teacher_traces: {generation: {top_p: 1.5}}",
+            "teacher_traces.generation.top_p",
+            "less than or equal",
+        ),
     ],
 )
 def test_bad_params_name_file_and_key(tmp_path, text, key, message):

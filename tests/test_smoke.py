@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -15,9 +16,20 @@ SMOKE = load_params(PARAMS_DIR / "smoke.yaml")
 pytestmark = pytest.mark.slow
 
 
-def kdlib(*args, check=True):
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    """A private kdlib cache (teacher generations, fingerprints): the smoke run starts cold."""
+    return {**os.environ, "KDLIB_CACHE": str(tmp_path_factory.mktemp("kdlib-cache"))}
+
+
+def kdlib(*args, check=True, env=None):
     result = subprocess.run(
-        [sys.executable, "-m", "kdlib", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "kdlib", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"kdlib {' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}")
@@ -25,9 +37,9 @@ def kdlib(*args, check=True):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, cache_env):
     run_dir = tmp_path_factory.mktemp("smoke")
-    kdlib("run", "params/smoke.yaml", "--run-dir", str(run_dir))
+    kdlib("run", "params/smoke.yaml", "--run-dir", str(run_dir), env=cache_env)
     return run_dir
 
 
@@ -55,10 +67,12 @@ def test_every_stage_has_meta(run_dir, stage):
 
 def test_traces_and_decomposition(run_dir):
     traces = pd.read_parquet(run_dir / "teacher_traces" / "traces.parquet")
-    dataset, teacher = SMOKE.teacher_traces.dataset, SMOKE.teacher_traces.teacher
+    dataset, generation = SMOKE.teacher_traces.dataset, SMOKE.teacher_traces.generation
     assert (traces["source"] == "rule").sum() == dataset.n_train
-    assert (traces["source"] == "llm").sum() == teacher.n_items
+    llm = traces[traces["source"] == "llm"]
+    assert llm.groupby("recipe").size().to_dict() == {r: generation.n_items for r in generation.recipes}
     assert traces.loc[traces["source"] == "rule", "label_correct"].all()
+    assert set(traces["leaks_label"]) <= {True, False}
     decomposed = pd.read_parquet(run_dir / "decomposition" / "decomposed.parquet")
     assert set(decomposed["variant"]) == {"correct", "class", "retrieval", "both"}
     check = pd.read_csv(run_dir / "decomposition" / "verifier_check.csv")
@@ -88,6 +102,16 @@ def test_evaluation_and_correlation_metrics_are_sane(run_dir):
     assert all(math.isnan(phi) or -1 <= phi <= 1 for phi in table["phi"])
     assert (run_dir / "correlation" / "trace_vs_answer.html").stat().st_size > 0
     assert (run_dir / "correlation" / "plotly.min.js").exists()
+
+
+def test_teacher_cache_statistics_and_zero_call_rerun(run_dir, cache_env):
+    """4 recipes x 2 items; critique_revision asks rationalize's prompt first (a hit), then 2 more calls."""
+    meta = json.loads((run_dir / "teacher_traces" / "meta.json").read_text())
+    n = SMOKE.teacher_traces.generation.n_items
+    assert meta["model_calls"] == meta["cache"]["misses"] == 5 * n and meta["cache"]["hits"] == n
+    kdlib("run", "params/smoke.yaml", "--run-dir", str(run_dir), "--only", "01", env=cache_env)
+    meta = json.loads((run_dir / "teacher_traces" / "meta.json").read_text())
+    assert meta["model_calls"] == meta["cache"]["misses"] == 0 and meta["cache"]["hits"] == 6 * n
 
 
 def test_rerun_skips_finished_training_cells(run_dir):

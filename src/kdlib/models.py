@@ -26,6 +26,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
+    StoppingCriteria,
+    StoppingCriteriaList,
 )
 
 from kdlib.paths import cache_dir
@@ -305,6 +307,17 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+class _StopOnStrings(StoppingCriteria):
+    """Stop a row once its generated text (never the prompt) contains a stop string."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], prompt_length: int) -> None:
+        self.tokenizer, self.stop, self.prompt_length = tokenizer, tuple(stop), prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
+
+
 @torch.inference_mode()
 def iter_generate(
     model: PreTrainedModel,
@@ -336,19 +349,20 @@ def iter_generate(
         if temperature > 0
         else {"do_sample": False}
     )
-    stopping = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
     model.eval()
     for batch_number, start in enumerate(tqdm(range(0, len(order), batch_size), desc=desc, unit="batch")):
         batch = order[start : start + batch_size]
         padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
         torch.manual_seed(seed + batch_number)
+        prompt_length = padded["input_ids"].shape[1]
+        stopping = [_StopOnStrings(tokenizer, stop, prompt_length)] if stop else []
         generated = model.generate(
             **padded,
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            stopping_criteria=StoppingCriteriaList(stopping),
             **sampling,
-            **stopping,
         )
         new_tokens = generated[:, padded["input_ids"].shape[1] :]
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

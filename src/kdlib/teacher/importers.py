@@ -45,6 +45,11 @@ HENDRIKS_KINDS = {
 }
 
 
+def csqa_item_id(csqa_id: str) -> str:
+    """The item id kdlib's commonsenseqa loader gives the same question, so imports join run items."""
+    return f"csqa-{csqa_id}"
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
     with path.open(encoding="utf-8") as handle:
@@ -61,7 +66,12 @@ def _palm_item(dataset: str, split: str, n: int, row: dict, where: str) -> QAIte
     try:
         if dataset == "cqa":
             return QAItem(
-                row["id"], "commonsenseqa", split, row["question"], row["answer"], choices=row["choices"]
+                csqa_item_id(row["id"]),
+                "commonsenseqa",
+                split,
+                row["question"],
+                row["answer"],
+                choices=row["choices"],
             )
         if dataset == "anli1":
             question = f"Premise: {row['premise']}\nHypothesis: {row['hypothesis']}"
@@ -174,7 +184,7 @@ def hendriks(
         record = row._asdict()
         where = f"{folder} row {n}"
         item = QAItem(
-            str(record["id"]),
+            csqa_item_id(str(record["id"])),
             "commonsenseqa",
             split,
             record["question"],

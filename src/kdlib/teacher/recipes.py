@@ -94,7 +94,7 @@ def exemplar_block(ex: Exemplar) -> str:
 
 def exemplars_from_items(items: list[QAItem]) -> list[Exemplar]:
     """Exemplars written by rule from gold supporting facts; an item without them is an error."""
-    missing = [item.id for item in items if not item.supporting_facts]
+    missing = [item.id for item in items if item.supporting_facts is None]
     if missing:
         raise ValueError(
             f"items {missing} have no gold supporting facts to write exemplar rationales from: "
@@ -119,6 +119,8 @@ def load_exemplars(path: str | Path) -> list[Exemplar]:
         entries = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: exemplars file not found") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: expected a non-empty YAML list of exemplars")
     exemplars = []

@@ -83,7 +83,8 @@ def collect_rationales(
 ) -> tuple[pd.DataFrame, TeacherReport]:
     """All rationale rows of a run, before filtering, and a report for meta.json."""
     report = TeacherReport()
-    parts = [rule_traces([item for item in train_items if item.supporting_facts])] if cfg.rule_traces else []
+    with_gold = [item for item in train_items if item.supporting_facts is not None]
+    parts = [rule_traces(with_gold)] if cfg.rule_traces else []
     gen = cfg.generation
     if gen.recipes and gen.n_items:
         if gen.exemplars_file:
