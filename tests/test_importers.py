@@ -96,3 +96,60 @@ def test_hendriks_qwen_has_positive_only():
         importers.hendriks("qwen", "test", ["negative"])
     with pytest.raises(ValueError, match="choose from"):
         importers.hendriks("gpt", "test")
+
+
+@pytest.mark.slow
+def test_notebook_01_on_commonsenseqa_generates_and_imports(tmp_path):
+    """Notebook 01 on real CSQA items: tiny-model rationalize + counterfactual rationales, PaLM CoT and
+    Hendriks imports matched to the run's items by id, leaking rows dropped."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+    import yaml
+
+    from kdlib.paths import REPO_ROOT
+
+    params = {
+        "common": {"run_name": "csqa", "device": "cpu"},
+        "teacher_traces": {
+            "dataset": {"name": "commonsenseqa", "train_split": "train", "eval_split": "dev", "n_train": 6,
+                        "n_eval": 2},
+            "teacher": {"model": "tiny-llama"},
+            "generation": {"recipes": ["rationalize", "counterfactual"], "n_items": 2, "n_shots": 0,
+                           "max_new_tokens": 4},
+            "imports": [{"source": "palm_cot", "dataset": "cqa", "split": "train"},
+                        {"source": "hendriks", "teacher": "llama", "split": "train",
+                         "kinds": ["positive", "revised", "counterfactual"]}],
+            "filters": {"drop_leaking": True},
+            "cache_path": str(tmp_path / "cache.sqlite"),
+        },
+    }  # fmt: skip
+    path = tmp_path / "csqa.yaml"
+    path.write_text(yaml.safe_dump(params))
+    command = [
+        sys.executable,
+        "-m",
+        "kdlib",
+        "run",
+        str(path),
+        "--only",
+        "01",
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stage = tmp_path / "run" / "teacher_traces"
+    report = pd.read_csv(stage / "filter_report.csv").set_index(["source", "recipe"])
+    rows_in = report["rows_in"].to_dict()
+    assert rows_in[("llm", "rationalize")] == 2 and rows_in[("llm", "counterfactual")] == 2 * 4
+    assert rows_in[("palm_cot", "cot_label_last")] == 6  # every CSQA train item has a PaLM rationale
+    assert rows_in[("hendriks", "positive")] == 6 and rows_in[("hendriks", "counterfactual")] == 6 * 5
+    assert ("rule", "rule") not in rows_in  # CSQA has no gold supporting facts to write rationales from
+    kept = pd.read_parquet(stage / "traces.parquet")
+    assert not kept["leaks_label"].any()
+    assert (
+        report["dropped_leaking"].sum()
+        == report["rows_in"].sum() - len(kept) - report["dropped_duplicate"].sum()
+    )

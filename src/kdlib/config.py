@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kdlib.io import read_yaml
 from kdlib.paths import check_run_name
 
 
@@ -290,14 +290,7 @@ def validate_params(raw: Any, source: str = "<params>") -> ExperimentParams:
 
 def load_params(path: str | os.PathLike) -> ExperimentParams:
     """Read and validate one params YAML file (safe_load only)."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found") from None
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
-    return validate_params(raw or {}, str(path))
+    return validate_params(read_yaml(path, "params file", ParamsError) or {}, str(path))
 
 
 def notebook_params(notebook: str, namespace: dict[str, Any]) -> tuple[CommonParams, Schema]:

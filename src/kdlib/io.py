@@ -60,6 +60,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def read_yaml(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> Any:
+    """safe_load a YAML file; a missing file or bad YAML raises `error` naming the file and `what` it is."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except yaml.YAMLError as problem:
+        raise error(f"{path}: not valid YAML: {problem}".replace("\n", " ")) from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(require(path).read_text(encoding="utf-8"))
 

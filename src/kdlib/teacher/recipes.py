@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from kdlib.data.schema import QAItem
+from kdlib.io import read_yaml
 from kdlib.teacher.backends import Backend, Decoding, Message, Request
 from kdlib.teacher.cache import GenerationCache, generate_cached
 from kdlib.teacher.rationales import (
@@ -114,13 +114,7 @@ def exemplars_from_items(items: list[QAItem]) -> list[Exemplar]:
 
 def load_exemplars(path: str | Path) -> list[Exemplar]:
     """Exemplars from a YAML list of {question, answer, rationale, choices?, context?} mappings."""
-    path = Path(path)
-    try:
-        entries = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: exemplars file not found") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
+    entries = read_yaml(path, "exemplars file")
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: expected a non-empty YAML list of exemplars")
     exemplars = []
