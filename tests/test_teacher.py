@@ -98,8 +98,12 @@ def test_cache_key_covers_model_prompt_decoding_and_sample():
     assert key != request_key(backend, requests_for(["Where is Bill?"])[0], DECODING)
     assert key != request_key(backend, request, Decoding(max_new_tokens=7))
     assert key != request_key(backend, request, Decoding(max_new_tokens=6, stop=(".",)))
-    other_model = TransformersBackend("tiny-llama", device="cpu", seed=1)
+    other_model = TransformersBackend(
+        "tiny-llama", device="cpu", dtype="float32", seed=1, endpoint="completions"
+    )
     assert key != request_key(other_model, request, DECODING)
+    bf16 = TransformersBackend("tiny-llama", device="cpu", dtype="bfloat16", endpoint="completions")
+    assert key != request_key(bf16, request, DECODING)
     # samples share the key and are told apart by their index (see the table's primary key)
     assert key == request_key(backend, requests_for(["Where is Mary?"], sample=3)[0], DECODING)
 
@@ -121,7 +125,9 @@ class CrashingBackend(TransformersBackend):
 def test_interrupted_run_resumes_without_lost_or_duplicated_rows(tmp_path):
     prompts = requests_for(QUESTIONS + [q + " Explain." for q in QUESTIONS])
     with GenerationCache(tmp_path / "c.sqlite") as cache, pytest.raises(Interrupted):
-        crashing = CrashingBackend("tiny-llama", device="cpu", batch_size=3, endpoint="completions")
+        crashing = CrashingBackend(
+            "tiny-llama", device="cpu", dtype="float32", batch_size=3, endpoint="completions"
+        )
         generate_cached(crashing, cache, prompts, DECODING)
     with GenerationCache(tmp_path / "c.sqlite") as cache:
         assert len(cache) == 3  # the first chunk was committed as it arrived
@@ -268,3 +274,40 @@ def test_filters_report_what_each_dropped():
     assert list(kept["rationale"]) == ["Bums sleep outside."]
     counts = ["rows_in", "dropped_label_wrong", "dropped_duplicate", "dropped_leaking", "rows_kept"]
     assert report.iloc[0][counts].tolist() == [4, 1, 1, 1, 1]
+
+
+KILLED_RUN = """
+import sys
+from kdlib.teacher.backends import Decoding, Request, TransformersBackend
+from kdlib.teacher.cache import GenerationCache, generate_cached
+requests = [Request.of([{"role": "user", "content": f"Question {i} is"}]) for i in range(40)]
+backend = TransformersBackend("tiny-llama", device="cpu", batch_size=1, endpoint="completions")
+with GenerationCache(sys.argv[1]) as cache:
+    generate_cached(backend, cache, requests, Decoding(max_new_tokens=200))
+"""
+
+
+def test_sigkilled_run_keeps_committed_rows_and_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "c.sqlite"
+    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(path)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    committed = 0
+    while committed < 3 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        if path.exists():
+            with sqlite3.connect(path, timeout=30) as db:
+                committed = db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 3 <= committed < 40, "the run should be killed part-way"
+    requests = [Request.of([{"role": "user", "content": f"Question {i} is"}]) for i in range(40)]
+    with GenerationCache(path) as cache:
+        survived = len(cache)
+        backend = TransformersBackend("tiny-llama", device="cpu", batch_size=8, endpoint="completions")
+        texts = generate_cached(backend, cache, requests, Decoding(max_new_tokens=200))
+        assert backend.calls == 40 - survived and len(cache) == 40 and all(texts)

@@ -109,13 +109,15 @@ class TransformersBackend(Backend):
         self._identity: dict[str, Any] | None = None
 
     def identity(self) -> dict[str, Any]:
-        from kdlib.models import model_fingerprint
+        """Includes the resolved dtype: bf16 and fp32 weights write different completions."""
+        from kdlib.models import model_fingerprint, preferred_dtype, resolve_device
 
         if self._identity is None:
             self._identity = {
                 "backend": self.kind,
                 "model": self.model_name,
                 "weights": model_fingerprint(self.model_name, revision=self.revision, seed=self.seed),
+                "dtype": str(preferred_dtype(resolve_device(self.device), self.dtype_name)),
             }
         return self._identity
 
