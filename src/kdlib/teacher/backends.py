@@ -212,6 +212,8 @@ class OpenAIBackend(Backend):
         return self._client
 
     def complete(self, request: Request, decoding: Decoding) -> str:
+        from kdlib.models import cut_at_stop
+
         common = {
             "model": self.model_name,
             "max_tokens": decoding.max_new_tokens,
@@ -226,8 +228,6 @@ class OpenAIBackend(Backend):
         else:
             prompt = flatten_messages(request.message_dicts())
             text = self.client().completions.create(prompt=prompt, **common).choices[0].text
-        from kdlib.models import cut_at_stop
-
         return cut_at_stop(text, decoding.stop).strip()
 
     def _stream(self, requests: list[Request], decoding: Decoding) -> Iterator[list[tuple[int, str]]]:
