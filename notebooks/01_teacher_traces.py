@@ -80,7 +80,7 @@ import pandas as pd
 import plotly.express as px
 
 from kdlib import config, io, plots
-from kdlib.data import load_split
+from kdlib.data import load_train_eval
 from kdlib.data.schema import items_to_frame
 from kdlib.paths import RunLayout
 from kdlib.teacher.rationales import filter_traces, summarise_traces
@@ -95,16 +95,15 @@ plots.use_offline_renderer()
 
 # %%
 data = cfg.dataset
-train_items = load_split(
+train_items, eval_items = load_train_eval(
     data.name,
     data.train_split,
+    data.eval_split,
     data.n_train,
+    data.n_eval,
     seed=common.seed,
     data_dir=common.data_dir,
     options=data.options,
-)
-eval_items = load_split(
-    data.name, data.eval_split, data.n_eval, seed=common.seed, data_dir=common.data_dir, options=data.options
 )
 items = pd.concat(
     [items_to_frame(train_items).assign(role="train"), items_to_frame(eval_items).assign(role="eval")],

@@ -62,7 +62,16 @@ def csqa_row(answer_key: str = "A") -> dict:
 
 
 def test_dataset_names():
-    assert DATASET_NAMES == ("commonsenseqa", "openbookqa", "babi", "cotempqa", "strategyqa", "gsm8k")
+    assert DATASET_NAMES == (
+        "commonsenseqa",
+        "openbookqa",
+        "babi",
+        "cotempqa",
+        "strategyqa",
+        "gsm8k",
+        "msmarco",
+        "msmarco-sample",
+    )
 
 
 # --- CommonsenseQA ---------------------------------------------------------------------------------------
@@ -119,8 +128,12 @@ def test_obqa_counts_and_first_row_with_fact():
         "plants sprouting, blooming and wilting",
     ]
     assert first.answer == "plants sprouting, blooming and wilting"
-    assert first.context == ["the sun is the source of energy for physical cycles on Earth"]
-    assert first.supporting_facts == [0]
+    # The gold fact among 4 BM25-ranked open-book distractors; the class is the relation it states.
+    [gold] = first.supporting_facts
+    assert first.context[gold] == "the sun is the source of energy for physical cycles on Earth"
+    assert len(first.context) == 5 and len(set(first.context)) == 5
+    assert first.question_type == "source" and first.gold_sources == {"class": "rule", "facts": "annotation"}
+    assert local("openbookqa", "train", limit=1, distractors=0)[0].context == [first.context[gold]]
     assert first.metadata["humanScore"] == 1.0 and first.metadata["clarity"] == 2.0
     assert first.metadata["choice_labels"] == ["A", "B", "C", "D"] and first.metadata["answer_label"] == "D"
     assert (
@@ -137,8 +150,11 @@ def test_obqa_without_facts_reads_main():
     assert [(i.question, i.choices, i.answer) for i in without] == [
         (i.question, i.choices, i.answer) for i in with_facts
     ]
-    assert all(i.context == [] and i.supporting_facts is None for i in without)
     assert without[0].metadata["source_file"] == "openbookqa/OpenBookQA-V1-Sep2018/Data/Main/dev.jsonl"
+    # Without the gold fact, BM25's top book fact for question + answer is the silver supporting fact.
+    assert all(len(i.supporting_facts) == 1 and i.gold_sources["facts"] == "bm25" for i in without)
+    closed_book = local("openbookqa", "dev", limit=20, with_facts=False, distractors=0)
+    assert all(i.context == [] and i.supporting_facts is None for i in closed_book)
 
 
 @needs_data
@@ -222,14 +238,20 @@ def test_cotempqa_counts_and_first_row():
     assert first.id == "cotempqa-equal-0" and first.split == "test"
     assert first.answer == "Liberals" and first.metadata["answers"] == ["Liberals"]
     assert len(first.context) == 10 and first.metadata["triple_element"] == "S1_R1_O2"
-    assert first.supporting_facts == [5]
+    # The time-span rule: the anchor event's fact and the answer's co-temporal fact.
+    assert first.supporting_facts == [5, 7] and first.gold_sources == {"class": "annotation", "facts": "rule"}
     assert first.context[5] == "Emma Carlsson Löfdahl is a member of the Liberals in March 11, 2019."
+    assert (
+        first.context[7]
+        == "Emma Carlsson Löfdahl is a member of the independent politician in March 11, 2019."
+    )
     assert first.metadata["source_file"] == "cotempqa/equal.json" and first.metadata["source_line"] == 1
 
 
 @needs_data
-def test_cotempqa_supporting_facts_name_each_answer_as_a_whole_name():
-    # The subject "Frederick III, Holy Roman Emperor" is in every fact; only the three positions held count.
+def test_cotempqa_supporting_facts_are_the_anchor_and_the_cotemporal_answer_facts():
+    # The subject "Frederick III, Holy Roman Emperor" is in every fact; only the anchor (monarch of Italy)
+    # and the three positions held at the same time count.
     mix = local("cotempqa", "test", subsets=["mix"])
     item = next(i for i in mix if i.id == "cotempqa-mix-96")
     assert item.metadata["answers"] == [
@@ -237,7 +259,7 @@ def test_cotempqa_supporting_facts_name_each_answer_as_a_whole_name():
         "Holy Roman Emperor",
         "Apostolic King of Hungary",
     ]
-    assert item.supporting_facts == [3, 5, 9]
+    assert item.supporting_facts == [0, 3, 5, 9]
     # Answers may hold commas, so the joined answer string cannot be split back: use metadata["answers"].
     joined = next(i for i in mix if i.id == "cotempqa-mix-51")
     assert joined.metadata["answers"][0] == "European Commissioner for Research, Innovation and Science"

@@ -3,7 +3,6 @@ import random
 import pytest
 import torch
 
-from kdlib.data.generated import QUESTION_TYPES
 from kdlib.decomposition import decompose, steps_by_item
 from kdlib.models import chat_prompt, load_model
 from kdlib.training import (
@@ -25,7 +24,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def steps(generated_items):
-    return steps_by_item(decompose(generated_items, "tagged", ["both"], QUESTION_TYPES, seed=0))
+    return steps_by_item(decompose(generated_items, "tagged", ["both"], seed=0))
 
 
 @pytest.mark.parametrize("condition", sorted(CONDITIONS))

@@ -40,7 +40,10 @@ class CommonParams(Schema):
 
 
 class DatasetParams(Schema):
-    name: str = Field("generated", description="Dataset: generated, babi, commonsenseqa, openbookqa, ...")
+    name: str = Field(
+        "generated",
+        description="Dataset: generated, babi, cotempqa, openbookqa, msmarco, msmarco-sample, commonsenseqa, ...",
+    )
     train_split: str = Field("train", description="Split the students are trained on.")
     eval_split: str = Field("test", description="Held-out split the students are evaluated on.")
     n_train: int = Field(64, gt=0, description="Training items kept (first n after a seeded shuffle).")
@@ -177,9 +180,10 @@ class DecompositionParams(Schema):
     trace_format: Literal["tagged", "plain"] = Field(
         "tagged", description="tagged: <think>...</think><answer>...</answer>; plain: labelled lines."
     )
-    perturbations: list[Literal["class", "retrieval", "both"]] = Field(
-        default_factory=lambda: ["class", "retrieval", "both"],
-        description="Which steps incorrect traces perturb; one incorrect trace per item and kind.",
+    perturbations: list[Literal["class", "retrieval", "both", "shuffled"]] = Field(
+        default_factory=lambda: ["class", "retrieval", "both", "shuffled"],
+        description="Incorrect traces, one per item and kind where it applies: a wrong class, non-supporting "
+        "facts, both, or the supporting facts out of order.",
     )
 
 
@@ -204,7 +208,7 @@ class SftParams(Schema):
         min_length=1,
         description="Training conditions; see kdlib.training.CONDITIONS.",
     )
-    incorrect_perturbation: Literal["class", "retrieval", "both"] = Field(
+    incorrect_perturbation: Literal["class", "retrieval", "both", "shuffled"] = Field(
         "both", description="Which perturbed trace the incorrect_trace condition trains on."
     )
     lora: LoraParams = Field(default_factory=LoraParams, description="LoRA adapter settings.")

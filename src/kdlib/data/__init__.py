@@ -8,14 +8,7 @@ from typing import Any
 from kdlib.data.schema import QAItem
 
 
-def load_split(
-    name: str, split: str, n: int, *, seed: int, data_dir: str | None, options: dict[str, Any]
-) -> list[QAItem]:
-    """`n` items of one split: generated from the seed, or a seeded sample of a real dataset.
-
-    Real datasets load from the data directory (see `kdlib.paths.resolve_data_dir`) or, when online,
-    from the HF hub; see `kdlib.data.loaders`.
-    """
+def _all_items(name: str, split: str, n: int, *, seed: int, data_dir: str | None, options: dict[str, Any]):
     if name == "generated":
         import inspect
 
@@ -28,9 +21,47 @@ def load_split(
         return generate_items(n, seed=seed, split=split, **options)
     from kdlib.data.loaders import load_items
 
-    items = load_items(name, split, data_dir=data_dir, **options)
+    return load_items(name, split, data_dir=data_dir, **options)
+
+
+def load_split(
+    name: str, split: str, n: int, *, seed: int, data_dir: str | None, options: dict[str, Any]
+) -> list[QAItem]:
+    """`n` items of one split: generated from the seed, or a seeded sample of a real dataset.
+
+    Real datasets load from the data directory (see `kdlib.paths.resolve_data_dir`) or, when online,
+    from the HF hub; see `kdlib.data.loaders`.
+    """
+    items = _all_items(name, split, n, seed=seed, data_dir=data_dir, options=options)
     if len(items) < n:
         raise ValueError(
             f"dataset {name!r} split {split!r} has {len(items)} items, fewer than the {n} asked for"
         )
+    if name == "generated":
+        return items[:n]
     return random.Random(f"{seed}/{name}/{split}").sample(items, n)
+
+
+def load_train_eval(
+    name: str,
+    train_split: str,
+    eval_split: str,
+    n_train: int,
+    n_eval: int,
+    *,
+    seed: int,
+    data_dir: str | None,
+    options: dict[str, Any],
+) -> tuple[list[QAItem], list[QAItem]]:
+    """(training items, evaluation items), never sharing an item.
+
+    With two splits, a seeded sample of each. With one split for both (CoTempQA has only "test"),
+    one seeded sample of n_train + n_eval items, cut into disjoint training and evaluation parts.
+    """
+    kwargs = {"seed": seed, "data_dir": data_dir, "options": options}
+    if train_split != eval_split:
+        return load_split(name, train_split, n_train, **kwargs), load_split(
+            name, eval_split, n_eval, **kwargs
+        )
+    items = load_split(name, train_split, n_train + n_eval, **kwargs)
+    return items[:n_train], items[n_train:]

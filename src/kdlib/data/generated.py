@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from kdlib.data.schema import QUESTION_TYPE, SUPPORTING_FACTS, QAItem
+from kdlib.data.schema import ANNOTATION, CLASS_SOURCE, FACTS_SOURCE, QUESTION_TYPE, SUPPORTING_FACTS, QAItem
 
 PEOPLE = ("Mary", "John", "Sandra", "Daniel", "Fred", "Julie", "Bill", "Emma")
 PLACES = ("kitchen", "garden", "hallway", "bathroom", "office", "bedroom", "cellar", "park")
@@ -123,7 +123,12 @@ def generate_items(
                 answer=answer,
                 context=context,
                 choices=choices,
-                metadata={QUESTION_TYPE: qtype, SUPPORTING_FACTS: support},
+                metadata={
+                    QUESTION_TYPE: qtype,
+                    SUPPORTING_FACTS: support,
+                    CLASS_SOURCE: ANNOTATION,
+                    FACTS_SOURCE: ANNOTATION,
+                },
             )
         )
     return items

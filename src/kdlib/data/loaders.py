@@ -22,7 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdlib.data.schema import QUESTION_TYPE, SUPPORTING_FACTS, QAItem
+from kdlib.data.openbook import OpenBook, fact_relation
+from kdlib.data.retrieval import BM25Index
+from kdlib.data.schema import (
+    ANNOTATION,
+    BM25,
+    CLASS_SOURCE,
+    FACTS_SOURCE,
+    HEURISTIC,
+    QUESTION_TYPE,
+    RULE,
+    SUPPORTING_FACTS,
+    QAItem,
+)
+from kdlib.data.temporal import supporting_facts as temporal_supporting_facts
 from kdlib.paths import DATA_DIR_ENV, resolve_data_dir
 
 logger = logging.getLogger(__name__)
@@ -226,7 +239,7 @@ def _csqa_local(root: Path, split: str, options: Options) -> Iterator[QAItem]:
         yield _csqa_item(record, split)
 
 
-def _csqa_hub(split: str, options: Options) -> Iterator[QAItem]:
+def _csqa_hub(split: str, options: Options, root: Path | None) -> Iterator[QAItem]:
     """tau/commonsense_qa: train -> train, dev -> validation."""
     for record in _hub_records("tau/commonsense_qa", _CSQA_HUB_SPLITS[split], adapt=_csqa_from_hub):
         yield _csqa_item(record, split)
@@ -240,23 +253,39 @@ _OBQA_DIR = Path("openbookqa", "OpenBookQA-V1-Sep2018", "Data")
 _OBQA_HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 
 
-def _obqa_item(record: _Record, split: str, with_facts: bool) -> QAItem:
-    """With facts, context is [fact1] (the gold open-book fact) and humanScore/clarity go to metadata."""
+def _obqa_item(
+    record: _Record, split: str, with_facts: bool, book: OpenBook | None, distractors: int
+) -> QAItem:
+    """Context: the supporting fact (gold `fact1` with facts, else BM25's silver pick from the book) and
+    `distractors` BM25-ranked book facts; none at all without facts and distractors. The class is the
+    relation the supporting fact states (see kdlib.data.openbook). humanScore/clarity go to metadata."""
     choices, labels, answer = _choices_and_answer(record)
+    question = record.field("question.stem", str)
+    item_id = f"obqa-{record.field('id', str)}"
     metadata: dict[str, Any] = {"choice_labels": labels, "answer_label": record.field("answerKey", str)}
-    context = []
+    gold_fact = record.field("fact1", str) if with_facts else None
     if with_facts:
-        context = [record.field("fact1", str)]
+        metadata |= {"humanScore": record.number("humanScore"), "clarity": record.number("clarity")}
+    context: list[str] = []
+    if book is not None:
+        try:
+            context, position = book.context(item_id, question, choices, answer, gold_fact, distractors)
+        except ValueError as error:
+            raise record.error(str(error)) from None
+    elif gold_fact is not None:
+        context, position = [gold_fact], 0
+    if context:
         metadata |= {
-            SUPPORTING_FACTS: [0],
-            "humanScore": record.number("humanScore"),
-            "clarity": record.number("clarity"),
+            QUESTION_TYPE: fact_relation(context[position]),
+            SUPPORTING_FACTS: [position],
+            CLASS_SOURCE: RULE,
+            FACTS_SOURCE: ANNOTATION if with_facts else BM25,
         }
     return QAItem(
-        id=f"obqa-{record.field('id', str)}",
+        id=item_id,
         dataset="openbookqa",
         split=split,
-        question=record.field("question.stem", str),
+        question=question,
         answer=answer,
         context=context,
         choices=choices,
@@ -270,25 +299,48 @@ def _obqa_from_hub(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "answerKey": row["answerKey"], "question": question, **facts}
 
 
+def _obqa_book_file(root: Path) -> Path:
+    return root / _OBQA_DIR / "Main" / "openbook.txt"
+
+
 def _obqa_files(root: Path, split: str, options: Options) -> list[Path]:
-    if options["with_facts"]:
-        return [root / _OBQA_DIR / "Additional" / f"{split}_complete.jsonl"]
-    return [root / _OBQA_DIR / "Main" / f"{split}.jsonl"]
+    rows = (
+        root / _OBQA_DIR / "Additional" / f"{split}_complete.jsonl"
+        if options["with_facts"]
+        else root / _OBQA_DIR / "Main" / f"{split}.jsonl"
+    )
+    return [rows, _obqa_book_file(root)] if options["distractors"] else [rows]
+
+
+def _obqa_book(options: Options, root: Path | None) -> OpenBook | None:
+    """The open book when distractors are asked for; the hub has no book, so it is read locally."""
+    if not options["distractors"]:
+        return None
+    if root is None or not _obqa_book_file(root).is_file():
+        raise FileNotFoundError(
+            f"openbookqa distractors need the open book {_OBQA_DIR}/Main/openbook.txt under the data "
+            "directory; set it up or pass distractors: 0"
+        )
+    return OpenBook.read(_obqa_book_file(root))
 
 
 def _obqa_local(root: Path, split: str, options: Options) -> Iterator[QAItem]:
     """Main/<split>.jsonl, or with facts Additional/<split>_complete.jsonl: the same rows in the same order
-    (same ids, stems, choices and answer keys) plus fact1, humanScore, clarity and turkIdAnonymized."""
+    (same ids, stems, choices and answer keys) plus fact1, humanScore, clarity and turkIdAnonymized.
+    Distractors come from Main/openbook.txt."""
+    book = _obqa_book(options, root)
     for record in _jsonl_records(_obqa_files(root, split, options)[0], root):
-        yield _obqa_item(record, split, options["with_facts"])
+        yield _obqa_item(record, split, options["with_facts"], book, options["distractors"])
 
 
-def _obqa_hub(split: str, options: Options) -> Iterator[QAItem]:
-    """allenai/openbookqa, config "additional" with facts else "main"; dev -> validation."""
+def _obqa_hub(split: str, options: Options, root: Path | None) -> Iterator[QAItem]:
+    """allenai/openbookqa, config "additional" with facts else "main"; dev -> validation. Distractors
+    still need the local open book."""
+    book = _obqa_book(options, root)
     config = "additional" if options["with_facts"] else "main"
     records = _hub_records("allenai/openbookqa", _OBQA_HUB_SPLITS[split], config=config, adapt=_obqa_from_hub)
     for record in records:
-        yield _obqa_item(record, split, options["with_facts"])
+        yield _obqa_item(record, split, options["with_facts"], book, options["distractors"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -373,6 +425,8 @@ def _babi_items(path: Path, root: Path, task: int, split: str) -> Iterator[QAIte
                 metadata={
                     QUESTION_TYPE: BABI_TASKS[task],
                     SUPPORTING_FACTS: [position_of[int(s)] for s in support.split()],
+                    CLASS_SOURCE: ANNOTATION,
+                    FACTS_SOURCE: ANNOTATION,
                     "task": task,
                     "source_file": path.relative_to(root).as_posix(),
                     "source_line": line_number,
@@ -413,22 +467,32 @@ def _names(fact: str, answer: str) -> bool:
 
 
 def _cotempqa_item(record: _Record, subset: str) -> QAItem:
-    """supporting_facts is a heuristic, not gold: the facts that name an answer (see `_names`). It can miss
-    the fact of the event the question is anchored on, and can include a distractor naming the answer."""
+    """The class is the subset (the temporal relation). The supporting facts are found by the time-span
+    rule of kdlib.data.temporal: the anchor event's fact and the co-temporal facts naming an answer.
+    Where it does not apply, they are the facts that name an answer (see `_names`; facts_source
+    "heuristic"), which can miss the anchor fact and include a distractor naming the answer."""
     facts = record.strings("facts")
     answers = record.strings("answer")
     if not answers:
         raise record.error("key 'answer' is an empty list")
+    question = record.field("question", str)
+    support = temporal_supporting_facts(question, facts, answers)
+    facts_source = RULE
+    if support is None:
+        support = [i for i, fact in enumerate(facts) if any(_names(fact, a) for a in answers)]
+        facts_source = HEURISTIC
     return QAItem(
         id=f"cotempqa-{subset}-{record.field('index', int)}",
         dataset="cotempqa",
         split="test",
-        question=record.field("question", str),
+        question=question,
         answer=", ".join(answers),
         context=facts,
         metadata={
             QUESTION_TYPE: subset,
-            SUPPORTING_FACTS: [i for i, fact in enumerate(facts) if any(_names(fact, a) for a in answers)],
+            SUPPORTING_FACTS: support,
+            CLASS_SOURCE: ANNOTATION,
+            FACTS_SOURCE: facts_source,
             "answers": answers,
             "triple_element": record.field("triple_element", str),
             **record.provenance,
@@ -459,7 +523,7 @@ def _cotempqa_local(root: Path, split: str, options: Options) -> Iterator[QAItem
             yield _cotempqa_item(record, subset)
 
 
-def _cotempqa_hub(split: str, options: Options) -> Iterator[QAItem]:
+def _cotempqa_hub(split: str, options: Options, root: Path | None) -> Iterator[QAItem]:
     """Warrieryes/CotempQA/<subset>.json; all four subsets by default."""
     for subset in options["subsets"] or COTEMPQA_SUBSETS:
         for record in _hub_records("Warrieryes/CotempQA", split, data_file=f"{subset}.json"):
@@ -486,6 +550,7 @@ def _strategyqa_item(record: _Record, split: str) -> QAItem:
         choices=["yes", "no"],
         metadata={
             SUPPORTING_FACTS: list(range(len(facts))),
+            FACTS_SOURCE: ANNOTATION,
             "decomposition": record.strings("decomposition"),
             **record.provenance,
         },
@@ -512,7 +577,7 @@ def _strategyqa_local(root: Path, split: str, options: Options) -> Iterator[QAIt
         yield _strategyqa_item(record, split)
 
 
-def _strategyqa_hub(split: str, options: Options) -> Iterator[QAItem]:
+def _strategyqa_hub(split: str, options: Options, root: Path | None) -> Iterator[QAItem]:
     """ChilleD/StrategyQA, whose train/test is a different random split of the official train questions
     than the local one; its test is served as "dev". Do not mix hub and local StrategyQA splits."""
     records = _hub_records("ChilleD/StrategyQA", _STRATEGYQA_HUB_SPLITS[split], adapt=_strategyqa_from_hub)
@@ -550,10 +615,91 @@ def _gsm8k_local(root: Path, split: str, options: Options) -> Iterator[QAItem]:
         yield _gsm8k_item(record, split, position)
 
 
-def _gsm8k_hub(split: str, options: Options) -> Iterator[QAItem]:
+def _gsm8k_hub(split: str, options: Options, root: Path | None) -> Iterator[QAItem]:
     """openai/gsm8k, config "main"."""
     for position, record in enumerate(_hub_records("openai/gsm8k", split, config="main")):
         yield _gsm8k_item(record, split, position)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MS MARCO (v2.1) and its generated offline sample
+
+
+MSMARCO_CLASSES = ("query_type", "answerability")
+MSMARCO_QUERY_TYPES = ("description", "numeric", "entity", "location", "person")
+_MSMARCO_HUB_SPLITS = {"train": "train", "dev": "validation"}
+
+
+def _msmarco_item(record: _Record, split: str, dataset: str, classify: str) -> QAItem:
+    """Context: the query's passages. Supporting facts: the passages marked is_selected; for an answered
+    query with none marked, the passage BM25 ranks first for the query and answer (silver). Unanswerable
+    queries ("No Answer Present.") have none. The class is the query type (description, numeric,
+    entity, location, person) or, with classify "answerability", answerable/unanswerable."""
+    from kdlib.data.msmarco_sample import NO_ANSWER
+
+    texts = record.strings("passages.passage_text")
+    selected = record.field("passages.is_selected", list)
+    if len(selected) != len(texts) or not all(flag in (0, 1) for flag in selected):
+        raise record.error("key 'passages.is_selected' must hold one 0/1 flag per passage")
+    if not texts:
+        raise record.error("key 'passages.passage_text' is an empty list")
+    answers = record.strings("answers")
+    answerable = bool(answers) and answers[0] != NO_ANSWER
+    support = [i for i, flag in enumerate(selected) if flag]
+    facts_source = ANNOTATION
+    if answerable and not support:
+        support = BM25Index(texts).top(f"{record.field('query', str)} {answers[0]}", 1)
+        facts_source = BM25
+    if not answerable:
+        support = []
+    query_type = record.field("query_type", str).lower()
+    return QAItem(
+        id=f"{dataset}-{record.field('query_id', int)}",
+        dataset=dataset,
+        split=split,
+        question=record.field("query", str),
+        answer=answers[0] if answerable else NO_ANSWER,
+        context=texts,
+        metadata={
+            QUESTION_TYPE: query_type
+            if classify == "query_type"
+            else ("answerable" if answerable else "unanswerable"),
+            SUPPORTING_FACTS: support,
+            CLASS_SOURCE: ANNOTATION,
+            FACTS_SOURCE: facts_source,
+            "query_type": query_type,
+            "answers": answers,
+            "well_formed_answers": record.strings("wellFormedAnswers"),
+            "urls": record.strings("passages.url"),
+            **record.provenance,
+        },
+    )
+
+
+def _msmarco_files(root: Path, split: str, options: Options) -> list[Path]:
+    return [root / "msmarco" / f"{split}.jsonl"]
+
+
+def _msmarco_local(root: Path, split: str, options: Options) -> Iterator[QAItem]:
+    """msmarco/<split>.jsonl: rows in the hub's shape (e.g. written by `Dataset.to_json`)."""
+    for record in _jsonl_records(_msmarco_files(root, split, options)[0], root):
+        yield _msmarco_item(record, split, "msmarco", options["classify"])
+
+
+def _msmarco_hub(split: str, options: Options, root: Path | None) -> Iterator[QAItem]:
+    """microsoft/ms_marco, config v2.1; dev -> validation (the test split has no answers)."""
+    for record in _hub_records("microsoft/ms_marco", _MSMARCO_HUB_SPLITS[split], config="v2.1"):
+        yield _msmarco_item(record, split, "msmarco", options["classify"])
+
+
+def _msmarco_sample_local(root: Path, split: str, options: Options) -> Iterator[QAItem]:
+    """Generated rows (kdlib.data.msmarco_sample), converted exactly like hub rows."""
+    from kdlib.data.msmarco_sample import sample_rows
+
+    source = "generated:msmarco-sample"
+    for row_number, row in enumerate(sample_rows(options["rows"], seed=options["seed"], split=split), 1):
+        record = _Record(row, f"{source}:{split}", row_number, f"{source}:{split} row {row_number}")
+        yield _msmarco_item(record, split, "msmarco-sample", options["classify"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -583,13 +729,29 @@ def _flag(option: str, value: Any, default: bool) -> bool:
     return value
 
 
+def _one_of(option: str, value: Any, valid: tuple[str, ...]) -> str:
+    if value is None:
+        return valid[0]
+    if value not in valid:
+        raise ValueError(f"option {option!r} must be one of {list(valid)}, got {value!r}")
+    return value
+
+
+def _count(option: str, value: Any, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"option {option!r} must be a non-negative int, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class _Dataset:
     folder: str
     splits: tuple[str, ...]
     files: Callable[[Path, str, Options], list[Path]]
     local: Callable[[Path, str, Options], Iterator[QAItem]]
-    hub: Callable[[str, Options], Iterator[QAItem]] | None
+    hub: Callable[[str, Options, Path | None], Iterator[QAItem]] | None
     no_hub_reason: str = ""
     refused_splits: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
@@ -613,7 +775,10 @@ _DATASETS: dict[str, _Dataset] = {
         files=_obqa_files,
         local=_obqa_local,
         hub=_obqa_hub,
-        options={"with_facts": lambda value: _flag("with_facts", value, default=True)},
+        options={
+            "with_facts": lambda value: _flag("with_facts", value, default=True),
+            "distractors": lambda value: _count("distractors", value, default=4),
+        },
     ),
     "babi": _Dataset(
         folder="babi",
@@ -648,6 +813,28 @@ _DATASETS: dict[str, _Dataset] = {
         files=_gsm8k_files,
         local=_gsm8k_local,
         hub=_gsm8k_hub,
+    ),
+    "msmarco": _Dataset(
+        folder="msmarco",
+        splits=("train", "dev"),
+        files=_msmarco_files,
+        local=_msmarco_local,
+        hub=_msmarco_hub,
+        refused_splits={"test": "the MS MARCO v2.1 test split has no answers; use 'dev'"},
+        options={"classify": lambda value: _one_of("classify", value, MSMARCO_CLASSES)},
+    ),
+    "msmarco-sample": _Dataset(
+        folder="",
+        splits=("train", "dev"),
+        files=lambda root, split, options: [],
+        local=_msmarco_sample_local,
+        hub=None,
+        no_hub_reason="msmarco-sample is generated offline; use dataset 'msmarco' for the hub",
+        options={
+            "classify": lambda value: _one_of("classify", value, MSMARCO_CLASSES),
+            "rows": lambda value: _count("rows", value, default=200),
+            "seed": lambda value: _count("seed", value, default=0),
+        },
     ),
 }
 
@@ -687,8 +874,10 @@ def load_items(
     """The items of one dataset split, in file order, keeping the first `limit` if given.
 
     Splits: commonsenseqa train/dev ("test" has no answers and is refused); openbookqa train/dev/test;
-    babi train/test; cotempqa test; strategyqa train/dev; gsm8k train/test. Options: openbookqa
-    with_facts (default True), babi tasks (default 1..20), cotempqa subsets (default: those present).
+    babi train/test; cotempqa test; strategyqa train/dev; gsm8k train/test; msmarco and msmarco-sample
+    train/dev. Options: openbookqa with_facts (default True) and distractors (open-book facts added
+    by BM25, default 4); babi tasks (default 1..20); cotempqa subsets (default: those present);
+    msmarco classify (query_type or answerability); msmarco-sample also rows (200) and seed (0).
     source: "local" reads `resolve_data_dir(data_dir)`, "hub" the Hugging Face hub, "auto" local files
     when present and the hub otherwise.
     """
@@ -699,22 +888,26 @@ def load_items(
         raise ValueError(f"unknown source {source!r}; valid sources: {', '.join(SOURCES)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be None or a non-negative int, got {limit!r}")
+    try:
+        root: Path | None = resolve_data_dir(data_dir)
+        problem = None
+    except FileNotFoundError as error:
+        root, problem = None, str(error)
     if source == "hub":
         if dataset.hub is None:
             raise ValueError(f"source='hub' is not available for {name}: {dataset.no_hub_reason}")
-        items = dataset.hub(split, chosen)
+        items = dataset.hub(split, chosen, root)
     else:
-        try:
-            root = resolve_data_dir(data_dir)
+        if not dataset.folder:  # generated: no files
+            problem = None
+        elif root is not None:
             missing = [path for path in dataset.files(root, split, chosen) if not path.is_file()]
             problem = f"{name} file {missing[0]} does not exist" if missing else None
-        except FileNotFoundError as error:
-            problem = str(error)
         if problem is None:
             items = dataset.local(root, split, chosen)
         elif source == "auto" and dataset.hub is not None:
             logger.warning("%s; loading %s %s from the Hugging Face hub instead", problem, name, split)
-            items = dataset.hub(split, chosen)
+            items = dataset.hub(split, chosen, root)
         else:
             raise FileNotFoundError(
                 f"{problem}; pass data_dir=... or set ${DATA_DIR_ENV} to the data folder that holds "

@@ -12,9 +12,17 @@ import pandas as pd
 # Metadata keys with a fixed meaning across datasets (all optional):
 #   question_type     str        the class that the decomposition's classification step must recover
 #   supporting_facts  list[int]  indices into `context` of the facts that support the answer (gold only)
+#   class_source      str        how question_type was found: one of GOLD_SOURCES
+#   facts_source      str        how supporting_facts were found: one of GOLD_SOURCES
 #   source_file       str        file the row came from; source_line int, its 1-based line
 QUESTION_TYPE = "question_type"
 SUPPORTING_FACTS = "supporting_facts"
+CLASS_SOURCE = "class_source"
+FACTS_SOURCE = "facts_source"
+# annotation: given by the dataset; rule: derived by a documented rule from annotated fields; bm25: a
+# lexical retriever's top hit (silver); heuristic: a fallback where the rule does not apply.
+ANNOTATION, RULE, BM25, HEURISTIC = "annotation", "rule", "bm25", "heuristic"
+GOLD_SOURCES = (ANNOTATION, RULE, BM25, HEURISTIC)
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,11 @@ class QAItem:
     def supporting_facts(self) -> list[int] | None:
         facts = self.metadata.get(SUPPORTING_FACTS)
         return None if facts is None else list(facts)
+
+    @property
+    def gold_sources(self) -> dict[str, str | None]:
+        """{"class": ..., "facts": ...}: how each gold step was found (see GOLD_SOURCES)."""
+        return {"class": self.metadata.get(CLASS_SOURCE), "facts": self.metadata.get(FACTS_SOURCE)}
 
 
 ITEM_COLUMNS = [f for f in QAItem.__dataclass_fields__]
