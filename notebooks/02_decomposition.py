@@ -11,14 +11,23 @@
 # %% [markdown]
 # # 02 · Decomposition into checkable steps
 #
-# Each item becomes a trace with two steps that can be checked against gold:
+# Following Bhambri et al. (2025), each open-book item becomes a trace with two steps that can be checked
+# against gold:
 #
-# 1. **classification**: the question type;
-# 2. **information retrieval**: the context facts that support the answer (only those, never every fact).
+# 1. **classification**: the bAbI task, the CoTempQA temporal relation, the relation an OpenBookQA fact
+#    states, or the MS MARCO query type;
+# 2. **information retrieval**: the context facts that support the answer, in story order. Only those:
+#    never every fact in the context.
 #
-# Besides the correct trace, each item gets perturbed traces (wrong class, non-supporting facts, or both).
-# The verifier must accept every correct trace and reject every perturbed one.
-# Writes `decomposition/decomposed.parquet` and `decomposition/verifier_check.csv`.
+# The gold steps come from annotations where the dataset has them, from documented rules (CoTempQA time
+# spans, OpenBookQA relations), or from BM25 where neither exists; `class_source` and `facts_source`
+# say which. Besides the correct trace, each item gets incorrect traces: a wrong class, non-supporting
+# facts, both, or the supporting facts out of order (shuffled), each labelled with what was perturbed.
+# The verifier must accept every correct trace and, for every incorrect one, name exactly the perturbed
+# step. It also reads the teacher's free-text rationales from 01 and scores the facts they quote.
+#
+# Writes `decomposition/decomposed.parquet`, `verifier_check.csv`, `trace_statistics.csv` and
+# `rationale_check.csv`.
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"
@@ -27,37 +36,88 @@ seed = 0
 data_dir = None
 device = "auto"
 trace_format = "tagged"
-perturbations = ["class", "retrieval", "both"]
+perturbations = ["class", "retrieval", "both", "shuffled"]
 
 # %%
+import pandas as pd
+import plotly.express as px
+
 from kdlib import config, io, plots
 from kdlib.data.schema import frame_to_items
-from kdlib.decomposition import decompose, summarise_verification, verify_decomposition
+from kdlib.decomposition import (
+    check_rationales,
+    decompose,
+    perturbation_coverage,
+    summarise_verification,
+    trace_statistics,
+    verify_decomposition,
+)
 from kdlib.paths import RunLayout
 
 common, cfg = config.notebook_params("02_decomposition", globals())
 run = RunLayout(run_dir)
 plots.use_offline_renderer()
+pd.set_option("display.max_colwidth", 400)
 
 items = frame_to_items(io.read_parquet(run.items, produced_by="01_teacher_traces"))
-classes = tuple(sorted({item.question_type for item in items if item.question_type}))
-print(f"{len(items)} items; classes: {classes}")
-
-# %%
-decomposed = decompose(items, cfg.trace_format, cfg.perturbations, classes, seed=common.seed)
-decomposed.groupby(["split", "variant"]).size().unstack(fill_value=0)
+teacher_traces = io.read_parquet(run.traces, produced_by="01_teacher_traces")
+print(f"{len(items)} items from {sorted({item.dataset for item in items})}")
 
 # %% [markdown]
-# ## One item, every variant
+# ## Decomposition and trace statistics
+# Per dataset, over the correct traces: the number of classes, the mean context size and number of gold
+# facts, the share of items whose gold is the whole context (small, or gold is not the support), trace
+# length in words, and how each gold step was found.
 
 # %%
-first = decomposed["item_id"].iloc[0]
-for row in decomposed[decomposed["item_id"] == first].itertuples():
-    print(f"[{row.variant}] {row.trace}")
+decomposed = decompose(items, cfg.trace_format, cfg.perturbations, seed=common.seed)
+statistics = trace_statistics(decomposed)
+statistics
+
+# %% [markdown]
+# Share of items each perturbation applies to: shuffling needs two distinct supporting facts, a
+# retrieval perturbation needs a context fact that is not gold.
+
+# %%
+perturbation_coverage(decomposed, cfg.perturbations)
+
+# %%
+correct = decomposed[decomposed["variant"] == "correct"]
+px.histogram(
+    correct,
+    x="question_type",
+    facet_col="dataset",
+    title="Gold classes (classification step)",
+).update_xaxes(matches=None, categoryorder="total descending")
+
+# %%
+px.histogram(
+    correct,
+    x="n_facts",
+    color="dataset",
+    barmode="group",
+    title="Gold supporting facts per item (retrieval step)",
+)
+
+# %% [markdown]
+# ## Examples: a correct trace and each kind of incorrect trace
+# Per dataset, the first item to which every perturbation applies (else the one with most variants).
+
+# %%
+for dataset, rows in decomposed.groupby("dataset", sort=False):
+    variants_per_item = rows.groupby("item_id", sort=False)["variant"].nunique()
+    example = variants_per_item.idxmax()
+    item = next(i for i in items if i.id == example)
+    print(f"=== {dataset} · {item.id}\nQ: {item.question}  A: {item.answer}\ncontext: {item.context}")
+    for row in rows[rows["item_id"] == example].itertuples():
+        print(f"[{row.variant}] {row.trace}")
+    print()
 
 # %% [markdown]
 # ## Verifier check
-# Correct traces must score as correct (100 %), and every perturbation must be detected.
+# Each trace is written out with the gold answer, parsed back and scored. `detected` is the share whose
+# verdict names exactly the perturbed steps: it must be 100 % for the correct traces (no error) and for
+# every perturbation.
 
 # %%
 check = verify_decomposition(items, decomposed, cfg.trace_format)
@@ -65,15 +125,46 @@ verdicts = summarise_verification(check)
 verdicts
 
 # %%
+px.bar(
+    verdicts.reset_index(),
+    x="variant",
+    y="detected",
+    color="dataset",
+    barmode="group",
+    range_y=[0, 1.05],
+    title="Verifier: share of traces whose verdict names exactly the perturbed step",
+)
+
+# %%
 assert check["detected"].all(), check[~check["detected"]]
+
+# %% [markdown]
+# ## The teacher's rationales, read by the same verifier
+# Free-text rationales state no class, so only their retrieval step is scored: which gold facts they
+# quote (word for word, up to case and punctuation), and how much else they say.
+
+# %%
+rationale_check = check_rationales(items, teacher_traces)
+rationale_check.groupby(["source", "recipe"]).agg(
+    rationales=("item_id", "size"),
+    precision=("retrieval_precision", "mean"),
+    recall=("retrieval_recall", "mean"),
+    exact=("retrieval_exact", "mean"),
+)
 
 # %%
 io.write_parquet(run.decomposed, decomposed)
 io.write_csv(run.verifier_check, check)
+io.write_csv(run.trace_statistics, statistics.reset_index())
+io.write_csv(run.rationale_check, rationale_check)
 io.write_meta(
     run.stage("decomposition"),
     params={"common": common.model_dump(), "decomposition": cfg.model_dump()},
-    artifacts=[run.decomposed.name, run.verifier_check.name],
-    classes=list(classes),
+    artifacts=[
+        run.decomposed.name,
+        run.verifier_check.name,
+        run.trace_statistics.name,
+        run.rationale_check.name,
+    ],
     verifier=verdicts.reset_index().to_dict(orient="records"),
 )

@@ -232,3 +232,15 @@ def test_train_and_eval_from_two_splits_are_separate_samples():
         "msmarco-sample", "train", "dev", 8, 4, seed=0, data_dir=None, options={}
     )
     assert {i.split for i in train} == {"train"} and {i.split for i in held_out} == {"dev"}
+
+
+def test_check_traces_command_prints_statistics_and_verdicts(capsys):
+    from kdlib.cli import main
+
+    assert (
+        main(["check-traces", "msmarco-sample", "dev", "--format", "plain", "--options", '{"rows": 30}']) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "gold_is_whole_context" in printed and "0 verdicts that do not name exactly" in printed
+    assert main(["check-traces", "msmarco-sample", "dev", "--options", "{rows: 30}"]) == 2
+    assert "--options is not JSON" in capsys.readouterr().err

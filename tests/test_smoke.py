@@ -74,9 +74,15 @@ def test_traces_and_decomposition(run_dir):
     assert traces.loc[traces["source"] == "rule", "label_correct"].all()
     assert set(traces["leaks_label"]) <= {True, False}
     decomposed = pd.read_parquet(run_dir / "decomposition" / "decomposed.parquet")
-    assert set(decomposed["variant"]) == {"correct", "class", "retrieval", "both"}
+    assert set(decomposed["variant"]) == {"correct", "class", "retrieval", "both", "shuffled"}
     check = pd.read_csv(run_dir / "decomposition" / "verifier_check.csv")
     assert check["detected"].all()
+    statistics = pd.read_csv(run_dir / "decomposition" / "trace_statistics.csv")
+    assert (
+        statistics["dataset"].tolist() == ["generated"] and statistics["gold_is_whole_context"].lt(0.2).all()
+    )
+    rationales = pd.read_csv(run_dir / "decomposition" / "rationale_check.csv")
+    assert len(rationales) == len(traces) and rationales["retrieval_recall"].between(0, 1).all()
 
 
 def test_sft_cells(run_dir):

@@ -21,21 +21,64 @@ def _parser() -> argparse.ArgumentParser:
         "--run-dir",
         help="output folder, relative to the current directory (default: outputs/<common.run_name>)",
     )
-    picked = run.add_mutually_exclusive_group()
-    picked.add_argument(
+    run.add_argument(
         "--only", metavar="NOTEBOOK", help=f"run one notebook ({', '.join(NOTEBOOKS)} or 01..05)"
     )
-    picked.add_argument("--from", dest="start_from", metavar="NOTEBOOK", help="start from this notebook")
+    run.add_argument("--from", dest="start_from", metavar="NOTEBOOK", help="start from this notebook")
+    run.add_argument("--to", dest="stop_after", metavar="NOTEBOOK", help="stop after this notebook")
     run.add_argument("--kernel", help="Jupyter kernel name (default: kdlib if registered, else python3)")
 
     validate = commands.add_parser("validate", help="check params files against the schema; no compute")
     validate.add_argument("params", nargs="+")
+
+    check = commands.add_parser(
+        "check-traces",
+        help="decompose every item of a dataset split, run the verifier, print trace statistics and verdicts",
+    )
+    check.add_argument("dataset", help="e.g. babi, cotempqa, openbookqa, msmarco-sample")
+    check.add_argument("split", help="e.g. test")
+    check.add_argument("--format", choices=["tagged", "plain"], default="tagged", help="trace format")
+    check.add_argument("--options", default="{}", help="loader options as JSON, e.g. '{\"tasks\": [1, 2]}'")
+    check.add_argument("--data-dir", help="data directory (default: $KDLIB_DATA_DIR, else ../shared/data)")
 
     prepare = commands.add_parser(
         "prepare-model", help="convert a packaged GGUF model to safetensors in the cache"
     )
     prepare.add_argument("name", help="kdlib model name, e.g. smollm2-135m-instruct")
     return parser
+
+
+def _check_traces(args: argparse.Namespace) -> None:
+    import json
+
+    import pandas as pd
+
+    from kdlib.data.loaders import load_items
+    from kdlib.decomposition import (
+        PERTURBATIONS,
+        decompose,
+        perturbation_coverage,
+        summarise_verification,
+        trace_statistics,
+        verify_decomposition,
+    )
+
+    try:
+        options = json.loads(args.options)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--options is not JSON: {error}") from None
+    items = load_items(args.dataset, args.split, data_dir=args.data_dir, **options)
+    decomposed = decompose(items, args.format, list(PERTURBATIONS), seed=0)
+    check = verify_decomposition(items, decomposed, args.format)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
+        print(trace_statistics(decomposed).T, end="\n\n")
+        print("perturbation applies to (share of items):")
+        print(perturbation_coverage(decomposed, list(PERTURBATIONS)), end="\n\n")
+        print(summarise_verification(check))
+    missed = int((~check["detected"]).sum())
+    print(f"\n{len(check)} traces, {missed} verdicts that do not name exactly the perturbed step")
+    if missed:
+        raise ValueError(f"the verifier missed {missed} traces")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             for path in args.params:
                 load_params(path)
                 print(f"{path}: ok")
+        elif args.command == "check-traces":
+            _check_traces(args)
         elif args.command == "prepare-model":
             from kdlib.models import PRETRAINED, convert_gguf_to_cache
 
@@ -61,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                     run_dir=args.run_dir,
                     only=args.only,
                     start_from=args.start_from,
+                    stop_after=args.stop_after,
                     kernel=args.kernel,
                 )
             except NotebookFailed as failure:

@@ -42,7 +42,8 @@ class CommonParams(Schema):
 class DatasetParams(Schema):
     name: str = Field(
         "generated",
-        description="Dataset: generated, babi, cotempqa, openbookqa, msmarco, msmarco-sample, commonsenseqa, ...",
+        description="Dataset: generated, babi, cotempqa, openbookqa, msmarco, msmarco-sample, commonsenseqa, "
+        "strategyqa, gsm8k.",
     )
     train_split: str = Field("train", description="Split the students are trained on.")
     eval_split: str = Field("test", description="Held-out split the students are evaluated on.")

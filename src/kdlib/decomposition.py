@@ -1,8 +1,20 @@
 """Checkable traces: a classification step and a retrieval step per item, their text forms, and a verifier.
 
-A trace is `Steps(question_type, fact_ids)`. `format_trace` writes it as text, `parse_output` reads any
-text (a teacher's or a student's) back into steps and an answer, and `score_trace` compares the steps
-with gold. Gold facts are only the facts that support the answer, never every context fact.
+A trace is `Steps(question_type, fact_ids)`. The gold steps come from each item's metadata, written by
+the dataset's decomposer at load time:
+
+* babi: class = task name (annotation); facts = the supporting-fact line ids (annotation).
+* cotempqa: class = temporal relation, the subset (annotation); facts = the anchor event's fact and the
+  co-temporal facts naming an answer (rule, kdlib.data.temporal; "heuristic" where it does not apply).
+* openbookqa: class = relation the core fact states (rule, kdlib.data.openbook); facts = fact1 among
+  BM25-ranked open-book distractors (annotation; BM25's silver pick without fact1).
+* msmarco, msmarco-sample: class = query type or answerability (annotation); facts = the is_selected
+  passages (annotation; BM25's silver pick for an answered query with none selected).
+* generated: class = question type, facts = the generator's supporting facts (annotation).
+
+`format_trace` writes steps as text (tagged or plain), `parse_output` reads any text (a teacher's or
+a student's) back into its steps and answer, and `score_trace` compares them with gold. Gold facts are
+only the facts that support the answer, never every context fact.
 """
 
 from __future__ import annotations
@@ -26,6 +38,8 @@ EXPECTED_ERRORS: dict[str, frozenset[str]] = {
     "both": frozenset({"class", "retrieval"}),
     "shuffled": frozenset({"order"}),
 }
+
+RETRIEVAL_SCORES = ("retrieval_precision", "retrieval_recall", "retrieval_exact", "retrieval_ordered")
 
 _CLASS_PREFIX = "The question type is:"
 _FACTS_PREFIX = "I need to use the following facts:"
@@ -381,3 +395,29 @@ def perturbation_coverage(decomposed: pd.DataFrame, perturbations: list[str]) ->
     per_item = decomposed.groupby(["dataset", "variant"]).size().unstack(fill_value=0)
     applied = per_item.reindex(columns=perturbations, fill_value=0)
     return applied.div(per_item[CORRECT], axis=0)
+
+
+def check_rationales(items: list[QAItem], traces: pd.DataFrame) -> pd.DataFrame:
+    """The retrieval step of free-text rationales (the teacher's, or imported ones), scored like a trace.
+
+    A rationale has no class sentence, so only its facts are checked: the whole text is read as the
+    facts step. Returns one row per rationale of an item with gold steps: item_id, source, recipe and
+    the retrieval scores.
+    """
+    by_id = {item.id: item for item in items if item.supporting_facts is not None and item.question_type}
+    rows = []
+    for row in traces.itertuples(index=False):
+        item = by_id.get(row.item_id)
+        if item is None:
+            continue
+        parsed = ParsedOutput(question_type=None, facts_text=str(row.rationale), answer=None)
+        scores = score_trace(parsed, item, gold_steps(item))
+        rows.append(
+            {
+                "item_id": row.item_id,
+                "source": row.source,
+                "recipe": row.recipe,
+                **{key: scores[key] for key in RETRIEVAL_SCORES},
+            }
+        )
+    return pd.DataFrame(rows, columns=["item_id", "source", "recipe", *RETRIEVAL_SCORES])

@@ -86,6 +86,14 @@ class RunLayout:
     def verifier_check(self) -> Path:
         return self.root / "decomposition" / "verifier_check.csv"
 
+    @property
+    def trace_statistics(self) -> Path:
+        return self.root / "decomposition" / "trace_statistics.csv"
+
+    @property
+    def rationale_check(self) -> Path:
+        return self.root / "decomposition" / "rationale_check.csv"
+
     def sft_cell(self, condition: str) -> Path:
         return self.root / "sft" / condition
 

@@ -22,8 +22,11 @@ class NotebookFailed(RuntimeError):
     """A notebook raised; the message names the notebook, the failing cell and the kept executed copy."""
 
 
-def select_notebooks(only: str | None = None, start_from: str | None = None) -> list[str]:
-    """Notebook names to run, accepting a full name (03_sft) or its number prefix (03 or 3)."""
+def select_notebooks(
+    only: str | None = None, start_from: str | None = None, stop_after: str | None = None
+) -> list[str]:
+    """Notebook names to run, accepting a full name (03_sft) or its number prefix (03 or 3): one notebook,
+    or the chain from `start_from` (default the first) through `stop_after` (default the last)."""
 
     def resolve(name: str) -> str:
         matches = [nb for nb in NOTEBOOKS if nb == name or nb.split("_")[0].lstrip("0") == name.lstrip("0")]
@@ -31,13 +34,15 @@ def select_notebooks(only: str | None = None, start_from: str | None = None) -> 
             raise ValueError(f"unknown notebook {name!r}; choose from {', '.join(NOTEBOOKS)}")
         return matches[0]
 
-    if only and start_from:
-        raise ValueError("give either --only or --from, not both")
+    if only and (start_from or stop_after):
+        raise ValueError("give either --only, or --from and/or --to")
     if only:
         return [resolve(only)]
-    if start_from:
-        return list(NOTEBOOKS[NOTEBOOKS.index(resolve(start_from)) :])
-    return list(NOTEBOOKS)
+    first = NOTEBOOKS.index(resolve(start_from)) if start_from else 0
+    last = NOTEBOOKS.index(resolve(stop_after)) if stop_after else len(NOTEBOOKS) - 1
+    if first > last:
+        raise ValueError(f"--from {start_from} comes after --to {stop_after}")
+    return list(NOTEBOOKS[first : last + 1])
 
 
 def default_kernel() -> str:
@@ -107,11 +112,12 @@ def run(
     run_dir: str | Path | None = None,
     only: str | None = None,
     start_from: str | None = None,
+    stop_after: str | None = None,
     kernel: str | None = None,
 ) -> Path:
     """Validate `params_path`, then execute the selected notebooks in order into the run folder."""
     params = load_params(params_path)
-    notebooks = select_notebooks(only, start_from)
+    notebooks = select_notebooks(only, start_from, stop_after)
     run_dir = Path(run_dir).expanduser().resolve() if run_dir else default_run_dir(params.common.run_name)
     run_dir.mkdir(parents=True, exist_ok=True)
     io.write_text(run_dir / "params.yaml", dump_params(params))
