@@ -5,10 +5,10 @@ import sys
 
 import pandas as pd
 import pytest
-from test_loaders import needs_data
 
 from kdlib.config import load_params
 from kdlib.paths import PARAMS_DIR, REPO_ROOT
+from tests.test_loaders import needs_data
 
 pytestmark = [pytest.mark.slow, needs_data]
 

@@ -7,7 +7,6 @@ import datetime as dt
 import json
 
 import pytest
-from test_loaders import DATA_DIR, needs_data
 
 from kdlib.data import load_train_eval
 from kdlib.data.loaders import load_items
@@ -15,6 +14,7 @@ from kdlib.data.msmarco_sample import NO_ANSWER, sample_rows
 from kdlib.data.openbook import OpenBook, fact_relation
 from kdlib.data.retrieval import BM25Index
 from kdlib.data.temporal import date_span, parse_fact, supporting_facts
+from tests.test_loaders import DATA_DIR, needs_data
 
 # --- CoTempQA ------------------------------------------------------------------------------------------
 
@@ -103,25 +103,12 @@ BOOK = OpenBook(
 
 
 def test_book_context_holds_the_gold_fact_once_among_ranked_distractors():
-    context, position = BOOK.context(
-        "obqa-x",
-        "The sun is responsible for",
-        ["plants growing", "magnets"],
-        "plants growing",
-        "the sun is the source of energy for physical cycles on Earth",
-        k=2,
-    )
-    assert context[position] == "the sun is the source of energy for physical cycles on Earth"
+    gold = "the sun is the source of energy for physical cycles on Earth"
+    asked = ("obqa-x", "The sun is responsible for", ["plants growing", "magnets"], "plants growing", gold)
+    context, position = BOOK.context(*asked, k=2)
+    assert context[position] == gold
     assert len(context) == 3 and sum("source of energy" in fact for fact in context) == 1
-    again = BOOK.context(
-        "obqa-x",
-        "The sun is responsible for",
-        ["plants growing", "magnets"],
-        "plants growing",
-        "the sun is the source of energy for physical cycles on Earth",
-        k=2,
-    )
-    assert again == (context, position)
+    assert BOOK.context(*asked, k=2) == (context, position)
 
 
 def test_book_silver_fact_is_the_top_hit_for_question_and_answer():
@@ -244,3 +231,23 @@ def test_check_traces_command_prints_statistics_and_verdicts(capsys):
     assert "gold_is_whole_context" in printed and "0 verdicts that do not name exactly" in printed
     assert main(["check-traces", "msmarco-sample", "dev", "--options", "{rows: 30}"]) == 2
     assert "--options is not JSON" in capsys.readouterr().err
+
+
+def test_msmarco_hub_path_asks_for_v2_1_and_maps_dev_to_validation(monkeypatch):
+    """No network here: datasets.load_dataset is stubbed, so this checks the hub id, config and split
+    names, and that hub rows go through the same converter as local rows."""
+    import datasets
+
+    asked = []
+
+    def load_dataset(dataset_id, config=None, split=None, **kwargs):
+        asked.append((dataset_id, config, split))
+        return [_hub_row([0, 1], ["Lyon"])]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    [item] = load_items("msmarco", "dev", source="hub")
+    assert asked == [("microsoft/ms_marco", "v2.1", "validation")]
+    assert (
+        item.supporting_facts == [1]
+        and item.metadata["source_file"] == "hub:microsoft/ms_marco[v2.1]:validation"
+    )

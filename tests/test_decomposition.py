@@ -4,7 +4,6 @@ import random
 
 import pandas as pd
 import pytest
-from test_loaders import DATA_DIR, needs_data
 
 from kdlib.data.generated import QUESTION_TYPES
 from kdlib.data.loaders import load_items
@@ -26,6 +25,7 @@ from kdlib.decomposition import (
     trace_statistics,
     verify_decomposition,
 )
+from tests.test_loaders import DATA_DIR, needs_data
 
 
 @pytest.mark.parametrize("fmt", ["tagged", "plain"])
@@ -119,19 +119,12 @@ def test_quoting_ignores_case_and_punctuation_but_not_words():
 
 
 def test_facts_with_inner_full_stops_and_without_a_final_one_are_matched():
-    item = QAItem(
-        id="t4",
-        dataset="test",
-        split="test",
-        question="q",
-        answer="a",
-        context=[
-            "Neill Roberts plays for Durban City F.C. from 1977 to 1978.",
-            "Bruce Grobbelaar plays for Durban City F.C. from 1977 to 1978.",
-            "plants need sunlight",
-        ],
-        metadata={"question_type": "equal", "supporting_facts": [0, 2]},
-    )
+    context = [
+        "Neill Roberts plays for Durban City F.C. from 1977 to 1978.",
+        "Bruce Grobbelaar plays for Durban City F.C. from 1977 to 1978.",
+        "plants need sunlight",
+    ]
+    item = where_is_mary("t4", context, [0, 2], qtype="equal")
     gold = gold_steps(item)
     text = format_target(gold, item, "a", "tagged")
     assert "F.C. from 1977 to 1978. plants need sunlight.</think>" in text
@@ -171,15 +164,7 @@ def test_repeated_sentence_never_becomes_a_distractor():
 
 
 def test_gold_ids_outside_the_context_are_an_error():
-    bad = QAItem(
-        id="t3",
-        dataset="test",
-        split="train",
-        question="q",
-        answer="a",
-        context=["x."],
-        metadata={"question_type": "c", "supporting_facts": [4]},
-    )
+    bad = where_is_mary("t3", ["x."], [4])
     with pytest.raises(ValueError, match="t3"):
         gold_steps(bad)
 

@@ -7,6 +7,7 @@ when a dataset gives none. Ties are broken by corpus position, so results are de
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import bm25s
@@ -40,6 +41,7 @@ class BM25Index:
 
 
 _STEMMER = Stemmer.Stemmer("english")
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at INFO
 
 
 def _tokens(texts: list[str]) -> list[list[str]]:
