@@ -47,6 +47,7 @@ from kdlib.data.schema import frame_to_items
 from kdlib.decomposition import (
     check_rationales,
     decompose,
+    example_traces,
     perturbation_coverage,
     summarise_verification,
     trace_statistics,
@@ -104,12 +105,11 @@ px.histogram(
 # Per dataset, the first item to which every perturbation applies (else the one with most variants).
 
 # %%
-for dataset, rows in decomposed.groupby("dataset", sort=False):
-    variants_per_item = rows.groupby("item_id", sort=False)["variant"].nunique()
-    example = variants_per_item.idxmax()
-    item = next(i for i in items if i.id == example)
-    print(f"=== {dataset} · {item.id}\nQ: {item.question}  A: {item.answer}\ncontext: {item.context}")
-    for row in rows[rows["item_id"] == example].itertuples():
+items_by_id = {item.id: item for item in items}
+for item_id, rows in example_traces(decomposed).groupby("item_id", sort=False):
+    item = items_by_id[item_id]
+    print(f"=== {item.dataset} · {item.id}\nQ: {item.question}  A: {item.answer}\ncontext: {item.context}")
+    for row in rows.itertuples():
         print(f"[{row.variant}] {row.trace}")
     print()
 

@@ -155,7 +155,7 @@ def quoted_facts(facts_text: str, context: list[str]) -> QuotedFacts:
         return QuotedFacts((), 0)
     padded = f" {normalise(facts_text)} "
     found: list[tuple[int, str]] = []
-    for fact in sorted({normalise(f) for f in context if normalise(f)}, key=len, reverse=True):
+    for fact in sorted({normalise(f) for f in context} - {""}, key=len, reverse=True):
         needle, mask = f" {fact} ", " " + "#" * len(fact) + " "  # same length: positions stay valid
         position = padded.find(needle)
         while position >= 0:
@@ -280,14 +280,14 @@ def decompose(items: list[QAItem], fmt: str, perturbations: list[str], seed: int
     Columns: item_id, dataset, split, variant, question_type, fact_ids (in quoted order), trace,
     trace_format, class_source, facts_source, n_context, n_facts, trace_words.
     """
+    golds = [gold_steps(item) for item in items]
     observed: dict[str, set[str]] = {}
-    for item in items:
-        observed.setdefault(item.dataset, set()).add(gold_steps(item).question_type)
+    for item, gold in zip(items, golds, strict=True):
+        observed.setdefault(item.dataset, set()).add(gold.question_type)
     classes = {dataset: class_inventory(dataset, seen) for dataset, seen in observed.items()}
     rows = []
-    for item in items:
+    for item, gold in zip(items, golds, strict=True):
         rng = random.Random(f"{seed}/{item.id}")
-        gold = gold_steps(item)
         variants = [(CORRECT, gold)] + [
             (kind, perturb(gold, item, kind, classes[item.dataset], rng)) for kind in perturbations
         ]
@@ -333,12 +333,12 @@ def verify_decomposition(items: list[QAItem], decomposed: pd.DataFrame, fmt: str
     One row per trace: its scores, `errors` (the steps the verifier finds wrong) and `detected`: whether
     those are exactly the steps its variant perturbed (none for a correct trace).
     """
-    by_id = {item.id: item for item in items}
+    by_id = {item.id: (item, gold_steps(item)) for item in items}
     rows = []
     for row in decomposed.itertuples(index=False):
-        item = by_id[row.item_id]
+        item, gold = by_id[row.item_id]
         parsed = parse_output(format_target(steps_from_row(row), item, item.answer, fmt))
-        scores = score_trace(parsed, item, gold_steps(item))
+        scores = score_trace(parsed, item, gold)
         errors = step_errors(scores)
         rows.append(
             {
@@ -395,6 +395,16 @@ def perturbation_coverage(decomposed: pd.DataFrame, perturbations: list[str]) ->
     per_item = decomposed.groupby(["dataset", "variant"]).size().unstack(fill_value=0)
     applied = per_item.reindex(columns=perturbations, fill_value=0)
     return applied.div(per_item[CORRECT], axis=0)
+
+
+def example_traces(decomposed: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, every variant of one item: the first item to which every perturbation applies, else
+    the first with the most variants. Columns as in `decompose`."""
+    picked = []
+    for _, rows in decomposed.groupby("dataset", sort=False):
+        variants_per_item = rows.groupby("item_id", sort=False)["variant"].nunique()
+        picked.append(rows[rows["item_id"] == variants_per_item.idxmax()])
+    return pd.concat(picked, ignore_index=True)
 
 
 def check_rationales(items: list[QAItem], traces: pd.DataFrame) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdlib.data.msmarco_sample import NO_ANSWER, sample_rows
 from kdlib.data.openbook import OpenBook, fact_relation
 from kdlib.data.retrieval import BM25Index
 from kdlib.data.schema import (
@@ -627,6 +628,7 @@ def _gsm8k_hub(split: str, options: Options, root: Path | None) -> Iterator[QAIt
 
 MSMARCO_CLASSES = ("query_type", "answerability")
 MSMARCO_QUERY_TYPES = ("description", "numeric", "entity", "location", "person")
+_MSMARCO_OPTIONS = {"classify": lambda value: _one_of("classify", value, MSMARCO_CLASSES)}
 _MSMARCO_HUB_SPLITS = {"train": "train", "dev": "validation"}
 
 
@@ -635,8 +637,6 @@ def _msmarco_item(record: _Record, split: str, dataset: str, classify: str) -> Q
     query with none marked, the passage BM25 ranks first for the query and answer (silver). Unanswerable
     queries ("No Answer Present.") have none. The class is the query type (description, numeric,
     entity, location, person) or, with classify "answerability", answerable/unanswerable."""
-    from kdlib.data.msmarco_sample import NO_ANSWER
-
     texts = record.strings("passages.passage_text")
     selected = record.field("passages.is_selected", list)
     if len(selected) != len(texts) or not all(flag in (0, 1) for flag in selected):
@@ -694,8 +694,6 @@ def _msmarco_hub(split: str, options: Options, root: Path | None) -> Iterator[QA
 
 def _msmarco_sample_local(root: Path, split: str, options: Options) -> Iterator[QAItem]:
     """Generated rows (kdlib.data.msmarco_sample), converted exactly like hub rows."""
-    from kdlib.data.msmarco_sample import sample_rows
-
     source = "generated:msmarco-sample"
     for row_number, row in enumerate(sample_rows(options["rows"], seed=options["seed"], split=split), 1):
         record = _Record(row, f"{source}:{split}", row_number, f"{source}:{split} row {row_number}")
@@ -821,7 +819,7 @@ _DATASETS: dict[str, _Dataset] = {
         local=_msmarco_local,
         hub=_msmarco_hub,
         refused_splits={"test": "the MS MARCO v2.1 test split has no answers; use 'dev'"},
-        options={"classify": lambda value: _one_of("classify", value, MSMARCO_CLASSES)},
+        options=_MSMARCO_OPTIONS,
     ),
     "msmarco-sample": _Dataset(
         folder="",
@@ -831,7 +829,7 @@ _DATASETS: dict[str, _Dataset] = {
         hub=None,
         no_hub_reason="msmarco-sample is generated offline; use dataset 'msmarco' for the hub",
         options={
-            "classify": lambda value: _one_of("classify", value, MSMARCO_CLASSES),
+            **_MSMARCO_OPTIONS,
             "rows": lambda value: _count("rows", value, default=200),
             "seed": lambda value: _count("seed", value, default=0),
         },
