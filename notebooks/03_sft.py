@@ -9,16 +9,20 @@
 # ---
 
 # %% [markdown]
-# # 03 · Student SFT under each condition
+# # 03 · Student SFT: the condition grid
 #
-# One LoRA adapter per condition, all from the same student and the same training items:
+# Every student x condition x seed is one cell, trained on the same items with the same tokenisation
+# and target-only loss; conditions differ only in their training texts (`kdlib.conditions`):
 #
-# * `no_trace`: the answer alone;
-# * `correct_trace`: the gold classification + retrieval trace, then the answer;
-# * `incorrect_trace`: a perturbed trace, then the (gold) answer.
+# * Wadhwa et al.: `no_trace`, `rationale_before_label`, `rationale_after_label`,
+#   `shuffled_rationale_after_label`, `random_rationale_after_label`, `key_tokens_after_label`;
+# * Hendriks et al.: `multitask`, `counterfactual`, `multitask_counterfactual` (original or revised
+#   rationales through `rationale_recipe`);
+# * Bhambri et al.: `correct_trace`, `incorrect_trace` (the decomposed traces of notebook 02).
 #
-# Loss is on target tokens only. Each cell writes `sft/<condition>/{adapter/, train_log.csv, meta.json}`;
-# a finished cell is skipped when the notebook is rerun with the same params.
+# Each cell writes `sft/<student>/<condition>/seed<k>/{adapter/ or model/, train_log.csv, meta.json}`.
+# A finished cell is skipped when the notebook is rerun with the same params; an interrupted one resumes
+# from its last checkpoint.
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"
@@ -26,9 +30,17 @@ run_name = "demo"
 seed = 0
 data_dir = None
 device = "auto"
-student = "smollm2-135m-instruct"
+students = ["smollm2-135m-instruct"]
+seeds = [0]
 conditions = ["no_trace", "correct_trace", "incorrect_trace"]
+rationale_recipe = "rule"
+rationale_source = None
+counterfactual_recipe = "counterfactual"
 incorrect_perturbation = "both"
+multitask_alpha = 1.0
+multitask_beta = 1.0
+key_tokens = {"attributions": None, "top_k": None, "fraction": 0.2}
+finetune = "lora"
 lora = {
     "r": 16,
     "alpha": 32,
@@ -41,15 +53,18 @@ grad_accum = 1
 learning_rate = 0.002
 max_length = 512
 bf16 = True
+compile = False
+checkpoint_every = 50
 
 # %%
 import pandas as pd
+import plotly.express as px
 
 from kdlib import config, io, plots
 from kdlib.data.schema import frame_to_items
 from kdlib.decomposition import steps_by_item
 from kdlib.paths import RunLayout
-from kdlib.training import train_condition
+from kdlib.sft import TraceSources, load_key_words, train_grid, training_logs
 
 common, cfg = config.notebook_params("03_sft", globals())
 run = RunLayout(run_dir)
@@ -57,29 +72,56 @@ plots.use_offline_renderer()
 
 train_items = frame_to_items(io.read_parquet(run.items, produced_by="01_teacher_traces"), role="train")
 decomposed = io.read_parquet(run.decomposed, produced_by="02_decomposition")
-steps = steps_by_item(decomposed)
+sources = TraceSources(
+    traces=io.read_parquet(run.traces, produced_by="01_teacher_traces"),
+    steps=steps_by_item(decomposed),
+    key_words=load_key_words(cfg, run.attributions),
+)
 trace_format = str(decomposed["trace_format"].iloc[0])
 print(f"{len(train_items)} training items, trace format {trace_format!r}")
+print(f"grid: {len(cfg.students)} student(s) x {len(cfg.conditions)} condition(s) x {len(cfg.seeds)} seed(s)")
 
 # %%
-summaries = [
-    train_condition(run.sft_cell(c), c, train_items, steps, fmt=trace_format, sft=cfg, common=common)
-    for c in cfg.conditions
-]
-summary = pd.DataFrame(summaries)
-summary
+summary = train_grid(run, train_items, sources, sft=cfg, common=common, fmt=trace_format)
+summary[["student", "condition", "seed", "status", "examples", "skipped_items", "steps", "final_loss"]]
+
+# %% [markdown]
+# ## Loss curves (target tokens only)
 
 # %%
-logs = pd.concat(
-    [pd.read_csv(run.sft_cell(c) / "train_log.csv").assign(condition=c) for c in cfg.conditions],
-    ignore_index=True,
-)
+logs = training_logs(run, summary)
 plots.loss_curves(logs)
+
+# %% [markdown]
+# ## Tokens per condition
+# Prompt + target tokens and target tokens per example: what each condition asks the student to learn.
+
+# %%
+tokens = summary.melt(
+    id_vars=["student", "condition", "seed"],
+    value_vars=["tokens_per_example", "target_tokens_per_example"],
+    var_name="count",
+    value_name="tokens",
+)
+px.bar(tokens, x="condition", y="tokens", color="count", barmode="group", facet_col="student",
+       title="Tokens per training example")
+
+# %% [markdown]
+# ## Speed per cell
+# Wall time and training tokens/s (real tokens, padding excluded) of each cell, and the share of
+# batch positions that were padding.
+
+# %%
+speed = summary.assign(cell=plots.cell_labels(summary))
+speed[["cell", "finetune", "bf16", "trainable_parameters", "seconds", "tokens_per_second", "padding_share"]]
+
+# %%
+px.bar(speed, x="cell", y="tokens_per_second", color="student", title="Training tokens/s per cell")
 
 # %%
 io.write_csv(run.sft_summary, summary)
 io.write_meta(
     run.stage("sft"),
     params={"common": common.model_dump(), "sft": cfg.model_dump()},
-    artifacts=[run.sft_summary.name, *[f"{c}/" for c in cfg.conditions]],
+    artifacts=[run.sft_summary.name, *sorted({f"{cell.split('/')[0]}/" for cell in summary["cell"]})],
 )

@@ -30,7 +30,7 @@ import pandas as pd
 
 from kdlib import config, io, plots
 from kdlib.data.schema import frame_to_items
-from kdlib.evaluation import evaluate_conditions, summarise
+from kdlib.evaluation import evaluate_cells, summarise
 from kdlib.models import resolve_device
 from kdlib.paths import RunLayout
 
@@ -40,20 +40,20 @@ plots.use_offline_renderer()
 
 eval_items = frame_to_items(io.read_parquet(run.items, produced_by="01_teacher_traces"), role="eval")
 sft = io.read_json(io.require(run.root / "sft" / "meta.json", produced_by="03_sft"))["params"]["sft"]
-print(f"{len(eval_items)} evaluation items; student {sft['student']}; conditions {sft['conditions']}")
+cells = pd.read_csv(io.require(run.sft_summary, produced_by="03_sft"))
+print(f"{len(eval_items)} evaluation items; {len(cells)} trained cells")
 
 # %%
-predictions = evaluate_conditions(
+predictions = evaluate_cells(
     run,
-    sft["student"],
-    sft["conditions"],
+    cells,
     eval_items,
     device=resolve_device(common.device),
     seed=common.seed,
     max_new_tokens=cfg.max_new_tokens,
     batch_size=cfg.batch_size,
 )
-metrics = summarise(predictions, trace_conditions={c for c in sft["conditions"] if c != "no_trace"})
+metrics = summarise(predictions)
 metrics
 
 # %%
@@ -64,8 +64,8 @@ plots.accuracy_bars(metrics)
 
 # %%
 pd.set_option("display.max_colwidth", 200)
-predictions.groupby("condition").head(2)[
-    ["condition", "item_id", "output", "answer_correct", "trace_correct"]
+predictions.groupby(["student", "condition", "seed"]).head(2)[
+    ["student", "condition", "seed", "item_id", "output", "answer_correct", "trace_correct"]
 ]
 
 # %%

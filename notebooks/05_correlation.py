@@ -27,6 +27,7 @@ trace_criterion = "both_steps"
 # %%
 from kdlib import config, io, plots
 from kdlib.analysis import contingency
+from kdlib.conditions import CHECKABLE_TRACE_TRANSFORMS
 from kdlib.paths import RunLayout
 
 common, cfg = config.notebook_params("05_correlation", globals())
@@ -34,8 +35,8 @@ run = RunLayout(run_dir)
 plots.use_offline_renderer()
 
 predictions = io.read_parquet(run.predictions, produced_by="04_evaluation")
-traced = predictions[predictions["condition"] != "no_trace"]
-print(f"{len(traced)} predictions from {traced['condition'].nunique()} trace conditions")
+traced = predictions[predictions["transform"].isin(CHECKABLE_TRACE_TRANSFORMS)]
+print(f"{len(traced)} predictions from {traced['condition'].nunique()} checkable-trace conditions")
 
 # %%
 table = contingency(traced, cfg.trace_criterion)
@@ -52,5 +53,5 @@ io.write_meta(
     run.stage("correlation"),
     params={"common": common.model_dump(), "correlation": cfg.model_dump()},
     artifacts=[run.contingency.name, run.contingency_figure.name, "plotly.min.js"],
-    phi=dict(zip(table["condition"], table["phi"], strict=True)),
+    phi=dict(zip(plots.cell_labels(table), table["phi"], strict=True)),
 )

@@ -1,108 +1,148 @@
+"""Tokenisation, target-only loss, batching, the training loop and its checkpoints, on tiny models of both
+families (causal Llama, encoder-decoder T5)."""
+
 import random
 
 import pytest
 import torch
 
+from kdlib.conditions import TRANSFORMS, ItemTraces, TransformSettings, condition_examples
+from kdlib.config import LoraParams, SftParams
 from kdlib.decomposition import decompose, steps_by_item
-from kdlib.models import chat_prompt, load_model
+from kdlib.models import count_parameters, encode_prompt, load_model, student_prompt
+from kdlib.sft import add_lora, prepare_student
+from kdlib.teacher.rationales import rule_traces
 from kdlib.training import (
-    CONDITIONS,
     IGNORE_INDEX,
-    add_lora,
-    build_examples,
+    Checkpoint,
+    TrainSettings,
     collate,
+    encode_example,
     length_grouped_batches,
-    student_question,
+    target_logits,
     train,
+    weighted_loss_sum,
 )
 
+FAMILIES = ["tiny-llama", "tiny-t5"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def tiny(request):
+    model, tokenizer = load_model(request.param, seed=0)
+    return model, tokenizer
+
 
 @pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny-llama", seed=0)
+def traces(generated_items):
+    steps = steps_by_item(decompose(generated_items, "tagged", ["both"], seed=0))
+    rationales = rule_traces(generated_items).set_index("item_id")["rationale"]
+    return {
+        item.id: ItemTraces(
+            rationale=rationales[item.id],
+            steps=steps[item.id],
+            counterfactuals=((item.choices[0], "A reason for it."),),
+            key_words=tuple(rationales[item.id].split()[:2]),
+        )
+        for item in generated_items
+    }
 
 
-@pytest.fixture(scope="module")
-def steps(generated_items):
-    return steps_by_item(decompose(generated_items, "tagged", ["both"], seed=0))
+def texts(transform, items, traces):
+    settings = TransformSettings(fmt="tagged", seed=0, random_vocabulary=("a", "b"), alpha=0.5, beta=2.0)
+    examples, _ = condition_examples(transform, items, traces, settings)
+    return examples
 
 
-@pytest.mark.parametrize("condition", sorted(CONDITIONS))
-def test_prompt_tokens_are_masked_and_target_tokens_are_not(tiny, generated_items, steps, condition):
-    _, tokenizer = tiny
-    examples = build_examples(
-        tokenizer,
-        generated_items,
-        steps,
-        condition,
-        fmt="tagged",
-        incorrect_perturbation="both",
-        max_length=2048,
-    )
-    assert len(examples) == len(generated_items)
-    for item, example in zip(generated_items, examples, strict=True):
-        prompt = chat_prompt(tokenizer, student_question(item))
-        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        assert example.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
-        target = example.labels[n_prompt:]
-        assert target == example.input_ids[n_prompt:] and IGNORE_INDEX not in target
-        assert target[-1] == tokenizer.eos_token_id
-        text = tokenizer.decode(target[:-1])
-        assert text.endswith(f"<answer>{item.answer}</answer>")
-        assert ("<think>" in text) == (condition != "no_trace")
+def test_tiny_t5_is_an_encoder_decoder_of_known_size():
+    model, _ = load_model("tiny-t5", seed=0)
+    assert model.config.is_encoder_decoder and count_parameters(model) == 181_504
 
 
-def _loss(model, examples, pad_id):
-    batch = collate(examples, pad_id)
-    with torch.no_grad():
-        return model(**batch).loss.item()
-
-
-def _first_example(tokenizer, items, steps):
-    (example,) = build_examples(
-        tokenizer,
-        items[:1],
-        steps,
-        "correct_trace",
-        fmt="tagged",
-        incorrect_perturbation="both",
-        max_length=2048,
-    )
-    return example
-
-
-def test_loss_is_the_mean_over_target_tokens_only(tiny, generated_items, steps):
+@pytest.mark.parametrize("transform", sorted(TRANSFORMS))
+def test_prompt_tokens_carry_no_label_for_every_condition_and_family(
+    tiny, generated_items, traces, transform
+):
     model, tokenizer = tiny
-    example = _first_example(tokenizer, generated_items, steps)
-    ids = torch.tensor([example.input_ids])
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, :-1]
-    targets = torch.tensor(example.labels[1:])
-    keep = targets != IGNORE_INDEX
-    manual = torch.nn.functional.cross_entropy(logits[keep], targets[keep]).item()
-    assert _loss(model, [example], tokenizer.pad_token_id) == pytest.approx(manual, rel=1e-5)
+    for text in texts(transform, generated_items[:4], traces):
+        example = encode_example(model, tokenizer, text, max_length=4096)
+        prompt_ids = encode_prompt(model, tokenizer, student_prompt(model, tokenizer, text.prompt))
+        target_ids = tokenizer(text.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if model.config.is_encoder_decoder:
+            assert example.input_ids == prompt_ids and example.labels == target_ids
+        else:
+            n = len(prompt_ids)
+            assert example.labels[:n] == [IGNORE_INDEX] * n
+            assert example.labels[n:] == example.input_ids[n:] == target_ids
+        assert example.weight == text.weight
 
 
-def test_loss_changes_only_when_target_tokens_change(tiny, generated_items, steps):
+def _loss(model, batch):
+    logits, labels, weights = target_logits(model, batch)
+    return weighted_loss_sum(logits, labels, weights) / (labels != IGNORE_INDEX).sum()
+
+
+@pytest.mark.parametrize("transform", sorted(TRANSFORMS))
+def test_loss_depends_only_on_target_positions(tiny, generated_items, traces, transform):
+    """The gradient of the training loss w.r.t. every logit is zero off the target positions, nonzero on
+    them, and the training loss (logits at target positions only) equals the loss of the full logits."""
     model, tokenizer = tiny
-    example = _first_example(tokenizer, generated_items, steps)
-    base = _loss(model, [example], tokenizer.pad_token_id)
-    n_prompt = example.labels.count(IGNORE_INDEX)
-    # Right padding (to a longer batch neighbour) adds only masked positions: the loss is unchanged.
-    longer = type(example)("x", example.input_ids + [5] * 30, example.labels + [IGNORE_INDEX] * 30)
-    padded = collate([example, longer], tokenizer.pad_token_id)
-    assert padded["labels"][0, len(example.labels) :].eq(IGNORE_INDEX).all()
-    with torch.no_grad():
-        padded_loss = model(**{k: v[:1] for k, v in padded.items()}).loss.item()
-    assert padded_loss == pytest.approx(base, rel=1e-5)
-    # Changing the label of a target token changes the loss ...
-    changed = list(example.labels)
-    changed[n_prompt + 1] = (changed[n_prompt + 1] + 1) % 256
-    assert _loss(
-        model, [type(example)("x", example.input_ids, changed)], tokenizer.pad_token_id
-    ) != pytest.approx(base)
-    # ... while prompt positions carry no label at all, so no prompt label can enter the loss.
-    assert all(label == IGNORE_INDEX for label in example.labels[:n_prompt])
+    examples = [
+        encode_example(model, tokenizer, t, 4096) for t in texts(transform, generated_items[:3], traces)
+    ]
+    batch = collate(examples, tokenizer.pad_token_id)
+    labels, weights = batch["labels"], batch["weights"]
+    if model.config.is_encoder_decoder:
+        full = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels=labels),
+        ).logits
+        predicted, predicted_weights, predicting = labels, weights, full
+    else:
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        predicted, predicted_weights, predicting = labels[:, 1:], weights[:, 1:], full[:, :-1]
+    full.retain_grad()
+    reference = (
+        weighted_loss_sum(predicting, predicted, predicted_weights) / (predicted != IGNORE_INDEX).sum()
+    )
+    reference.backward()
+    is_target = predicted != IGNORE_INDEX
+    gradient = full.grad[:, : predicted.shape[1]].abs().sum(-1)
+    assert gradient[~is_target].eq(0).all() and gradient[is_target].gt(0).all()
+    if not model.config.is_encoder_decoder:
+        assert full.grad[:, -1].eq(0).all()  # the last position predicts nothing
+    assert _loss(model, batch).item() == pytest.approx(reference.item(), rel=1e-5)
+    # A changed target token changes the loss.
+    changed = examples[0]
+    labels_changed = list(changed.labels)
+    position = next(i for i, label in enumerate(labels_changed) if label != IGNORE_INDEX)
+    labels_changed[position] = (labels_changed[position] + 1) % 200
+    altered = collate([type(changed)("x", "t", changed.input_ids, labels_changed), *examples[1:]], 0)
+    assert _loss(model, altered).item() != _loss(model, batch).item()
+
+
+def test_padding_adds_nothing_to_the_loss(tiny, generated_items, traces):
+    model, tokenizer = tiny
+    short, long = sorted(
+        (encode_example(model, tokenizer, t, 4096) for t in texts("no_trace", generated_items[:6], traces)),
+        key=lambda e: e.length,
+    )[::5]
+    alone = _loss(model, collate([short], tokenizer.pad_token_id))
+    padded = collate([short, long], tokenizer.pad_token_id)
+    one_row = {k: v[:1] for k, v in padded.items()}
+    assert padded["input_ids"].shape[1] > len(short.input_ids) or padded["labels"].shape[1] > len(
+        short.labels
+    )
+    assert _loss(model, one_row).item() == pytest.approx(alone.item(), rel=1e-5)
+
+
+def test_example_weights_scale_their_tokens(tiny, generated_items, traces):
+    model, tokenizer = tiny
+    example = encode_example(model, tokenizer, texts("no_trace", generated_items[:1], traces)[0], 4096)
+    heavy = type(example)("x", "t", example.input_ids, example.labels, weight=3.0)
+    light = _loss(model, collate([example], 0))
+    assert _loss(model, collate([heavy], 0)).item() == pytest.approx(3 * light.item(), rel=1e-5)
 
 
 def test_length_grouped_batches_cover_every_example_once():
@@ -113,46 +153,118 @@ def test_length_grouped_batches_cover_every_example_once():
     assert all(len(b) <= 4 for b in batches)
 
 
-def test_lora_training_lowers_the_loss_and_trains_only_the_adapter(generated_items, steps):
-    model, tokenizer = load_model("tiny-llama", seed=0)
-    model = add_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=0)
+def _examples(model, tokenizer, items, traces, transform="correct_trace"):
+    return [encode_example(model, tokenizer, t, 4096) for t in texts(transform, items, traces)]
+
+
+def _settings(**changes):
+    base = {"epochs": 1, "batch_size": 4, "grad_accum": 1, "learning_rate": 1e-2, "bf16": False, "seed": 0}
+    return TrainSettings(**{**base, **changes})
+
+
+NO_DROPOUT = LoraParams(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+
+
+def test_gradient_accumulation_matches_the_large_batch(generated_items, traces):
+    """One step over 4 examples: batch 4, or 2 micro-batches of 2, give the same update (the loss is
+    normalised over the whole accumulation group, not averaged per micro-batch)."""
+    trained = []
+    for batch_size, grad_accum in ((4, 1), (2, 2)):
+        model, tokenizer = load_model("tiny-llama", seed=0)
+        model = add_lora(model, NO_DROPOUT, seed=0)
+        examples = _examples(model, tokenizer, generated_items[:4], traces)
+        train(model, examples, _settings(batch_size=batch_size, grad_accum=grad_accum), pad_token_id=0)
+        trained.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+    for name, value in trained[0].items():
+        torch.testing.assert_close(trained[1][name], value, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("student", FAMILIES)
+def test_lora_training_lowers_the_loss_and_trains_only_the_adapter(student, generated_items, traces):
+    model, tokenizer = load_model(student, seed=0)
+    target_modules = ["q", "v"] if student == "tiny-t5" else ["q_proj", "v_proj"]
+    model = add_lora(model, NO_DROPOUT.model_copy(update={"target_modules": target_modules}), seed=0)
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
-    examples = build_examples(
-        tokenizer,
-        generated_items[:8],
-        steps,
-        "no_trace",
-        fmt="tagged",
-        incorrect_perturbation="both",
-        max_length=2048,
-    )
-    log = train(
-        model,
-        tokenizer,
-        examples,
-        epochs=6,
-        batch_size=4,
-        grad_accum=2,
-        learning_rate=1e-2,
-        bf16=False,
-        seed=0,
-    )
-    assert len(log) == 6 and log["loss"].iloc[-1] < log["loss"].iloc[0]
+    examples = _examples(model, tokenizer, generated_items[:8], traces, "multitask")
+    log = train(model, examples, _settings(epochs=6, grad_accum=2), pad_token_id=tokenizer.pad_token_id)
+    assert len(log) == 6 * 2 and log["loss"].iloc[-1] < log["loss"].iloc[0]
     assert log["target_tokens"].iloc[-1] == 6 * sum(e.n_target_tokens for e in examples)
+    assert (log["tokens"] <= log["padded_tokens"]).all()
     for name, param in model.named_parameters():
         if name in frozen:
             assert torch.equal(param, frozen[name]), name
 
 
-def test_too_long_example_is_an_error_naming_the_item(tiny, generated_items, steps):
-    _, tokenizer = tiny
-    with pytest.raises(ValueError, match=generated_items[0].id):
-        build_examples(
-            tokenizer,
-            generated_items[:1],
-            steps,
-            "no_trace",
-            fmt="tagged",
-            incorrect_perturbation="both",
-            max_length=10,
-        )
+@pytest.mark.parametrize("finetune", ["full", "lora", "qlora"])
+def test_finetune_methods_train_the_right_parameters(finetune, generated_items, traces):
+    sft = SftParams(finetune=finetune, lora=NO_DROPOUT)
+    model, tokenizer = prepare_student("tiny-llama", sft, device=torch.device("cpu"), seed=0, bf16=False)
+    total = count_parameters(model)
+    trainable = count_parameters(model, trainable_only=True)
+    if finetune == "full":
+        assert trainable == total == 90_688
+    else:
+        # r=4 on q_proj (64 -> 64) and v_proj (64 -> 32) in 2 layers: 2 x (4*64 + 64*4 + 4*64 + 32*4)
+        assert trainable == 2 * (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4) == 1_792
+    if finetune == "qlora":
+        import bitsandbytes as bnb
+
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+    log = train(model, _examples(model, tokenizer, generated_items[:4], traces), _settings(), pad_token_id=0)
+    assert len(log) == 1 and log["loss"].notna().all()
+    changed = [
+        n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p.float(), before[n])
+    ]
+    assert changed
+
+
+def test_interrupted_training_resumes_to_the_same_result(tmp_path, generated_items, traces):
+    def fresh():
+        model, tokenizer = load_model("tiny-llama", seed=0)
+        return add_lora(
+            model, LoraParams(r=4, alpha=8, dropout=0.1, target_modules=["q_proj"]), seed=0
+        ), tokenizer
+
+    settings = _settings(epochs=3, batch_size=4, checkpoint_every=2)
+    model, tokenizer = fresh()
+    examples = _examples(model, tokenizer, generated_items[:12], traces)
+    straight = train(model, examples, settings, pad_token_id=0)
+    expected = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def interrupt(row):
+        if row["step"] == 5:
+            raise KeyboardInterrupt
+
+    checkpoint = Checkpoint(tmp_path / "checkpoint", fingerprint="run-a")
+    model, _ = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        train(model, examples, settings, pad_token_id=0, checkpoint=checkpoint, on_step=interrupt)
+    model, _ = fresh()
+    resumed = train(model, examples, settings, pad_token_id=0, checkpoint=checkpoint)
+    assert len(resumed) == len(straight) == 9
+    assert resumed["loss"].tolist() == pytest.approx(straight["loss"].tolist(), rel=1e-5)
+    for name, value in model.named_parameters():
+        if value.requires_grad:
+            torch.testing.assert_close(value, expected[name])
+    # A checkpoint of another run is ignored.
+    model, _ = fresh()
+    assert Checkpoint(tmp_path / "checkpoint", fingerprint="run-b").load(model, None, None) == (0, [])
+
+
+def test_compiled_forward_trains_like_eager(generated_items, traces):
+    losses = []
+    for compile_forward in (False, True):
+        model, tokenizer = load_model("tiny-llama", seed=0)
+        model = add_lora(model, NO_DROPOUT, seed=0)
+        examples = _examples(model, tokenizer, generated_items[:8], traces)
+        log = train(model, examples, _settings(epochs=2, compile=compile_forward), pad_token_id=0)
+        losses.append(log["loss"].tolist())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+
+
+def test_too_long_example_is_an_error_naming_the_item(generated_items, traces):
+    model, tokenizer = load_model("tiny-llama", seed=0)
+    text = texts("no_trace", generated_items[:1], traces)[0]
+    with pytest.raises(ValueError, match=f"item {generated_items[0].id} .*sft.max_length=10"):
+        encode_example(model, tokenizer, text, max_length=10)

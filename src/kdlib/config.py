@@ -194,41 +194,132 @@ class LoraParams(Schema):
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Modules adapted (Llama-style names).",
+        description="Modules adapted (Llama-style names; T5 uses q, k, v, o, wi, wo).",
     )
+
+
+class ConditionSpec(Schema):
+    """One training condition: a transform (kdlib.conditions.TRANSFORMS) and the traces it reads."""
+
+    name: str = Field(description="Cell folder name, unique in the grid.")
+    transform: str = Field(description="Which transform; see kdlib.conditions.TRANSFORMS.")
+    rationale_recipe: str | None = Field(
+        None, description="Recipe of the rationale rows (traces.parquet) it uses; null: sft.rationale_recipe."
+    )
+    rationale_source: str | None = Field(
+        None, description="Source of those rows (rule, llm, palm_cot, hendriks); null: sft.rationale_source."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_run_name(value)
+
+    @field_validator("transform")
+    @classmethod
+    def _known_transform(cls, value: str) -> str:
+        from kdlib.conditions import TRANSFORMS
+
+        if value not in TRANSFORMS:
+            raise ValueError(f"unknown transform {value!r}; choose from {sorted(TRANSFORMS)}")
+        return value
+
+
+class KeyTokenParams(Schema):
+    attributions: str | None = Field(
+        None,
+        description="Attributions parquet (item_id, word_index, word, attribution); null: this run's "
+        "evaluation/attributions.parquet.",
+    )
+    top_k: int | None = Field(None, gt=0, description="Keep this many words per rationale ...")
+    fraction: float | None = Field(0.2, gt=0.0, le=1.0, description="... or this share of them (ceil).")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> KeyTokenParams:
+        if (self.top_k is None) == (self.fraction is None):
+            raise ValueError("set exactly one of top_k and fraction")
+        return self
 
 
 class SftParams(Schema):
-    """03_sft: LoRA training of the student under each condition."""
+    """03_sft: the training grid, students x conditions x seeds."""
 
-    student: str = Field(
-        "smollm2-135m-instruct", description="Student LM: a kdlib model name, HF id or path."
+    students: list[str] = Field(
+        default_factory=lambda: ["smollm2-135m-instruct"],
+        min_length=1,
+        description="Student LMs (causal or T5-style seq2seq): kdlib model names, HF ids or paths.",
     )
-    conditions: list[str] = Field(
+    seeds: list[int] = Field(
+        default_factory=lambda: [0], min_length=1, description="Training seeds (init of LoRA, batch order)."
+    )
+    conditions: list[str | ConditionSpec] = Field(
         default_factory=lambda: ["no_trace", "correct_trace", "incorrect_trace"],
         min_length=1,
-        description="Training conditions; see kdlib.training.CONDITIONS.",
+        description="Conditions: a transform name, or {name, transform, rationale_recipe, rationale_source}.",
+    )
+    rationale_recipe: str = Field(
+        "rule", description="Default rationale rows for rationale conditions (recipe in traces.parquet)."
+    )
+    rationale_source: str | None = Field(None, description="Default source of those rows; null: any.")
+    counterfactual_recipe: str = Field(
+        "counterfactual",
+        description="Recipe of the rationales for wrong choices (counterfactual conditions).",
     )
     incorrect_perturbation: Literal["class", "retrieval", "both", "shuffled"] = Field(
         "both", description="Which perturbed trace the incorrect_trace condition trains on."
     )
-    lora: LoraParams = Field(default_factory=LoraParams, description="LoRA adapter settings.")
-    epochs: int = Field(2, gt=0, description="Passes over the training items.")
-    batch_size: int = Field(8, gt=0, description="Examples per optimiser step (before accumulation).")
+    multitask_alpha: float = Field(1.0, ge=0.0, description="Loss weight of [predict] examples (multitask).")
+    multitask_beta: float = Field(1.0, ge=0.0, description="Loss weight of [explain] examples (multitask).")
+    key_tokens: KeyTokenParams = Field(
+        default_factory=KeyTokenParams, description="key_tokens_after_label: attributions and how many."
+    )
+    finetune: Literal["full", "lora", "qlora"] = Field(
+        "lora", description="full fine-tuning, LoRA, or QLoRA (NF4 base through bitsandbytes)."
+    )
+    lora: LoraParams = Field(default_factory=LoraParams, description="LoRA adapter settings (lora, qlora).")
+    epochs: int = Field(2, gt=0, description="Passes over the training examples.")
+    batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimiser step.")
     learning_rate: float = Field(2e-3, gt=0, description="AdamW peak learning rate (linear decay).")
     max_length: int = Field(512, gt=0, description="Examples longer than this many tokens are an error.")
-    bf16: bool = Field(True, description="bf16 autocast (CPU or CUDA).")
+    bf16: bool = Field(True, description="bf16 autocast where the device supports it (CPU, recent CUDA).")
+    compile: bool = Field(False, description="torch.compile the student's forward pass.")
+    checkpoint_every: int = Field(
+        50, ge=0, description="Optimiser steps between resumable checkpoints (0: none)."
+    )
 
-    @field_validator("conditions")
-    @classmethod
-    def _known_conditions(cls, value: list[str]) -> list[str]:
-        from kdlib.training import CONDITIONS
+    @model_validator(mode="after")
+    def _unique_cells(self) -> SftParams:
+        from kdlib.conditions import TRANSFORMS
 
-        unknown = [c for c in value if c not in CONDITIONS]
+        names = [c if isinstance(c, str) else c.name for c in self.conditions]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"condition names {repeated} appear more than once")
+
+        unknown = [c for c in self.conditions if isinstance(c, str) and c not in TRANSFORMS]
         if unknown:
-            raise ValueError(f"unknown condition(s) {unknown}; choose from {sorted(CONDITIONS)}")
-        return value
+            raise ValueError(f"unknown condition(s) {unknown}; choose from {sorted(TRANSFORMS)}")
+        for field_name in ("students", "seeds"):
+            values = getattr(self, field_name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{field_name} has repeats: {values}")
+        return self
+
+    def condition_specs(self) -> list[ConditionSpec]:
+        """Every condition as a full spec, defaults filled in from this section."""
+        specs = []
+        for c in self.conditions:
+            spec = ConditionSpec(name=c, transform=c) if isinstance(c, str) else c
+            specs.append(
+                spec.model_copy(
+                    update={
+                        "rationale_recipe": spec.rationale_recipe or self.rationale_recipe,
+                        "rationale_source": spec.rationale_source or self.rationale_source,
+                    }
+                )
+            )
+        return specs
 
 
 class EvaluationParams(Schema):

@@ -85,14 +85,20 @@ def _as_sentence(fact: str) -> str:
     return fact if fact[-1:] in ".!?" else fact + "."
 
 
+def format_rationale(text: str, fmt: str) -> str:
+    """Free-text reasoning in a target: inside <think> tags (tagged) or as it is (plain)."""
+    if fmt == "tagged":
+        return f"<think>{text}</think>"
+    if fmt == "plain":
+        return text
+    raise ValueError(f"unknown trace format {fmt!r}; choose from {TRACE_FORMATS}")
+
+
 def format_trace(steps: Steps, item: QAItem, fmt: str) -> str:
     """The reasoning part of a target: class sentence, then the needed facts quoted in the given order."""
     facts = " ".join(_as_sentence(item.context[i]) for i in steps.fact_ids) if steps.fact_ids else _NO_FACTS
-    if fmt == "tagged":
-        return f"<think>{_CLASS_PREFIX} {steps.question_type}. {_FACTS_PREFIX} {facts}</think>"
-    if fmt == "plain":
-        return f"{_CLASS_PREFIX} {steps.question_type}.\n{_FACTS_PREFIX} {facts}"
-    raise ValueError(f"unknown trace format {fmt!r}; choose from {TRACE_FORMATS}")
+    separator = " " if fmt == "tagged" else "\n"
+    return format_rationale(f"{_CLASS_PREFIX} {steps.question_type}.{separator}{_FACTS_PREFIX} {facts}", fmt)
 
 
 def format_answer(answer: str, fmt: str) -> str:

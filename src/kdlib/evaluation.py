@@ -6,14 +6,17 @@ import math
 
 import pandas as pd
 
+from kdlib.analysis import CELL_KEYS
+from kdlib.conditions import CHECKABLE_TRACE_TRANSFORMS, evaluation_prompt
 from kdlib.data.schema import QAItem
 from kdlib.decomposition import gold_steps, normalise, parse_output, score_trace
-from kdlib.models import chat_prompt, generate_texts
-from kdlib.training import student_question
+from kdlib.models import generate_texts, student_prompt
+from kdlib.sft import load_trained
 
 
-def evaluate_outputs(condition: str, items: list[QAItem], outputs: list[str]) -> pd.DataFrame:
-    """One row per item: the output, its parsed answer and trace, and their scores.
+def evaluate_outputs(cell: dict, items: list[QAItem], outputs: list[str]) -> pd.DataFrame:
+    """One row per item: the cell (student, condition, transform, seed), the output, its parsed answer
+    and trace, and their scores.
 
     An output with no readable answer has answer_parsed=False; it counts as not correct and is
     reported separately through the parse rate, never silently as a wrong label.
@@ -22,7 +25,7 @@ def evaluate_outputs(condition: str, items: list[QAItem], outputs: list[str]) ->
     for item, output in zip(items, outputs, strict=True):
         parsed = parse_output(output)
         row = {
-            "condition": condition,
+            **{key: cell[key] for key in (*CELL_KEYS, "transform")},
             "item_id": item.id,
             "question_type": item.question_type,
             "output": output,
@@ -37,9 +40,10 @@ def evaluate_outputs(condition: str, items: list[QAItem], outputs: list[str]) ->
 
 
 def generate_answers(
-    model, tokenizer, items: list[QAItem], *, max_new_tokens: int, batch_size: int, desc: str
+    model, tokenizer, transform: str, items: list[QAItem], *, max_new_tokens: int, batch_size: int, desc: str
 ):
-    prompts = [chat_prompt(tokenizer, student_question(item)) for item in items]
+    """Greedy outputs of a student trained under `transform`, asked the way it was trained to answer."""
+    prompts = [student_prompt(model, tokenizer, evaluation_prompt(transform, item)) for item in items]
     return generate_texts(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc
     )
@@ -55,16 +59,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return centre - half, centre + half
 
 
-def summarise(predictions: pd.DataFrame, trace_conditions: set[str]) -> pd.DataFrame:
-    """Per condition: n, answer accuracy with its 95% CI, parse rate, and trace scores (trace conditions)."""
+def summarise(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: n, answer accuracy with its 95% CI, parse rate, and trace scores (checkable-trace cells)."""
     rows = []
-    for condition, group in predictions.groupby("condition", sort=False):
+    for keys, group in predictions.groupby([*CELL_KEYS, "transform"], sort=False):
         n, correct = len(group), int(group["answer_correct"].sum())
         low, high = wilson_interval(correct, n)
-        has_trace = condition in trace_conditions
+        has_trace = keys[-1] in CHECKABLE_TRACE_TRANSFORMS
         rows.append(
             {
-                "condition": condition,
+                **dict(zip((*CELL_KEYS, "transform"), keys, strict=True)),
                 "n": n,
                 "accuracy": correct / n,
                 "accuracy_ci_low": low,
@@ -80,22 +84,9 @@ def summarise(predictions: pd.DataFrame, trace_conditions: set[str]) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def load_trained_student(student: str, adapter_dir, *, device, seed: int):
-    """The base student with the LoRA adapter of one SFT cell applied (eval mode)."""
-    from peft import PeftModel
-
-    from kdlib.models import load_model
-
-    base, tokenizer = load_model(student, device=device, seed=seed)
-    model = PeftModel.from_pretrained(base, adapter_dir)
-    model.eval()
-    return model, tokenizer
-
-
-def evaluate_conditions(
+def evaluate_cells(
     run,
-    student: str,
-    conditions: list[str],
+    cells: pd.DataFrame,
     items: list[QAItem],
     *,
     device,
@@ -103,14 +94,19 @@ def evaluate_conditions(
     max_new_tokens: int,
     batch_size: int,
 ) -> pd.DataFrame:
-    """Predictions of every SFT cell of `run` (a RunLayout) on `items`: one row per condition x item."""
+    """Predictions of every trained cell (rows of sft/summary.csv) of `run` (a RunLayout) on `items`."""
     frames = []
-    for condition in conditions:
-        model, tokenizer = load_trained_student(
-            student, run.sft_cell(condition) / "adapter", device=device, seed=seed
-        )
+    for cell in cells.to_dict(orient="records"):
+        model, tokenizer = load_trained(run.root / "sft" / cell["cell"], device=device, seed=seed)
+        label = "/".join(str(cell[k]) for k in CELL_KEYS)
         outputs = generate_answers(
-            model, tokenizer, items, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=condition
+            model,
+            tokenizer,
+            cell["transform"],
+            items,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            desc=label,
         )
-        frames.append(evaluate_outputs(condition, items, outputs))
+        frames.append(evaluate_outputs(cell, items, outputs))
     return pd.concat(frames, ignore_index=True)

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
@@ -28,6 +30,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     StoppingCriteria,
     StoppingCriteriaList,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 from kdlib.paths import cache_dir
@@ -82,8 +86,10 @@ PRETRAINED: dict[str, PretrainedSpec] = {
 
 @dataclass(frozen=True)
 class TinySpec:
-    """A random-init Llama built from a config, with a byte-level tokenizer: for tests and smoke runs."""
+    """A random-init Llama (causal) or T5 (seq2seq) built from a config, with a byte-level tokenizer:
+    for tests and smoke runs."""
 
+    family: str  # llama | t5
     hidden_size: int
     intermediate_size: int
     num_hidden_layers: int
@@ -93,11 +99,20 @@ class TinySpec:
 
 TINY: dict[str, TinySpec] = {
     "tiny-llama": TinySpec(
+        family="llama",
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
+    ),
+    "tiny-t5": TinySpec(
+        family="t5",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
     ),
 }
 
@@ -126,6 +141,22 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_model(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     spec = TINY[name]
     tokenizer = byte_tokenizer()
+    if spec.family == "t5":
+        config = T5Config(
+            vocab_size=len(tokenizer),
+            d_model=spec.hidden_size,
+            d_ff=spec.intermediate_size,
+            d_kv=spec.hidden_size // spec.num_attention_heads,
+            num_layers=spec.num_hidden_layers,
+            num_heads=spec.num_attention_heads,
+            dropout_rate=0.0,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return T5ForConditionalGeneration(config), tokenizer
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
@@ -207,24 +238,64 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     trust_remote_code: bool = False,
+    quantize_4bit: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) by kdlib name (see MODEL_NAMES), local folder or HF hub id.
 
-    Weights load from safetensors only. The tokenizer always has a pad token.
+    Causal LMs and encoder-decoders (T5 family) alike. Weights load from safetensors only.
+    `quantize_4bit` loads the linear layers as bitsandbytes NF4 (QLoRA) with `dtype` compute.
+    The tokenizer always has a pad token.
     """
     if name_or_path in TINY:
         model, tokenizer = tiny_model(name_or_path, seed=seed)
+        if quantize_4bit:  # quantisation happens at load time: round-trip through safetensors
+            with tempfile.TemporaryDirectory() as folder:
+                model.save_pretrained(folder, safe_serialization=True)
+                model = _from_pretrained(folder, dtype, quantize_4bit, device, trust_remote_code)
     else:
         source = resolve_pretrained(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-        )
+        model = _from_pretrained(source, dtype, quantize_4bit, device, trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
         tokenizer.chat_template = CHATML_TEMPLATE
-    return model.to(device=device, dtype=dtype), tokenizer
+    return (model if quantize_4bit else model.to(device=device, dtype=dtype)), tokenizer
+
+
+def _from_pretrained(
+    source: str, dtype: torch.dtype, quantize_4bit: bool, device, trust_remote_code: bool
+) -> PreTrainedModel:
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    quantized = {}
+    if quantize_4bit:
+        from transformers import BitsAndBytesConfig
+
+        quantized = {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+            ),
+            "device_map": {"": str(device)},
+        }
+    return auto.from_pretrained(
+        source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **quantized
+    )
+
+
+def is_seq2seq(model: PreTrainedModel) -> bool:
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def student_prompt(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, user: str) -> str:
+    """What a student reads: the chat-formatted turn (causal LMs) or the plain text (encoder input)."""
+    return user if is_seq2seq(model) else chat_prompt(tokenizer, user)
+
+
+def encode_prompt(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """Token ids of a prompt from student_prompt: encoder inputs get the tokenizer's specials (T5's
+    </s>); chat prompts already hold theirs."""
+    return tokenizer(prompt, add_special_tokens=is_seq2seq(model))["input_ids"]
 
 
 def _weights_digest(folder: Path) -> str:
@@ -332,7 +403,8 @@ def iter_generate(
     seed: int = 0,
     desc: str = "generate",
 ) -> Iterator[list[tuple[int, str]]]:
-    """Continuations of `prompts` (already chat-formatted), yielded batch by batch as (index, text) pairs.
+    """Continuations of `prompts` (from student_prompt / chat_prompt), yielded batch by batch as
+    (index, text) pairs; for an encoder-decoder, its decoder's output.
 
     Batches are left-padded and sorted by prompt length so each pads little. temperature 0 is greedy;
     above 0 samples with top-p, seeded per batch. Texts are decoded without special tokens and cut at
@@ -341,7 +413,7 @@ def iter_generate(
     from tqdm.auto import tqdm
 
     tokenizer.padding_side = "left"
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [encode_prompt(model, tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     device = next(model.parameters()).device
     sampling = (
@@ -354,7 +426,7 @@ def iter_generate(
         batch = order[start : start + batch_size]
         padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
         torch.manual_seed(seed + batch_number)
-        prompt_length = padded["input_ids"].shape[1]
+        prompt_length = 0 if is_seq2seq(model) else padded["input_ids"].shape[1]  # decoders start afresh
         stopping = [_StopOnStrings(tokenizer, stop, prompt_length)] if stop else []
         generated = model.generate(
             **padded,
@@ -364,7 +436,7 @@ def iter_generate(
             stopping_criteria=StoppingCriteriaList(stopping),
             **sampling,
         )
-        new_tokens = generated[:, padded["input_ids"].shape[1] :]
+        new_tokens = generated[:, prompt_length:]
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         yield [(i, cut_at_stop(text, stop).strip()) for i, text in zip(batch, texts, strict=True)]
 

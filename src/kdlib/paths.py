@@ -28,6 +28,12 @@ def check_run_name(name: str) -> str:
     return name
 
 
+def student_folder(student: str) -> str:
+    """A model name, hub id or path as one folder name: the last path parts, '/' as '--'."""
+    parts = [p for p in Path(student).parts if p not in ("/", ".", "..")][-2:]
+    return check_run_name("--".join(parts))
+
+
 def resolve_repo_path(path: str | os.PathLike) -> Path:
     """Relative paths in params are relative to the repository root, wherever the kernel runs."""
     path = Path(path).expanduser()
@@ -94,8 +100,9 @@ class RunLayout:
     def rationale_check(self) -> Path:
         return self.root / "decomposition" / "rationale_check.csv"
 
-    def sft_cell(self, condition: str) -> Path:
-        return self.root / "sft" / condition
+    def sft_cell(self, student: str, condition: str, seed: int) -> Path:
+        """sft/<student>/<condition>/seed<k>; a hub id's '/' becomes '--'."""
+        return self.root / "sft" / student_folder(student) / check_run_name(condition) / f"seed{seed}"
 
     @property
     def sft_summary(self) -> Path:
@@ -108,6 +115,10 @@ class RunLayout:
     @property
     def metrics(self) -> Path:
         return self.root / "evaluation" / "metrics.csv"
+
+    @property
+    def attributions(self) -> Path:
+        return self.root / "evaluation" / "attributions.parquet"
 
     @property
     def contingency(self) -> Path:

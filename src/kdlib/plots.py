@@ -7,6 +7,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
+from kdlib.analysis import CELL_KEYS
+
 
 def use_offline_renderer() -> None:
     """Render figures both as the Plotly mimetype (JupyterLab) and as self-contained HTML (exports).
@@ -24,20 +26,32 @@ def save_figure(figure: go.Figure, path) -> None:
         figure.write_html(tmp, include_plotlyjs="directory", full_html=True)
 
 
+def cell_labels(frame: pd.DataFrame) -> pd.Series:
+    """Short names of grid cells: only the student / condition / seed parts that vary in `frame`."""
+    varying = [k for k in CELL_KEYS if frame[k].nunique() > 1] or ["condition"]
+    parts = [("seed " if k == "seed" else "") + frame[k].astype(str) for k in varying]
+    label = parts[0]
+    for part in parts[1:]:
+        label = label + " / " + part
+    return label
+
+
 def loss_curves(logs: pd.DataFrame) -> go.Figure:
-    """Training loss per optimiser step, one line per condition (`logs` has condition, step, loss)."""
+    """Training loss per optimiser step, one line per cell (`logs` has student, condition, seed, step,
+    loss)."""
     figure = go.Figure()
-    for condition, log in logs.groupby("condition", sort=False):
-        figure.add_trace(go.Scatter(x=log["step"], y=log["loss"], mode="lines", name=condition))
+    for label, log in logs.assign(cell=cell_labels(logs)).groupby("cell", sort=False):
+        figure.add_trace(go.Scatter(x=log["step"], y=log["loss"], mode="lines", name=label))
     figure.update_layout(title="Training loss (target tokens only)", xaxis_title="step", yaxis_title="loss")
     return figure
 
 
 def accuracy_bars(metrics: pd.DataFrame) -> go.Figure:
-    """Answer accuracy per condition with 95% Wilson intervals, and trace accuracy where defined."""
+    """Answer accuracy per cell with 95% Wilson intervals, and trace accuracy where defined."""
+    labels = cell_labels(metrics)
     figure = go.Figure(
         go.Bar(
-            x=metrics["condition"],
+            x=labels,
             y=metrics["accuracy"],
             name="answer accuracy",
             error_y={
@@ -48,13 +62,14 @@ def accuracy_bars(metrics: pd.DataFrame) -> go.Figure:
             },
         )
     )
-    figure.add_trace(go.Bar(x=metrics["condition"], y=metrics["trace_accuracy"], name="trace accuracy"))
-    figure.update_layout(barmode="group", yaxis_range=[0, 1], title="Held-out accuracy per condition")
+    figure.add_trace(go.Bar(x=labels, y=metrics["trace_accuracy"], name="trace accuracy"))
+    figure.update_layout(barmode="group", yaxis_range=[0, 1], title="Held-out accuracy per cell")
     return figure
 
 
 def contingency_figure(table: pd.DataFrame) -> go.Figure:
-    """Left: P(answer right | trace right/wrong) per condition. Right: phi per condition."""
+    """Left: P(answer right | trace right/wrong) per cell. Right: phi per cell."""
+    labels = cell_labels(table)
     figure = make_subplots(
         rows=1, cols=2, subplot_titles=("P(answer right | trace)", "phi(trace right, answer right)")
     )
@@ -62,9 +77,9 @@ def contingency_figure(table: pd.DataFrame) -> go.Figure:
         ("p_answer_given_trace_right", "trace right"),
         ("p_answer_given_trace_wrong", "trace wrong"),
     ):
-        figure.add_trace(go.Bar(x=table["condition"], y=table[column], name=name), row=1, col=1)
+        figure.add_trace(go.Bar(x=labels, y=table[column], name=name), row=1, col=1)
     figure.add_trace(
-        go.Bar(x=table["condition"], y=table["phi"], name="phi", marker_color="gray", showlegend=False),
+        go.Bar(x=labels, y=table["phi"], name="phi", marker_color="gray", showlegend=False),
         row=1,
         col=2,
     )

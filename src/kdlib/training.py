@@ -1,107 +1,122 @@
-"""Student SFT: condition transforms that turn items + traces into (prompt, target) text, target-only loss
-masking, length-grouped batches, and a LoRA training loop."""
+"""Student SFT: tokenisation and target-only loss masking shared by every condition, length-grouped batches,
+a resumable training loop, and the grid runner (students x conditions x seeds) of notebook 03.
+
+Causal LMs read prompt + target and learn only the target tokens (prompt labels are IGNORE_INDEX);
+encoder-decoders read the prompt in the encoder and learn the target in the decoder. The loss is the
+example-weighted mean cross-entropy over target tokens, normalised over the whole accumulation group.
+"""
 
 from __future__ import annotations
 
-import math
+import json
+import logging
 import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from kdlib.data.schema import QAItem
-from kdlib.decomposition import CORRECT, Steps, format_target
-from kdlib.models import chat_prompt
+from kdlib.conditions import TextExample
+from kdlib.models import encode_prompt, is_seq2seq, student_prompt
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-
-CONDITIONS: dict[str, str] = {
-    "no_trace": "answer only",
-    "correct_trace": "gold classification + retrieval trace, then the answer",
-    "incorrect_trace": "perturbed trace (see sft.incorrect_perturbation), then the gold answer",
-}
-
-
-def student_question(item: QAItem) -> str:
-    """The user turn every condition shares: numbered context facts, then the question."""
-    facts = "\n".join(f"{i + 1}. {fact}" for i, fact in enumerate(item.context))
-    return (f"Facts:\n{facts}\n" if facts else "") + f"Question: {item.question}"
-
-
-def condition_target(
-    condition: str, item: QAItem, steps_by_variant: dict[str, Steps], fmt: str, incorrect_perturbation: str
-) -> str | None:
-    """The target text of `item` under `condition`, or None if the item has no trace of that kind."""
-    if condition == "no_trace":
-        return format_target(None, item, item.answer, fmt)
-    variant = {"correct_trace": CORRECT, "incorrect_trace": incorrect_perturbation}.get(condition)
-    if variant is None:
-        raise ValueError(f"unknown condition {condition!r}; choose from {sorted(CONDITIONS)}")
-    steps = steps_by_variant.get(variant)
-    return None if steps is None else format_target(steps, item, item.answer, fmt)
+FINETUNE_METHODS = ("full", "lora", "qlora")
 
 
 @dataclass(frozen=True)
 class Example:
-    """One tokenised training example: `labels` is IGNORE_INDEX on every prompt token."""
+    """One tokenised example. Causal: `labels` is `input_ids` with IGNORE_INDEX on every prompt token.
+    Encoder-decoder: `input_ids` is the prompt and `labels` the target alone."""
 
     item_id: str
+    task: str
     input_ids: list[int]
     labels: list[int]
+    weight: float = 1.0
 
     @property
     def n_target_tokens(self) -> int:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
-
-def encode_example(tokenizer, item_id: str, prompt: str, target: str, max_length: int) -> Example:
-    """prompt ids + target ids + end-of-turn; only the target and end-of-turn carry labels."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    input_ids = prompt_ids + target_ids
-    if len(input_ids) > max_length:
-        raise ValueError(f"item {item_id}: {len(input_ids)} tokens exceed sft.max_length={max_length}")
-    return Example(item_id, input_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids)
+    @property
+    def length(self) -> int:
+        """Padded width this example needs in a batch (what length grouping sorts by)."""
+        return max(len(self.input_ids), len(self.labels))
 
 
-def build_examples(
-    tokenizer,
-    items: list[QAItem],
-    steps: dict[str, dict[str, Steps]],
-    condition: str,
-    *,
-    fmt: str,
-    incorrect_perturbation: str,
-    max_length: int,
-) -> list[Example]:
-    """Tokenised examples of one condition; `steps[item_id][variant]` holds the decomposed traces."""
-    examples = []
-    for item in items:
-        target = condition_target(condition, item, steps.get(item.id, {}), fmt, incorrect_perturbation)
-        if target is not None:
-            prompt = chat_prompt(tokenizer, student_question(item))
-            examples.append(encode_example(tokenizer, item.id, prompt, target, max_length))
-    return examples
+def encode_example(model, tokenizer, example: TextExample, max_length: int) -> Example:
+    """Tokenise one TextExample for `model`'s family; the target always ends with the EOS token."""
+    prompt_ids = encode_prompt(model, tokenizer, student_prompt(model, tokenizer, example.prompt))
+    target_ids = tokenizer(example.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if is_seq2seq(model):
+        input_ids, labels = prompt_ids, target_ids
+    else:
+        input_ids, labels = prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids
+    if max(len(input_ids), len(labels)) > max_length:
+        raise ValueError(
+            f"item {example.item_id} ({example.task}): {len(input_ids)} input / {len(labels)} label tokens "
+            f"exceed sft.max_length={max_length}"
+        )
+    return Example(example.item_id, example.task, input_ids, labels, example.weight)
 
 
 def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example: input_ids, attention_mask, labels, each [batch, max_len]."""
-    width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    """Right-pad: input_ids and attention_mask [batch, max_input], labels and weights [batch, max_label]
+    (the same width for causal LMs); padding carries IGNORE_INDEX and weight 0."""
+    n = len(examples)
+    input_width = max(len(e.input_ids) for e in examples)
+    label_width = max(len(e.labels) for e in examples)
+    input_ids = torch.full((n, input_width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, input_width), dtype=torch.long)
+    labels = torch.full((n, label_width), IGNORE_INDEX, dtype=torch.long)
+    weights = torch.zeros((n, label_width), dtype=torch.float32)
     for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        input_ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        input_ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids)
+        attention_mask[row, : len(example.input_ids)] = 1
+        labels[row, : len(example.labels)] = torch.tensor(example.labels)
+        weights[row, : len(example.labels)] = example.weight
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "weights": weights}
+
+
+def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits only where a target token is predicted, with their labels and weights.
+
+    Returns logits [batch, K, vocab], labels [batch, K], weights [batch, K]. A causal LM computes the
+    LM head only at the K positions whose next token is a target in some row (logits_to_keep), so
+    prompt tokens cost no vocabulary projection.
+    """
+    labels, weights = batch["labels"], batch["weights"]
+    if is_seq2seq(model):
+        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=decoder_input_ids,
+        ).logits
+        return logits, labels, weights
+    next_labels, next_weights = labels[:, 1:], weights[:, 1:]
+    keep = (next_labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
+    ).logits
+    return logits, next_labels[:, keep], next_weights[:, keep]
+
+
+def weighted_loss_sum(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Sum over target tokens of weight x cross-entropy (fp32); logits [B, K, V], labels/weights [B, K]."""
+    losses = F.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return (losses * weights.flatten()).sum()
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -117,163 +132,176 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
     return batches
 
 
-def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str], seed: int):
-    from peft import LoraConfig, get_peft_model
+def step_plan(lengths: list[int], batch_size: int, grad_accum: int, epochs: int, seed: int) -> list[dict]:
+    """Every optimiser step of the run, fixed by the seed: {epoch, batches: [[example index, ...], ...]}.
 
-    torch.manual_seed(seed)
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
-    )
-    return get_peft_model(model, config)
+    Fixing the plan up front is what lets an interrupted run resume with exactly the same batches.
+    """
+    rng = random.Random(seed)
+    plan = []
+    for epoch in range(epochs):
+        batches = length_grouped_batches(lengths, batch_size, rng)
+        for start in range(0, len(batches), grad_accum):
+            plan.append(
+                {
+                    "epoch": epoch + min(start + grad_accum, len(batches)) / len(batches),
+                    "batches": batches[start : start + grad_accum],
+                }
+            )
+    return plan
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    grad_accum: int
+    learning_rate: float
+    bf16: bool
+    seed: int
+    compile: bool = False
+    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0: none
+    max_grad_norm: float = 1.0
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"
+
+
+class Checkpoint:
+    """The resumable state of one training run in a folder: trainable weights (safetensors), optimiser
+    and scheduler state, torch RNG state and the log so far. Written atomically (staging folder)."""
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.folder, self.fingerprint = Path(folder), fingerprint
+
+    def save(self, model, optimizer, scheduler, step: int, log_rows: list[dict]) -> None:
+        from safetensors.torch import save_file
+
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", dir=self.folder.parent))
+        try:
+            trainable = {
+                n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad
+            }
+            save_file(trainable, staging / "trainable.safetensors")
+            torch.save(
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+                staging / "state.pt",
+            )
+            (staging / "progress.json").write_text(
+                json.dumps({"fingerprint": self.fingerprint, "step": step, "log": log_rows})
+            )
+            if self.folder.exists():
+                shutil.rmtree(self.folder)
+            staging.rename(self.folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def load(self, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+        """Restore into model/optimizer/scheduler; returns (steps done, log rows). (0, []) when there is
+        no checkpoint, or one of a different run (it is then ignored and later replaced)."""
+        from safetensors.torch import load_file
+
+        progress_path = self.folder / "progress.json"
+        if not progress_path.exists():
+            return 0, []
+        progress = json.loads(progress_path.read_text())
+        if progress["fingerprint"] != self.fingerprint:
+            log.warning("%s holds another run's checkpoint; starting afresh", self.folder)
+            return 0, []
+        trainable = load_file(self.folder / "trainable.safetensors")
+        parameters = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in trainable.items():
+                parameters[name].copy_(tensor)
+        state = torch.load(self.folder / "state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        return progress["step"], progress["log"]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def train(
     model,
-    tokenizer,
     examples: list[Example],
+    settings: TrainSettings,
     *,
-    epochs: int,
-    batch_size: int,
-    grad_accum: int,
-    learning_rate: float,
-    bf16: bool,
-    seed: int,
+    pad_token_id: int,
+    checkpoint: Checkpoint | None = None,
+    on_step: Callable[[dict], None] | None = None,
     desc: str = "train",
 ) -> pd.DataFrame:
     """Train the trainable parameters of `model` on `examples` with AdamW and linear decay.
 
-    Returns the training log: one row per optimiser step (loss, learning rate, tokens, seconds).
+    Resumes from `checkpoint` when it holds this run's state, and saves it every
+    `settings.checkpoint_every` steps. `on_step` sees each log row. Returns the training log: one row
+    per optimiser step (loss, learning rate, tokens, padded tokens, target tokens, seconds).
     """
     if not examples:
         raise ValueError(f"{desc}: no training examples")
     device = next(model.parameters()).device
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(settings.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    lengths = [len(e.input_ids) for e in examples]
-    steps_per_epoch = math.ceil(math.ceil(len(examples) / batch_size) / grad_accum)
-    total_steps = steps_per_epoch * epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total_steps)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
+    plan = step_plan(
+        [e.length for e in examples], settings.batch_size, settings.grad_accum, settings.epochs, settings.seed
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / len(plan))
+    done, rows = checkpoint.load(model, optimizer, scheduler) if checkpoint else (0, [])
+    forward_model = torch.compile(model, dynamic=True) if settings.compile else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
+    seconds_before = rows[-1]["seconds"] if rows else 0.0
+    totals = {k: rows[-1][k] if rows else 0 for k in ("tokens", "padded_tokens", "target_tokens")}
     model.train()
-    log, started, tokens, target_tokens = [], time.perf_counter(), 0, 0
-    progress = tqdm(total=total_steps, desc=desc, unit="step")
-    for epoch in range(epochs):
-        batches = length_grouped_batches(lengths, batch_size, rng)
-        for group_start in range(0, len(batches), grad_accum):
-            group = batches[group_start : group_start + grad_accum]
-            loss_sum = 0.0
-            for batch_ids in group:
-                batch = collate([examples[i] for i in batch_ids], tokenizer.pad_token_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with autocast:
-                    loss = model(**batch).loss / len(group)
-                loss.backward()
-                loss_sum += loss.item()
-                tokens += int(batch["attention_mask"].sum())
-                target_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            log.append(
-                {
-                    "step": len(log) + 1,
-                    "epoch": epoch + (group_start + len(group)) / len(batches),
-                    "loss": loss_sum,
-                    "learning_rate": scheduler.get_last_lr()[0],
-                    "tokens": tokens,
-                    "target_tokens": target_tokens,
-                    "seconds": time.perf_counter() - started,
-                }
+    started = time.perf_counter()
+    progress = tqdm(total=len(plan), initial=done, desc=desc, unit="step")
+    for step in range(done, len(plan)):
+        batches = [collate([examples[i] for i in ids], pad_token_id) for ids in plan[step]["batches"]]
+        group_targets = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+        loss_total = 0.0
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast:
+                logits, labels, weights = target_logits(forward_model, batch)
+            loss = weighted_loss_sum(logits, labels, weights) / group_targets
+            loss.backward()
+            loss_total += loss.item()
+            totals["tokens"] += int(batch["attention_mask"].sum()) + (
+                int((batch["labels"] != IGNORE_INDEX).sum()) if is_seq2seq(model) else 0
             )
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_sum:.3f}")
+            totals["padded_tokens"] += batch["input_ids"].numel() + (
+                batch["labels"].numel() if is_seq2seq(model) else 0
+            )
+        totals["target_tokens"] += group_targets
+        torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        row = {
+            "step": step + 1,
+            "epoch": plan[step]["epoch"],
+            "loss": loss_total,
+            "learning_rate": scheduler.get_last_lr()[0],
+            **totals,
+            "seconds": seconds_before + time.perf_counter() - started,
+        }
+        rows.append(row)
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss_total:.3f}")
+        if checkpoint and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0:
+            checkpoint.save(model, optimizer, scheduler, step + 1, rows)
+        if on_step:
+            on_step(row)
     progress.close()
     model.eval()
-    return pd.DataFrame(log)
-
-
-def save_adapter(model, folder: str | Path) -> Path:
-    """Save the adapter weights (safetensors) into `folder`, replacing it only once fully written."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
-
-
-def train_condition(
-    cell_dir: Path,
-    condition: str,
-    items: list[QAItem],
-    steps: dict[str, dict[str, Steps]],
-    *,
-    fmt: str,
-    sft,
-    common,
-) -> dict:
-    """Train one grid cell (one condition) with LoRA and write its adapter, train_log.csv and meta.json.
-
-    A cell whose meta.json records the same params is complete and is skipped.
-    `sft` and `common` are the validated SftParams and CommonParams.
-    """
-    from kdlib import io
-    from kdlib.models import count_parameters, load_model, resolve_device
-
-    params = {
-        "common": common.model_dump(),
-        "sft": sft.model_dump(),
-        "condition": condition,
-        "trace_format": fmt,
-    }
-    meta_path = cell_dir / "meta.json"
-    if meta_path.exists() and io.read_json(meta_path)["params"] == params:
-        return io.read_json(meta_path)["summary"]
-    model, tokenizer = load_model(sft.student, device=resolve_device(common.device), seed=common.seed)
-    model = add_lora(
-        model, sft.lora.r, sft.lora.alpha, sft.lora.dropout, sft.lora.target_modules, common.seed
-    )
-    examples = build_examples(
-        tokenizer,
-        items,
-        steps,
-        condition,
-        fmt=fmt,
-        incorrect_perturbation=sft.incorrect_perturbation,
-        max_length=sft.max_length,
-    )
-    log = train(
-        model,
-        tokenizer,
-        examples,
-        epochs=sft.epochs,
-        batch_size=sft.batch_size,
-        grad_accum=sft.grad_accum,
-        learning_rate=sft.learning_rate,
-        bf16=sft.bf16,
-        seed=common.seed,
-        desc=f"train {condition}",
-    )
-    save_adapter(model, cell_dir / "adapter")
-    io.write_csv(cell_dir / "train_log.csv", log)
-    summary = {
-        "condition": condition,
-        "examples": len(examples),
-        "target_tokens_per_example": sum(e.n_target_tokens for e in examples) / len(examples),
-        "tokens_per_example": sum(len(e.input_ids) for e in examples) / len(examples),
-        "trainable_parameters": count_parameters(model, trainable_only=True),
-        "steps": len(log),
-        "final_loss": float(log["loss"].iloc[-1]),
-        "seconds": float(log["seconds"].iloc[-1]),
-        "tokens_per_second": float(log["tokens"].iloc[-1] / log["seconds"].iloc[-1]),
-    }
-    io.write_meta(cell_dir, params=params, artifacts=["adapter", "train_log.csv"], summary=summary)
-    return summary
+    return pd.DataFrame(rows)

@@ -1,0 +1,321 @@
+"""Notebook 03's stage: the training grid (students x conditions x seeds), one resumable cell at a time.
+
+Each cell folder `sft/<student>/<condition>/seed<k>/` ends with the trained weights (`adapter/` for
+LoRA/QLoRA, `model/` for full fine-tuning, safetensors), `train_log.csv` and `meta.json`. A cell whose
+meta.json records the same params (including a digest of its training texts) is finished and skipped;
+a cell interrupted mid-run resumes from `checkpoint/`, which is removed once the cell is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from kdlib import io
+from kdlib.conditions import (
+    TRANSFORMS,
+    ItemTraces,
+    TextExample,
+    TransformSettings,
+    condition_examples,
+    pick_counterfactuals,
+    pick_rationales,
+    read_key_words,
+)
+from kdlib.config import CommonParams, ConditionSpec, SftParams
+from kdlib.data.schema import QAItem
+from kdlib.decomposition import Steps
+from kdlib.models import count_parameters, is_seq2seq, load_model, resolve_device
+from kdlib.training import Checkpoint, TrainSettings, bf16_supported, encode_example, train
+
+
+@dataclass(frozen=True)
+class Cell:
+    student: str
+    condition: ConditionSpec
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.student}/{self.condition.name}/seed{self.seed}"
+
+
+def grid_cells(sft: SftParams) -> list[Cell]:
+    return [
+        Cell(student, spec, seed)
+        for student in sft.students
+        for spec in sft.condition_specs()
+        for seed in sft.seeds
+    ]
+
+
+@dataclass(frozen=True)
+class TraceSources:
+    """What the transforms read, from notebooks 01 (rationales), 02 (decomposed steps) and 04 (key words)."""
+
+    traces: pd.DataFrame
+    steps: dict[str, dict[str, Steps]]
+    key_words: dict[str, tuple[str, ...]] | None = None
+
+
+def load_key_words(sft: SftParams, default_path: Path) -> dict[str, tuple[str, ...]] | None:
+    """Key words when a key_tokens condition is in the grid, else None."""
+    if not any(spec.transform == "key_tokens_after_label" for spec in sft.condition_specs()):
+        return None
+    path = Path(sft.key_tokens.attributions) if sft.key_tokens.attributions else default_path
+    return read_key_words(path, top_k=sft.key_tokens.top_k, fraction=sft.key_tokens.fraction)
+
+
+def cell_text_examples(
+    spec: ConditionSpec, items: list[QAItem], sources: TraceSources, sft: SftParams, fmt: str, seed: int
+) -> tuple[list[TextExample], list[str]]:
+    """The training texts of one condition and the items it skipped (no trace of the kind it needs)."""
+    needs = TRANSFORMS[spec.transform].needs
+    rationales = (
+        pick_rationales(sources.traces, spec.rationale_recipe, spec.rationale_source)
+        if "rationale" in needs
+        else {}
+    )
+    counterfactuals = (
+        pick_counterfactuals(sources.traces, sft.counterfactual_recipe, spec.rationale_source)
+        if "counterfactuals" in needs
+        else {}
+    )
+    ids = [item.id for item in items]
+    if "rationale" in needs and not any(i in rationales for i in ids):
+        available = sorted(set(zip(sources.traces["source"], sources.traces["recipe"], strict=True)))
+        raise ValueError(
+            f"condition {spec.name!r}: no rationale of recipe {spec.rationale_recipe!r}"
+            f"{f' from source {spec.rationale_source!r}' if spec.rationale_source else ''} for any training "
+            f"item; traces.parquet has (source, recipe) {available}"
+        )
+    if "counterfactuals" in needs and not any(i in counterfactuals for i in ids):
+        raise ValueError(
+            f"condition {spec.name!r}: no rationale for a wrong choice (recipe "
+            f"{sft.counterfactual_recipe!r}) for any training item; add the counterfactual recipe or the "
+            "hendriks counterfactual import in 01"
+        )
+    if "key_words" in needs and not any(i in (sources.key_words or {}) for i in ids):
+        raise ValueError(f"condition {spec.name!r}: the attributions file has no training item")
+    traces = {
+        i: ItemTraces(
+            rationale=rationales.get(i),
+            steps=sources.steps.get(i, {}),
+            counterfactuals=counterfactuals.get(i, ()),
+            key_words=(sources.key_words or {}).get(i),
+        )
+        for i in ids
+    }
+    settings = TransformSettings(
+        fmt=fmt,
+        seed=seed,
+        incorrect_perturbation=sft.incorrect_perturbation,
+        alpha=sft.multitask_alpha,
+        beta=sft.multitask_beta,
+        random_vocabulary=tuple(sorted({w for r in rationales.values() for w in r.split()})),
+    )
+    return condition_examples(spec.transform, items, traces, settings)
+
+
+def texts_digest(examples: list[TextExample]) -> str:
+    return hashlib.sha256(json.dumps([asdict(e) for e in examples]).encode()).hexdigest()
+
+
+def add_lora(model, lora, seed: int):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=TaskType.SEQ_2_SEQ_LM if is_seq2seq(model) else TaskType.CAUSAL_LM,
+    )
+    return get_peft_model(model, config)
+
+
+def prepare_student(student: str, sft: SftParams, *, device: torch.device, seed: int, bf16: bool):
+    """(model, tokenizer) ready to train: every weight trainable (full), or a LoRA adapter on the fp32
+    base (lora) or on an NF4-quantised base (qlora)."""
+    if sft.finetune == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        compute = torch.bfloat16 if bf16 else torch.float32
+        model, tokenizer = load_model(student, device=device, dtype=compute, seed=seed, quantize_4bit=True)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model, tokenizer = load_model(student, device=device, seed=seed)
+    if sft.finetune == "full":
+        model.requires_grad_(True)
+        return model, tokenizer
+    return add_lora(model, sft.lora, seed), tokenizer
+
+
+def save_trained(model, tokenizer, folder: Path) -> None:
+    """Weights (safetensors: the adapter, or the whole model) and the tokenizer, swapped in atomically."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def weights_folder(finetune: str) -> str:
+    return "model" if finetune == "full" else "adapter"
+
+
+def load_trained(cell_dir: Path, *, device: torch.device, seed: int = 0):
+    """The student of one finished cell in eval mode: base + adapter, or the fully fine-tuned model."""
+    meta = io.read_json(io.require(cell_dir / "meta.json", produced_by="03_sft"))
+    student, finetune = meta["params"]["student"], meta["params"]["training"]["finetune"]
+    if finetune == "full":
+        model, tokenizer = load_model(str(cell_dir / "model"), device=device, seed=seed)
+    else:
+        from peft import PeftModel
+
+        base, tokenizer = load_model(student, device=device, seed=seed)
+        model = PeftModel.from_pretrained(base, cell_dir / "adapter")
+    model.eval()
+    return model, tokenizer
+
+
+TRAINING_KEYS = (
+    "finetune",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "learning_rate",
+    "max_length",
+    "bf16",
+    "compile",
+)
+
+
+def cell_params(cell: Cell, sft: SftParams, fmt: str, digest: str) -> dict:
+    """What a finished cell must match to be skipped: the cell, training settings and its texts' digest."""
+    training = {k: getattr(sft, k) for k in TRAINING_KEYS}
+    if sft.finetune != "full":
+        training["lora"] = sft.lora.model_dump()
+    return {
+        "student": cell.student,
+        "condition": cell.condition.model_dump(),
+        "seed": cell.seed,
+        "trace_format": fmt,
+        "training": training,
+        "texts_sha256": digest,
+    }
+
+
+def train_cell(
+    cell_dir: Path,
+    cell: Cell,
+    items: list[QAItem],
+    sources: TraceSources,
+    *,
+    sft: SftParams,
+    common: CommonParams,
+    fmt: str,
+) -> dict:
+    """Train one cell (or skip it when finished) and return its summary row."""
+    texts, skipped = cell_text_examples(cell.condition, items, sources, sft, fmt, cell.seed)
+    params = cell_params(cell, sft, fmt, texts_digest(texts))
+    meta_path = cell_dir / "meta.json"
+    if meta_path.exists() and io.read_json(meta_path)["params"] == params:
+        return {**io.read_json(meta_path)["summary"], "status": "finished earlier"}
+    device = resolve_device(common.device)
+    bf16 = sft.bf16 and bf16_supported(device)
+    model, tokenizer = prepare_student(cell.student, sft, device=device, seed=cell.seed, bf16=bf16)
+    examples = [encode_example(model, tokenizer, text, sft.max_length) for text in texts]
+    settings = TrainSettings(
+        epochs=sft.epochs,
+        batch_size=sft.batch_size,
+        grad_accum=sft.grad_accum,
+        learning_rate=sft.learning_rate,
+        bf16=bf16,
+        seed=cell.seed,
+        compile=sft.compile,
+        checkpoint_every=sft.checkpoint_every,
+    )
+    checkpoint = Checkpoint(cell_dir / "checkpoint", hashlib.sha256(json.dumps(params).encode()).hexdigest())
+    resumed = (checkpoint.folder / "progress.json").exists()
+    log = train(
+        model,
+        examples,
+        settings,
+        pad_token_id=tokenizer.pad_token_id,
+        checkpoint=checkpoint,
+        desc=f"train {cell.label}",
+    )
+    weights = weights_folder(sft.finetune)
+    save_trained(model, tokenizer, cell_dir / weights)
+    io.write_csv(cell_dir / "train_log.csv", log)
+    last = log.iloc[-1]
+    summary = {
+        "student": cell.student,
+        "condition": cell.condition.name,
+        "transform": cell.condition.transform,
+        "seed": cell.seed,
+        "cell": str(cell_dir.relative_to(cell_dir.parents[2])),
+        "finetune": sft.finetune,
+        "examples": len(examples),
+        "items": len(items) - len(skipped),
+        "skipped_items": len(skipped),
+        "target_tokens_per_example": sum(e.n_target_tokens for e in examples) / len(examples),
+        "tokens_per_example": sum(e.length for e in examples) / len(examples),
+        "padding_share": 1 - float(last["tokens"]) / float(last["padded_tokens"]),
+        "trainable_parameters": count_parameters(model, trainable_only=True),
+        "steps": len(log),
+        "final_loss": float(last["loss"]),
+        "seconds": float(last["seconds"]),
+        "tokens_per_second": float(last["tokens"]) / float(last["seconds"]),
+        "bf16": bf16,
+    }
+    io.write_meta(cell_dir, params=params, artifacts=[weights, "train_log.csv"], summary=summary)
+    checkpoint.remove()
+    return {**summary, "status": "resumed" if resumed else "trained"}
+
+
+def train_grid(
+    run, items: list[QAItem], sources: TraceSources, *, sft: SftParams, common: CommonParams, fmt: str
+) -> pd.DataFrame:
+    """Train (or skip) every cell of the grid, in order; one summary row per cell. `run` is a RunLayout."""
+    return pd.DataFrame(
+        [
+            train_cell(
+                run.sft_cell(c.student, c.condition.name, c.seed),
+                c,
+                items,
+                sources,
+                sft=sft,
+                common=common,
+                fmt=fmt,
+            )
+            for c in grid_cells(sft)
+        ]
+    )
+
+
+def training_logs(run, summary: pd.DataFrame) -> pd.DataFrame:
+    """Every cell's train_log.csv, stacked, with its student, condition and seed."""
+    return pd.concat(
+        [
+            pd.read_csv(run.root / "sft" / row.cell / "train_log.csv").assign(
+                student=row.student, condition=row.condition, seed=row.seed
+            )
+            for row in summary.itertuples()
+        ],
+        ignore_index=True,
+    )
