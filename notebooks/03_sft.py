@@ -57,7 +57,6 @@ compile = False
 checkpoint_every = 50
 
 # %%
-import pandas as pd
 import plotly.express as px
 
 from kdlib import config, io, plots
@@ -103,8 +102,15 @@ tokens = summary.melt(
     var_name="count",
     value_name="tokens",
 )
-px.bar(tokens, x="condition", y="tokens", color="count", barmode="group", facet_col="student",
-       title="Tokens per training example")
+px.bar(
+    tokens,
+    x="condition",
+    y="tokens",
+    color="count",
+    barmode="group",
+    facet_col="student",
+    title="Tokens per training example",
+)
 
 # %% [markdown]
 # ## Speed per cell

@@ -63,6 +63,24 @@ def test_notebook_defaults_equal_demo_params():
         ("sft: {epochs: two}", "sft.epochs", "valid integer"),
         ("sft: {epochs: -1}", "sft.epochs", "greater than 0"),
         ("sft: {conditions: [no_trace, telepathy]}", "sft.conditions", "telepathy"),
+        ("sft: {conditions: [no_trace, no_trace]}", "sft.conditions", "['no_trace'] appear more than once"),
+        (
+            "sft: {conditions: [{name: mt, transform: multitask, colour: red}]}",
+            "sft.conditions.0.spec.colour",
+            "unknown key",
+        ),
+        (
+            "sft: {conditions: [{name: mt, transform: telepathy}]}",
+            "sft.conditions.0.spec.transform",
+            "unknown transform",
+        ),
+        ("sft: {seeds: [1, 1]}", "sft.seeds", "repeated entries"),
+        ("sft: {finetune: half}", "sft.finetune", "'full', 'lora' or 'qlora'"),
+        (
+            "sft: {key_tokens: {top_k: 5, fraction: 0.2}}",
+            "sft.key_tokens",
+            "exactly one of top_k and fraction",
+        ),
         (
             "teacher_traces: {dataset: {n_train: 3, shuffle: yes}}",
             "teacher_traces.dataset.shuffle",

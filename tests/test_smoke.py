@@ -11,6 +11,7 @@ import pytest
 
 from kdlib.config import NOTEBOOKS, load_params
 from kdlib.paths import PARAMS_DIR, REPO_ROOT
+from kdlib.sft import grid_cells
 
 SMOKE = load_params(PARAMS_DIR / "smoke.yaml")
 pytestmark = pytest.mark.slow
@@ -85,24 +86,41 @@ def test_traces_and_decomposition(run_dir):
     assert len(rationales) == len(traces) and rationales["retrieval_recall"].between(0, 1).all()
 
 
-def test_sft_cells(run_dir):
-    for condition in SMOKE.sft.conditions:
-        cell = run_dir / "sft" / condition
+def test_sft_grid_cells(run_dir):
+    summary = pd.read_csv(run_dir / "sft" / "summary.csv")
+    cells = [(c.student, c.condition.name, c.seed) for c in grid_cells(SMOKE.sft)]
+    assert list(zip(summary["student"], summary["condition"], summary["seed"], strict=True)) == cells
+    assert len(cells) == 2 * 5
+    for row in summary.itertuples():
+        cell = run_dir / "sft" / row.cell
         assert (cell / "adapter" / "adapter_model.safetensors").stat().st_size > 0
         log = pd.read_csv(cell / "train_log.csv")
-        assert len(log) >= 1 and log["loss"].notna().all() and (log["loss"] > 0).all()
-        assert json.loads((cell / "meta.json").read_text())["params"]["condition"] == condition
+        assert len(log) == row.steps >= 1 and (log["loss"] > 0).all()
+        meta = json.loads((cell / "meta.json").read_text())
+        assert (
+            meta["params"]["condition"]["name"] == row.condition and meta["params"]["student"] == row.student
+        )
+        assert not (cell / "checkpoint").exists()
+    revised = summary[summary["condition"] == "multitask_revised"]
+    n_revised = SMOKE.teacher_traces.generation.n_items
+    assert (revised["items"] == n_revised).all() and (revised["examples"] == 2 * n_revised).all()
+    assert (summary["tokens_per_second"] > 0).all() and summary["padding_share"].between(0, 1).all()
 
 
 def test_evaluation_and_correlation_metrics_are_sane(run_dir):
     n_eval = SMOKE.teacher_traces.dataset.n_eval
+    n_cells = len(grid_cells(SMOKE.sft))
     predictions = pd.read_parquet(run_dir / "evaluation" / "predictions.parquet")
-    assert len(predictions) == n_eval * len(SMOKE.sft.conditions)
+    assert len(predictions) == n_eval * n_cells
     metrics = pd.read_csv(run_dir / "evaluation" / "metrics.csv")
-    assert list(metrics["condition"]) == SMOKE.sft.conditions
+    assert len(metrics) == n_cells
     assert metrics["accuracy"].between(0, 1).all() and metrics["answer_parse_rate"].between(0, 1).all()
     assert (metrics["accuracy_ci_low"] <= metrics["accuracy"]).all()
+    checkable = metrics["transform"].isin(["correct_trace", "incorrect_trace"])
+    assert metrics.loc[checkable, "trace_accuracy"].notna().all()
+    assert metrics.loc[~checkable, "trace_accuracy"].isna().all()
     table = pd.read_csv(run_dir / "correlation" / "contingency.csv")
+    assert len(table) == 2 * 2  # the checkable-trace cells of both students
     counts = table.filter(like="trace_").filter(like="answer_").sum(axis=1)
     assert (counts == n_eval).all()
     assert all(math.isnan(phi) or -1 <= phi <= 1 for phi in table["phi"])
@@ -121,10 +139,12 @@ def test_teacher_cache_statistics_and_zero_call_rerun(run_dir, cache_env):
 
 
 def test_rerun_skips_finished_training_cells(run_dir):
-    adapter = run_dir / "sft" / "no_trace" / "adapter" / "adapter_model.safetensors"
+    adapter = run_dir / "sft" / "tiny-llama" / "no_trace" / "seed0" / "adapter" / "adapter_model.safetensors"
     before = adapter.stat().st_mtime_ns
     kdlib("run", "params/smoke.yaml", "--run-dir", str(run_dir), "--only", "03")
     assert adapter.stat().st_mtime_ns == before
+    summary = pd.read_csv(run_dir / "sft" / "summary.csv")
+    assert (summary["status"] == "finished earlier").all()
 
 
 def test_failing_notebook_names_notebook_and_cell_and_keeps_its_copy(tmp_path):

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kdlib.io import read_yaml
 from kdlib.paths import check_run_name
@@ -192,9 +201,9 @@ class LoraParams(Schema):
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: int = Field(32, gt=0, description="LoRA scaling alpha.")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
-    target_modules: list[str] = Field(
+    target_modules: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Modules adapted (Llama-style names; T5 uses q, k, v, o, wi, wo).",
+        description="Modules adapted (Llama names; T5: q, k, v, o, wi, wo), or all-linear (any family).",
     )
 
 
@@ -252,7 +261,12 @@ class SftParams(Schema):
     seeds: list[int] = Field(
         default_factory=lambda: [0], min_length=1, description="Training seeds (init of LoRA, batch order)."
     )
-    conditions: list[str | ConditionSpec] = Field(
+    conditions: list[
+        Annotated[
+            Annotated[str, Tag("name")] | Annotated[ConditionSpec, Tag("spec")],
+            Discriminator(lambda value: "name" if isinstance(value, str) else "spec"),
+        ]
+    ] = Field(
         default_factory=lambda: ["no_trace", "correct_trace", "incorrect_trace"],
         min_length=1,
         description="Conditions: a transform name, or {name, transform, rationale_recipe, rationale_source}.",
@@ -288,23 +302,26 @@ class SftParams(Schema):
         50, ge=0, description="Optimiser steps between resumable checkpoints (0: none)."
     )
 
-    @model_validator(mode="after")
-    def _unique_cells(self) -> SftParams:
+    @field_validator("conditions")
+    @classmethod
+    def _known_unique_conditions(cls, value: list[str | ConditionSpec]) -> list[str | ConditionSpec]:
         from kdlib.conditions import TRANSFORMS
 
-        names = [c if isinstance(c, str) else c.name for c in self.conditions]
+        unknown = [c for c in value if isinstance(c, str) and c not in TRANSFORMS]
+        if unknown:
+            raise ValueError(f"unknown condition(s) {unknown}; choose from {sorted(TRANSFORMS)}")
+        names = [c if isinstance(c, str) else c.name for c in value]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"condition names {repeated} appear more than once")
+        return value
 
-        unknown = [c for c in self.conditions if isinstance(c, str) and c not in TRANSFORMS]
-        if unknown:
-            raise ValueError(f"unknown condition(s) {unknown}; choose from {sorted(TRANSFORMS)}")
-        for field_name in ("students", "seeds"):
-            values = getattr(self, field_name)
-            if len(set(values)) != len(values):
-                raise ValueError(f"{field_name} has repeats: {values}")
-        return self
+    @field_validator("students", "seeds")
+    @classmethod
+    def _no_repeats(cls, value: list) -> list:
+        if len(set(value)) != len(value):
+            raise ValueError(f"repeated entries in {value}")
+        return value
 
     def condition_specs(self) -> list[ConditionSpec]:
         """Every condition as a full spec, defaults filled in from this section."""

@@ -1,0 +1,159 @@
+"""The grid runner: cells of students x conditions x seeds, skip when finished, resume when interrupted,
+and evaluation of the trained cells of both model families."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import kdlib.sft
+from kdlib.config import CommonParams, SftParams
+from kdlib.decomposition import decompose, steps_by_item
+from kdlib.evaluation import evaluate_cells, summarise
+from kdlib.paths import RunLayout
+from kdlib.sft import TraceSources, grid_cells, load_trained, train_grid
+from kdlib.teacher.rationales import rule_traces
+
+COMMON = CommonParams(device="cpu")
+
+
+def grid(**changes):
+    base = {
+        "students": ["tiny-llama", "tiny-t5"],
+        "seeds": [0],
+        "conditions": ["no_trace", "correct_trace", {"name": "mt", "transform": "multitask"}],
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+        "epochs": 1,
+        "batch_size": 4,
+        "bf16": False,
+        "checkpoint_every": 1,
+        "max_length": 2048,
+    }
+    return SftParams.model_validate({**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def sources(generated_items):
+    return TraceSources(
+        traces=rule_traces(generated_items),
+        steps=steps_by_item(decompose(generated_items, "tagged", ["both"], seed=0)),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, generated_items, sources):
+    run = RunLayout(tmp_path_factory.mktemp("grid"))
+    summary = train_grid(run, generated_items[:8], sources, sft=grid(), common=COMMON, fmt="tagged")
+    return run, summary
+
+
+def test_every_cell_is_trained_and_written(trained):
+    run, summary = trained
+    assert list(summary["status"]) == ["trained"] * 6
+    assert list(zip(summary["student"], summary["condition"], strict=True)) == [
+        (s, c) for s in ("tiny-llama", "tiny-t5") for c in ("no_trace", "correct_trace", "mt")
+    ]
+    for row in summary.itertuples():
+        cell = run.sft_cell(row.student, row.condition, row.seed)
+        assert cell == run.root / "sft" / row.cell
+        assert (cell / "adapter" / "adapter_model.safetensors").exists()
+        assert len(pd.read_csv(cell / "train_log.csv")) == row.steps
+        assert not (cell / "checkpoint").exists()
+    mt = summary[summary["condition"] == "mt"]
+    assert (mt["examples"] == 16).all() and (mt["items"] == 8).all()
+
+
+def test_rerun_skips_finished_cells_and_new_seeds_train_only_new_cells(trained, generated_items, sources):
+    run, _ = trained
+    adapter = run.sft_cell("tiny-llama", "no_trace", 0) / "adapter" / "adapter_model.safetensors"
+    before = adapter.stat().st_mtime_ns
+    again = train_grid(run, generated_items[:8], sources, sft=grid(), common=COMMON, fmt="tagged")
+    assert set(again["status"]) == {"finished earlier"} and adapter.stat().st_mtime_ns == before
+    more = train_grid(
+        run,
+        generated_items[:8],
+        sources,
+        sft=grid(students=["tiny-llama"], conditions=["no_trace"], seeds=[0, 1]),
+        common=COMMON,
+        fmt="tagged",
+    )
+    assert list(more["status"]) == ["finished earlier", "trained"]
+    # Changed training texts (here: other items) make a finished cell stale.
+    changed = train_grid(
+        run,
+        generated_items[8:16],
+        sources,
+        sft=grid(students=["tiny-llama"], conditions=["no_trace"]),
+        common=COMMON,
+        fmt="tagged",
+    )
+    assert list(changed["status"]) == ["trained"]
+
+
+def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path, generated_items, sources, monkeypatch):
+    run = RunLayout(tmp_path)
+    sft = grid(students=["tiny-llama"], conditions=["correct_trace"], epochs=2)
+    real_train = kdlib.sft.train
+
+    def interrupted(*args, **kwargs):
+        def stop(row):
+            if row["step"] == 3:
+                raise KeyboardInterrupt
+
+        return real_train(*args, **kwargs, on_step=stop)
+
+    monkeypatch.setattr(kdlib.sft, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_grid(run, generated_items[:16], sources, sft=sft, common=COMMON, fmt="tagged")
+    cell = run.sft_cell("tiny-llama", "correct_trace", 0)
+    assert json.loads((cell / "checkpoint" / "progress.json").read_text())["step"] == 3
+    assert not (cell / "meta.json").exists() and not (cell / "adapter").exists()
+    monkeypatch.setattr(kdlib.sft, "train", real_train)
+    (row,) = train_grid(run, generated_items[:16], sources, sft=sft, common=COMMON, fmt="tagged").itertuples()
+    assert row.status == "resumed" and row.steps == 8
+    log = pd.read_csv(cell / "train_log.csv")
+    assert log["step"].tolist() == list(range(1, 9)) and not (cell / "checkpoint").exists()
+
+
+def test_full_finetune_cell_saves_the_whole_model(tmp_path, generated_items, sources):
+    run = RunLayout(tmp_path)
+    sft = grid(students=["tiny-t5"], conditions=["no_trace"], finetune="full")
+    (row,) = train_grid(run, generated_items[:8], sources, sft=sft, common=COMMON, fmt="tagged").itertuples()
+    cell = run.root / "sft" / row.cell
+    assert (cell / "model" / "model.safetensors").exists() and row.trainable_parameters == 181_504
+    model, _ = load_trained(cell, device=torch.device("cpu"))
+    assert model.config.is_encoder_decoder
+
+
+def test_trained_cells_of_both_families_evaluate(trained, generated_items):
+    run, summary = trained
+    predictions = evaluate_cells(
+        run,
+        summary,
+        generated_items[8:12],
+        device=torch.device("cpu"),
+        seed=0,
+        max_new_tokens=8,
+        batch_size=4,
+    )
+    assert len(predictions) == 6 * 4
+    metrics = summarise(predictions)
+    assert list(metrics["condition"]) == list(summary["condition"])
+    assert metrics["accuracy"].between(0, 1).all()
+    assert metrics.loc[metrics["condition"] == "correct_trace", "trace_parse_rate"].notna().all()
+    assert metrics.loc[metrics["condition"] == "mt", "trace_parse_rate"].isna().all()
+
+
+def test_grid_cells_cover_the_product():
+    sft = grid(seeds=[0, 1, 2])
+    cells = grid_cells(sft)
+    assert len(cells) == 2 * 3 * 3 and len({c.label for c in cells}) == 18
+
+
+def test_missing_rationales_are_an_error_naming_the_recipe(tmp_path, generated_items, sources):
+    sft = grid(
+        students=["tiny-llama"], conditions=["rationale_after_label"], rationale_recipe="critique_revision"
+    )
+    with pytest.raises(ValueError, match=r"no rationale of recipe 'critique_revision'.*\('rule', 'rule'\)"):
+        train_grid(RunLayout(tmp_path), generated_items[:8], sources, sft=sft, common=COMMON, fmt="tagged")
