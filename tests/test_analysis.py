@@ -28,7 +28,9 @@ def test_phi_extremes_and_undefined():
 def test_contingency_counts_and_conditionals():
     predictions = pd.DataFrame(
         {
+            "student": ["s"] * 6,
             "condition": ["c"] * 6,
+            "seed": [0] * 6,
             "trace_correct": [True, True, True, False, False, False],
             "answer_correct": [True, True, False, True, False, False],
         }
@@ -39,6 +41,8 @@ def test_contingency_counts_and_conditionals():
     assert row["p_answer_given_trace_right"] == pytest.approx(2 / 3)
     assert row["p_answer_given_trace_wrong"] == pytest.approx(1 / 3)
     assert row["phi"] == pytest.approx(1 / 3)
+    assert (row["student"], row["condition"], row["seed"]) == ("s", "c", 0)
+    assert contingency(predictions.iloc[:0], "both_steps").columns.tolist() == list(row)
 
 
 def test_wilson_interval_contains_the_estimate():

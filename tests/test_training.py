@@ -21,6 +21,7 @@ from kdlib.training import (
     length_grouped_batches,
     target_logits,
     train,
+    training_flops,
     weighted_loss_sum,
 )
 
@@ -268,3 +269,14 @@ def test_too_long_example_is_an_error_naming_the_item(generated_items, traces):
     text = texts("no_trace", generated_items[:1], traces)[0]
     with pytest.raises(ValueError, match=f"item {generated_items[0].id} .*sft.max_length=10"):
         encode_example(model, tokenizer, text, max_length=10)
+
+
+def test_training_flops_follow_the_palm_accounting():
+    model, _ = load_model("tiny-llama", seed=0)
+    embedding = 260 * 64  # tied with the LM head
+    body = count_parameters(model) - embedding
+    assert body == 2 * (64 * 64 * 2 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64) + 64
+    assert (
+        training_flops(model, seq_len=10, n_predicted=3)
+        == 10 * (6 * body + 12 * 2 * 64 * 10) + 3 * 6 * 64 * 260
+    )

@@ -305,3 +305,18 @@ def train(
     progress.close()
     model.eval()
     return pd.DataFrame(rows)
+
+
+def training_flops(model, seq_len: int, n_predicted: int) -> float:
+    """Model FLOPs of one causal-LM training example (forward + backward, every weight trained).
+
+    PaLM's accounting (Chowdhery et al. 2022, app. B): 6 x non-embedding parameters per token, plus
+    12 x layers x hidden x seq_len per token for attention scores; the LM head (6 x hidden x vocab) is
+    counted only at the `n_predicted` positions where kdlib computes logits.
+    """
+    config = model.config
+    embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    body = sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+    attention = 12 * config.num_hidden_layers * config.hidden_size * seq_len
+    head = 6 * config.hidden_size * config.vocab_size
+    return seq_len * (6 * body + attention) + n_predicted * head
