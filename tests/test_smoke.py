@@ -101,9 +101,9 @@ def test_sft_grid_cells(run_dir):
             meta["params"]["condition"]["name"] == row.condition and meta["params"]["student"] == row.student
         )
         assert not (cell / "checkpoint").exists()
-    revised = summary[summary["condition"] == "multitask_revised"]
-    n_revised = SMOKE.teacher_traces.generation.n_items
-    assert (revised["items"] == n_revised).all() and (revised["examples"] == 2 * n_revised).all()
+    multitask = summary[summary["condition"] == "multitask_rule"]
+    n_train = SMOKE.teacher_traces.dataset.n_train
+    assert (multitask["items"] == n_train).all() and (multitask["examples"] == 2 * n_train).all()
     assert (summary["tokens_per_second"] > 0).all() and summary["padding_share"].between(0, 1).all()
 
 

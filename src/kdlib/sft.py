@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -34,6 +35,9 @@ from kdlib.data.schema import QAItem
 from kdlib.decomposition import Steps
 from kdlib.models import count_parameters, is_seq2seq, load_model, resolve_device
 from kdlib.training import Checkpoint, TrainSettings, bf16_supported, encode_example, train
+
+# bitsandbytes (imported by peft) warns on every import that an optional CPU kernel package is absent.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
