@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from kdlib.conditions import TransformSettings, condition_examples
+from kdlib.conditions import ItemTraces, TransformSettings, condition_examples
 from kdlib.config import LoraParams
 from kdlib.data.generated import generate_items
 from kdlib.decomposition import decompose, steps_by_item
@@ -60,8 +60,6 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 def examples_for(model, tokenizer, n: int, max_length: int):
     items = generate_items(n, seed=0, split="train")
     steps = steps_by_item(decompose(items, "tagged", [], seed=0))
-    from kdlib.conditions import ItemTraces
-
     traces = {i: ItemTraces(steps=s) for i, s in steps.items()}
     texts, _ = condition_examples("correct_trace", items, traces, TransformSettings(fmt="tagged", seed=0))
     return [encode_example(model, tokenizer, t, max_length) for t in texts]
