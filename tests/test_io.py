@@ -34,3 +34,18 @@ def test_meta_records_params_sha_and_versions(tmp_path):
 def test_missing_artifact_names_the_notebook_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="run notebook 02_decomposition first"):
         io.read_parquet(tmp_path / "nope.parquet", produced_by="02_decomposition")
+
+
+def test_atomic_folder_swaps_in_only_a_complete_folder(tmp_path):
+    target = tmp_path / "weights"
+    with io.atomic_folder(target) as staging:
+        (staging / "a.txt").write_text("one")
+    with pytest.raises(RuntimeError), io.atomic_folder(target) as staging:
+        (staging / "a.txt").write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert (target / "a.txt").read_text() == "one"
+    with io.atomic_folder(target) as staging:
+        (staging / "b.txt").write_text("two")
+    assert [p.name for p in tmp_path.iterdir()] == ["weights"] and [p.name for p in target.iterdir()] == [
+        "b.txt"
+    ]

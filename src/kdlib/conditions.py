@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdlib.data.schema import QAItem
-from kdlib.decomposition import CORRECT, Steps, format_answer, format_rationale, format_target
+from kdlib.decomposition import CORRECT, Steps, format_answer, format_rationale, format_target, join_target
 from kdlib.teacher.rationales import LETTERS
 
 PREDICT, EXPLAIN, COUNTERFACTUAL = "predict", "explain", "counterfactual"
@@ -108,8 +108,8 @@ def random_words(n: int, vocabulary: tuple[str, ...], rng: random.Random) -> str
 
 def label_then(item: QAItem, reasoning: str, settings: TransformSettings) -> str:
     """The answer, then `reasoning`: the Wadhwa et al. label-first target."""
-    separator = "" if settings.fmt == "tagged" else "\n"
-    return format_answer(item.answer, settings.fmt) + separator + format_rationale(reasoning, settings.fmt)
+    fmt = settings.fmt
+    return join_target(fmt, format_answer(item.answer, fmt), format_rationale(reasoning, fmt))
 
 
 def _answer_only(item, traces, s):
@@ -127,8 +127,7 @@ def _single(task_target: Callable[[QAItem, ItemTraces, TransformSettings], str |
 
 
 def _rationale_first(item, traces, s):
-    separator = "" if s.fmt == "tagged" else "\n"
-    return format_rationale(traces.rationale, s.fmt) + separator + format_answer(item.answer, s.fmt)
+    return join_target(s.fmt, format_rationale(traces.rationale, s.fmt), format_answer(item.answer, s.fmt))
 
 
 def _multitask(item, traces, s):
@@ -141,13 +140,12 @@ def _multitask(item, traces, s):
 
 
 def _counterfactual(item, traces, s):
-    separator = "" if s.fmt == "tagged" else "\n"
     return [
         TextExample(
             item.id,
             COUNTERFACTUAL,
             task_prompt(COUNTERFACTUAL, item, choice),
-            format_rationale(rationale, s.fmt) + separator + format_answer(choice, s.fmt),
+            join_target(s.fmt, format_rationale(rationale, s.fmt), format_answer(choice, s.fmt)),
         )
         for choice, rationale in traces.counterfactuals
     ]
@@ -279,12 +277,16 @@ def _has(traces: ItemTraces, needs: frozenset[str]) -> bool:
     return all(checks[need] for need in needs)
 
 
+def _nonempty_rows(traces: pd.DataFrame, recipe: str, source: str | None) -> pd.DataFrame:
+    """Rows of `recipe` (and `source`, if given) whose rationale is not blank."""
+    rows = traces[(traces["recipe"] == recipe) & (traces["rationale"].str.strip() != "")]
+    return rows if source is None else rows[rows["source"] == source]
+
+
 def pick_rationales(traces: pd.DataFrame, recipe: str, source: str | None = None) -> dict[str, str]:
     """item id -> one rationale of `recipe` (and `source`, if given): label-correct rows first, then the
     lowest sample number. Rationales that state their label keep it (see filters in notebook 01)."""
-    rows = traces[(traces["recipe"] == recipe) & (traces["rationale"].str.strip() != "")]
-    if source is not None:
-        rows = rows[rows["source"] == source]
+    rows = _nonempty_rows(traces, recipe, source)
     rows = rows.sort_values(
         ["item_id", "label_correct", "sample"], ascending=[True, False, True], kind="stable"
     )
@@ -296,9 +298,7 @@ def pick_counterfactuals(
     traces: pd.DataFrame, recipe: str = "counterfactual", source: str | None = None
 ) -> dict[str, tuple[tuple[str, str], ...]]:
     """item id -> (wrong choice, rationale) pairs of `recipe` rows whose conditioning label is not gold."""
-    rows = traces[(traces["recipe"] == recipe) & (traces["rationale"].str.strip() != "")]
-    if source is not None:
-        rows = rows[rows["source"] == source]
+    rows = _nonempty_rows(traces, recipe, source)
     rows = rows[~rows["label_correct"].astype(bool)].sort_values(["item_id", "sample"], kind="stable")
     rows = rows.drop_duplicates(["item_id", "target_label"])
     pairs: dict[str, list[tuple[str, str]]] = {}

@@ -109,12 +109,17 @@ def format_answer(answer: str, fmt: str) -> str:
     raise ValueError(f"unknown trace format {fmt!r}; choose from {TRACE_FORMATS}")
 
 
+def join_target(fmt: str, *parts: str) -> str:
+    """Target parts (reasoning, answer, in either order) as one text: adjacent tags, or one per line."""
+    return ("" if fmt == "tagged" else "\n").join(parts)
+
+
 def format_target(steps: Steps | None, item: QAItem, answer: str, fmt: str) -> str:
     """Trace then answer; with steps=None the answer alone (the no-trace condition)."""
     answer_text = format_answer(answer, fmt)
     if steps is None:
         return answer_text
-    return format_trace(steps, item, fmt) + ("\n" if fmt == "plain" else "") + answer_text
+    return join_target(fmt, format_trace(steps, item, fmt), answer_text)
 
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)

@@ -11,7 +11,6 @@ import importlib
 import importlib.metadata as importlib_metadata
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from kdlib.io import atomic_folder
 from kdlib.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -195,14 +195,9 @@ def convert_gguf_to_cache(name: str) -> Path:
     # The de-quantised weights are plain fp32 tensors; drop the GGUF quantiser so they can be saved.
     model.hf_quantizer = None
     model.config.__dict__.pop("quantization_config", None)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
+    with atomic_folder(target) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

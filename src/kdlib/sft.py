@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -165,16 +163,9 @@ def prepare_student(student: str, sft: SftParams, *, device: torch.device, seed:
 
 def save_trained(model, tokenizer, folder: Path) -> None:
     """Weights (safetensors: the adapter, or the whole model) and the tokenizer, swapped in atomically."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with io.atomic_folder(folder) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def weights_folder(finetune: str) -> str:
@@ -254,7 +245,7 @@ def train_cell(
         checkpoint_every=sft.checkpoint_every,
     )
     checkpoint = Checkpoint(cell_dir / "checkpoint", hashlib.sha256(json.dumps(params).encode()).hexdigest())
-    resumed = (checkpoint.folder / "progress.json").exists()
+    resumed = checkpoint.progress() is not None
     log = train(
         model,
         examples,

@@ -12,7 +12,6 @@ import json
 import logging
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kdlib.conditions import TextExample
+from kdlib.io import atomic_folder
 from kdlib.models import encode_prompt, is_seq2seq, student_prompt
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def bf16_supported(device: torch.device) -> bool:
 
 class Checkpoint:
     """The resumable state of one training run in a folder: trainable weights (safetensors), optimiser
-    and scheduler state, torch RNG state and the log so far. Written atomically (staging folder)."""
+    and scheduler state, torch RNG state and the log so far. Written atomically (io.atomic_folder)."""
 
     def __init__(self, folder: Path, fingerprint: str):
         self.folder, self.fingerprint = Path(folder), fingerprint
@@ -180,41 +180,36 @@ class Checkpoint:
     def save(self, model, optimizer, scheduler, step: int, log_rows: list[dict]) -> None:
         from safetensors.torch import save_file
 
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", dir=self.folder.parent))
-        try:
-            trainable = {
-                n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad
-            }
+        trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        with atomic_folder(self.folder) as staging:
             save_file(trainable, staging / "trainable.safetensors")
-            torch.save(
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                },
-                staging / "state.pt",
-            )
-            (staging / "progress.json").write_text(
-                json.dumps({"fingerprint": self.fingerprint, "step": step, "log": log_rows})
-            )
-            if self.folder.exists():
-                shutil.rmtree(self.folder)
-            staging.rename(self.folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            }
+            torch.save(state, staging / "state.pt")
+            progress = {"fingerprint": self.fingerprint, "step": step, "log": log_rows}
+            (staging / "progress.json").write_text(json.dumps(progress))
+
+    def progress(self) -> dict | None:
+        """The saved {fingerprint, step, log} of this run, or None (no checkpoint, or another run's)."""
+        path = self.folder / "progress.json"
+        if not path.exists():
+            return None
+        progress = json.loads(path.read_text())
+        if progress["fingerprint"] != self.fingerprint:
+            log.warning("%s holds another run's checkpoint; starting afresh", self.folder)
+            return None
+        return progress
 
     def load(self, model, optimizer, scheduler) -> tuple[int, list[dict]]:
         """Restore into model/optimizer/scheduler; returns (steps done, log rows). (0, []) when there is
-        no checkpoint, or one of a different run (it is then ignored and later replaced)."""
+        no checkpoint of this run (another run's is ignored and later replaced)."""
         from safetensors.torch import load_file
 
-        progress_path = self.folder / "progress.json"
-        if not progress_path.exists():
-            return 0, []
-        progress = json.loads(progress_path.read_text())
-        if progress["fingerprint"] != self.fingerprint:
-            log.warning("%s holds another run's checkpoint; starting afresh", self.folder)
+        progress = self.progress()
+        if progress is None:
             return 0, []
         trainable = load_file(self.folder / "trainable.safetensors")
         parameters = dict(model.named_parameters())
@@ -262,6 +257,7 @@ def train(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     seconds_before = rows[-1]["seconds"] if rows else 0.0
     totals = {k: rows[-1][k] if rows else 0 for k in ("tokens", "padded_tokens", "target_tokens")}
+    seq2seq = is_seq2seq(model)  # decoder labels are tokens too
     model.train()
     started = time.perf_counter()
     progress = tqdm(total=len(plan), initial=done, desc=desc, unit="step")
@@ -277,10 +273,10 @@ def train(
             loss.backward()
             loss_total += loss.item()
             totals["tokens"] += int(batch["attention_mask"].sum()) + (
-                int((batch["labels"] != IGNORE_INDEX).sum()) if is_seq2seq(model) else 0
+                int((batch["labels"] != IGNORE_INDEX).sum()) if seq2seq else 0
             )
             totals["padded_tokens"] += batch["input_ids"].numel() + (
-                batch["labels"].numel() if is_seq2seq(model) else 0
+                batch["labels"].numel() if seq2seq else 0
             )
         totals["target_tokens"] += group_targets
         torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
