@@ -22,7 +22,8 @@
 #
 # Each cell writes `sft/<student>/<condition>/seed<k>/{adapter/ or model/, train_log.csv, meta.json}`.
 # A finished cell is skipped when the notebook is rerun with the same params; an interrupted one resumes
-# from its last checkpoint.
+# from its last checkpoint. `num_processes > 1` trains each cell data-parallel under `accelerate launch`
+# (DDP; one process per GPU, or gloo on CPU) with the same results as one process.
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"
@@ -55,6 +56,7 @@ max_length = 512
 bf16 = True
 compile = False
 checkpoint_every = 50
+num_processes = 1
 
 # %%
 import plotly.express as px

@@ -116,6 +116,34 @@ def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path, generated_items,
     assert log["step"].tolist() == list(range(1, 9)) and not (cell / "checkpoint").exists()
 
 
+def test_data_parallel_cells_match_one_process(tmp_path, generated_items, sources):
+    """`sft.num_processes: 2` trains each cell under `accelerate launch` (DDP, gloo on CPU): each step's
+    micro-batches are split over the processes (steps of 3 and of 1 micro-batch here, so one process
+    sometimes has none), and both families end at the one-process weights, losses and token counts."""
+    from safetensors.torch import load_file
+
+    sft = grid(conditions=["correct_trace"], epochs=2, batch_size=2, grad_accum=3)
+    runs = {}
+    for processes in (1, 2):
+        run = RunLayout(tmp_path / f"p{processes}")
+        runs[processes] = train_grid(
+            run, generated_items[:7], sources, sft=sft.model_copy(update={"num_processes": processes}),
+            common=COMMON, fmt="tagged",
+        )  # fmt: skip
+        runs[processes]["root"] = str(run.root / "sft")
+    assert runs[2]["processes"].tolist() == [2, 2] and runs[1]["processes"].tolist() == [1, 1]
+    for one, two in zip(runs[1].itertuples(), runs[2].itertuples(), strict=True):
+        logs = [pd.read_csv(f"{row.root}/{row.cell}/train_log.csv") for row in (one, two)]
+        assert len(logs[0]) == 4 and logs[1]["target_tokens"].tolist() == logs[0]["target_tokens"].tolist()
+        assert logs[1]["loss"].tolist() == pytest.approx(logs[0]["loss"].tolist(), rel=1e-4)
+        weights = [
+            load_file(f"{row.root}/{row.cell}/adapter/adapter_model.safetensors") for row in (one, two)
+        ]
+        for name, value in weights[0].items():
+            torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-6)
+        assert not list((tmp_path / "p2").rglob("job.json"))
+
+
 def test_full_finetune_cell_saves_the_whole_model(tmp_path, generated_items, sources):
     run = RunLayout(tmp_path)
     sft = grid(students=["tiny-t5"], conditions=["no_trace"], finetune="full")

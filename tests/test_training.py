@@ -34,10 +34,9 @@ def tiny(request):
     return model, tokenizer
 
 
-@pytest.fixture(scope="module")
-def traces(generated_items):
-    steps = steps_by_item(decompose(generated_items, "tagged", ["both"], seed=0))
-    rationales = rule_traces(generated_items).set_index("item_id")["rationale"]
+def item_traces(items):
+    steps = steps_by_item(decompose(items, "tagged", ["both"], seed=0))
+    rationales = rule_traces(items).set_index("item_id")["rationale"]
     return {
         item.id: ItemTraces(
             rationale=rationales[item.id],
@@ -45,8 +44,13 @@ def traces(generated_items):
             counterfactuals=((item.choices[0], "A reason for it."),),
             key_words=tuple(rationales[item.id].split()[:2]),
         )
-        for item in generated_items
+        for item in items
     }
+
+
+@pytest.fixture(scope="module")
+def traces(generated_items):
+    return item_traces(generated_items)
 
 
 def texts(transform, items, traces):

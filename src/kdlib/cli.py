@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         "prepare-model", help="convert a packaged GGUF model to safetensors in the cache"
     )
     prepare.add_argument("name", help="kdlib model name, e.g. smollm2-135m-instruct")
+
+    train_cell = commands.add_parser(
+        "train-cell",
+        help="train one grid cell from its job.json (what notebook 03 runs under `accelerate launch`)",
+    )
+    train_cell.add_argument("job", help="sft/<student>/<condition>/seed<k>/job.json")
     return parser
 
 
@@ -97,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.name not in PRETRAINED:
                 raise ParamsError(f"unknown model {args.name!r}; choose from {sorted(PRETRAINED)}")
             print(convert_gguf_to_cache(args.name))
+        elif args.command == "train-cell":
+            from accelerate import Accelerator
+
+            from kdlib.sft import CellJob, fit_cell
+
+            fit_cell(CellJob.read(args.job), Accelerator())
         else:
             from kdlib.runner import NotebookFailed, run
 

@@ -301,6 +301,12 @@ class SftParams(Schema):
     checkpoint_every: int = Field(
         50, ge=0, description="Optimiser steps between resumable checkpoints (0: none)."
     )
+    num_processes: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel processes per cell (accelerate DDP: one per GPU, or gloo on CPU). Each "
+        "step's grad_accum micro-batches are spread over them, so results do not depend on it.",
+    )
 
     @field_validator("conditions")
     @classmethod

@@ -11,6 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -214,26 +218,47 @@ def cell_params(cell: Cell, sft: SftParams, fmt: str, digest: str) -> dict:
     }
 
 
-def train_cell(
-    cell_dir: Path,
-    cell: Cell,
-    items: list[QAItem],
-    sources: TraceSources,
-    *,
-    sft: SftParams,
-    common: CommonParams,
-    fmt: str,
-) -> dict:
-    """Train one cell (or skip it when finished) and return its summary row."""
-    texts, skipped = cell_text_examples(cell.condition, items, sources, sft, fmt, cell.seed)
-    params = cell_params(cell, sft, fmt, texts_digest(texts))
-    meta_path = cell_dir / "meta.json"
-    if meta_path.exists() and io.read_json(meta_path)["params"] == params:
-        return {**io.read_json(meta_path)["summary"], "status": "finished earlier"}
-    device = resolve_device(common.device)
+@dataclass(frozen=True)
+class CellJob:
+    """Everything one cell's training needs, as JSON: what `kdlib train-cell` reads in each process of a
+    data-parallel launch."""
+
+    cell_dir: str
+    student: str
+    condition: dict
+    seed: int
+    texts: list[dict]
+    items: int
+    skipped_items: int
+    params: dict
+    sft: dict
+    device: str
+
+    @property
+    def cell(self) -> Cell:
+        return Cell(self.student, ConditionSpec(**self.condition), self.seed)
+
+    def checkpoint(self) -> Checkpoint:
+        fingerprint = hashlib.sha256(json.dumps(self.params).encode()).hexdigest()
+        return Checkpoint(Path(self.cell_dir) / "checkpoint", fingerprint)
+
+    @classmethod
+    def read(cls, path: str | Path) -> CellJob:
+        return cls(**io.read_json(path))
+
+
+def fit_cell(job: CellJob, accelerator=None) -> None:
+    """Train one cell and write its weights, train_log.csv and meta.json (with the summary row).
+
+    With an `accelerate.Accelerator` of several processes, every process trains its share of each step
+    and the main process writes.
+    """
+    sft, cell, cell_dir = SftParams(**job.sft), job.cell, Path(job.cell_dir)
+    device = accelerator.device if accelerator else resolve_device(job.device)
     bf16 = sft.bf16 and bf16_supported(device)
-    model, tokenizer = prepare_student(cell.student, sft, device=device, seed=cell.seed, bf16=bf16)
-    examples = [encode_example(model, tokenizer, text, sft.max_length) for text in texts]
+    with accelerator.main_process_first() if accelerator else nullcontext():  # one GGUF conversion
+        model, tokenizer = prepare_student(cell.student, sft, device=device, seed=cell.seed, bf16=bf16)
+    examples = [encode_example(model, tokenizer, TextExample(**t), sft.max_length) for t in job.texts]
     settings = TrainSettings(
         epochs=sft.epochs,
         batch_size=sft.batch_size,
@@ -244,8 +269,7 @@ def train_cell(
         compile=sft.compile,
         checkpoint_every=sft.checkpoint_every,
     )
-    checkpoint = Checkpoint(cell_dir / "checkpoint", hashlib.sha256(json.dumps(params).encode()).hexdigest())
-    resumed = checkpoint.progress() is not None
+    checkpoint = job.checkpoint()
     log = train(
         model,
         examples,
@@ -253,7 +277,10 @@ def train_cell(
         pad_token_id=tokenizer.pad_token_id,
         checkpoint=checkpoint,
         desc=f"train {cell.label}",
+        accelerator=accelerator,
     )
+    if accelerator and not accelerator.is_main_process:
+        return
     weights = weights_folder(sft.finetune)
     save_trained(model, tokenizer, cell_dir / weights)
     io.write_csv(cell_dir / "train_log.csv", log)
@@ -266,8 +293,8 @@ def train_cell(
         "cell": str(cell_dir.relative_to(cell_dir.parents[2])),
         "finetune": sft.finetune,
         "examples": len(examples),
-        "items": len(items) - len(skipped),
-        "skipped_items": len(skipped),
+        "items": job.items,
+        "skipped_items": job.skipped_items,
         "target_tokens_per_example": sum(e.n_target_tokens for e in examples) / len(examples),
         "tokens_per_example": sum(e.length for e in examples) / len(examples),
         "padding_share": 1 - float(last["tokens"]) / float(last["padded_tokens"]),
@@ -277,10 +304,77 @@ def train_cell(
         "seconds": float(last["seconds"]),
         "tokens_per_second": float(last["tokens"]) / float(last["seconds"]),
         "bf16": bf16,
+        "processes": accelerator.num_processes if accelerator else 1,
     }
-    io.write_meta(cell_dir, params=params, artifacts=[weights, "train_log.csv"], summary=summary)
+    io.write_meta(cell_dir, params=job.params, artifacts=[weights, "train_log.csv"], summary=summary)
     checkpoint.remove()
-    return {**summary, "status": "resumed" if resumed else "trained"}
+
+
+def launch_cell(job: CellJob, num_processes: int) -> None:
+    """Run `kdlib train-cell` in `num_processes` processes through `accelerate launch` (DDP: NCCL on
+    GPUs, gloo on CPU), streaming their output; an error names the cell and ends with the output's tail."""
+    job_path = Path(job.cell_dir) / "job.json"
+    io.write_json(job_path, asdict(job))
+    env = dict(os.environ)
+    threads = max(1, (os.cpu_count() or 1) // num_processes)
+    if resolve_device(job.device).type == "cpu":
+        env["ACCELERATE_USE_CPU"] = "yes"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", str(threads),
+        "-m", "kdlib", "train-cell", str(job_path),
+    ]  # fmt: skip
+    tail: list[str] = []
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            tail = [*tail[-40:], line]
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"data-parallel training of {job.cell.label} failed (exit {proc.returncode}); "
+            f"its checkpoint is kept. Output tail:\n{''.join(tail)}"
+        )
+    job_path.unlink()
+
+
+def train_cell(
+    cell_dir: Path,
+    cell: Cell,
+    items: list[QAItem],
+    sources: TraceSources,
+    *,
+    sft: SftParams,
+    common: CommonParams,
+    fmt: str,
+) -> dict:
+    """Train one cell (or skip it when finished), in sft.num_processes processes, and return its
+    summary row."""
+    texts, skipped = cell_text_examples(cell.condition, items, sources, sft, fmt, cell.seed)
+    params = cell_params(cell, sft, fmt, texts_digest(texts))
+    meta_path = cell_dir / "meta.json"
+    if meta_path.exists() and io.read_json(meta_path)["params"] == params:
+        return {**io.read_json(meta_path)["summary"], "status": "finished earlier"}
+    job = CellJob(
+        cell_dir=str(cell_dir),
+        student=cell.student,
+        condition=cell.condition.model_dump(),
+        seed=cell.seed,
+        texts=[asdict(t) for t in texts],
+        items=len(items) - len(skipped),
+        skipped_items=len(skipped),
+        params=params,
+        sft=sft.model_dump(),
+        device=common.device,
+    )
+    resumed = job.checkpoint().progress() is not None
+    if sft.num_processes > 1:
+        launch_cell(job, sft.num_processes)
+    else:
+        fit_cell(job)
+    return {**io.read_json(meta_path)["summary"], "status": "resumed" if resumed else "trained"}
 
 
 def train_grid(

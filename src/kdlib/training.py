@@ -4,6 +4,10 @@ a resumable training loop, and the grid runner (students x conditions x seeds) o
 Causal LMs read prompt + target and learn only the target tokens (prompt labels are IGNORE_INDEX);
 encoder-decoders read the prompt in the encoder and learn the target in the decoder. The loss is the
 example-weighted mean cross-entropy over target tokens, normalised over the whole accumulation group.
+
+Data-parallel runs (accelerate, DDP) spread the micro-batches of each planned step over the processes, so
+one params file trains the same model on 1 or N processes: the effective batch is always
+batch_size x grad_accum.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +100,9 @@ def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     prompt tokens cost no vocabulary projection.
     """
     labels, weights = batch["labels"], batch["weights"]
-    if is_seq2seq(model):
-        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    if is_seq2seq(core):
+        decoder_input_ids = core.prepare_decoder_input_ids_from_labels(labels=labels)
         logits = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -235,16 +241,20 @@ def train(
     checkpoint: Checkpoint | None = None,
     on_step: Callable[[dict], None] | None = None,
     desc: str = "train",
+    accelerator=None,
 ) -> pd.DataFrame:
     """Train the trainable parameters of `model` on `examples` with AdamW and linear decay.
 
     Resumes from `checkpoint` when it holds this run's state, and saves it every
-    `settings.checkpoint_every` steps. `on_step` sees each log row. Returns the training log: one row
-    per optimiser step (loss, learning rate, tokens, padded tokens, target tokens, seconds).
+    `settings.checkpoint_every` steps. `on_step` sees each log row. With an `accelerate.Accelerator` of
+    several processes, `model` is wrapped in DDP and process r runs micro-batches r, r+N, ... of every
+    step; only the main process saves checkpoints. Returns the training log (the same on every process):
+    one row per optimiser step (loss, learning rate, tokens, padded tokens, target tokens, seconds).
     """
     if not examples:
         raise ValueError(f"{desc}: no training examples")
-    device = next(model.parameters()).device
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    processes, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
     torch.manual_seed(settings.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
@@ -253,32 +263,42 @@ def train(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / len(plan))
     done, rows = checkpoint.load(model, optimizer, scheduler) if checkpoint else (0, [])
-    forward_model = torch.compile(model, dynamic=True) if settings.compile else model
+    parallel = accelerator.prepare_model(model) if processes > 1 else model
+    forward_model = torch.compile(parallel, dynamic=True) if settings.compile else parallel
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     seconds_before = rows[-1]["seconds"] if rows else 0.0
     totals = {k: rows[-1][k] if rows else 0 for k in ("tokens", "padded_tokens", "target_tokens")}
-    seq2seq = is_seq2seq(model)  # decoder labels are tokens too
+    seq2seq = is_seq2seq(model)
     model.train()
     started = time.perf_counter()
-    progress = tqdm(total=len(plan), initial=done, desc=desc, unit="step")
+    progress = tqdm(total=len(plan), initial=done, desc=desc, unit="step", disable=rank != 0)
     for step in range(done, len(plan)):
         batches = [collate([examples[i] for i in ids], pad_token_id) for ids in plan[step]["batches"]]
         group_targets = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
-        loss_total = 0.0
+        # DDP averages gradients over processes, hence x processes; a process with no micro-batch this
+        # step still joins the gradient all-reduce, with a zero-weighted copy of the first one.
+        own = list(range(rank, len(batches), processes))
+        scale = processes if own else 0
+        own = own or [0]
+        step_loss = 0.0
+        for n, index in enumerate(own):
+            batch = {k: v.to(device) for k, v in batches[index].items()}
+            last = n == len(own) - 1
+            with nullcontext() if last or processes == 1 else parallel.no_sync():
+                with autocast:
+                    logits, labels, weights = target_logits(forward_model, batch)
+                loss_sum = weighted_loss_sum(logits, labels, weights)
+                (loss_sum * scale / group_targets).backward()
+            step_loss += loss_sum.item() / group_targets if scale else 0.0
         for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast:
-                logits, labels, weights = target_logits(forward_model, batch)
-            loss = weighted_loss_sum(logits, labels, weights) / group_targets
-            loss.backward()
-            loss_total += loss.item()
-            totals["tokens"] += int(batch["attention_mask"].sum()) + (
-                int((batch["labels"] != IGNORE_INDEX).sum()) if seq2seq else 0
-            )
+            target_count = int((batch["labels"] != IGNORE_INDEX).sum())
+            totals["tokens"] += int(batch["attention_mask"].sum()) + (target_count if seq2seq else 0)
             totals["padded_tokens"] += batch["input_ids"].numel() + (
                 batch["labels"].numel() if seq2seq else 0
             )
         totals["target_tokens"] += group_targets
+        if processes > 1:
+            step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), "sum"))
         torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -286,16 +306,19 @@ def train(
         row = {
             "step": step + 1,
             "epoch": plan[step]["epoch"],
-            "loss": loss_total,
+            "loss": step_loss,
             "learning_rate": scheduler.get_last_lr()[0],
             **totals,
             "seconds": seconds_before + time.perf_counter() - started,
         }
         rows.append(row)
         progress.update(1)
-        progress.set_postfix(loss=f"{loss_total:.3f}")
+        progress.set_postfix(loss=f"{step_loss:.3f}")
         if checkpoint and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0:
-            checkpoint.save(model, optimizer, scheduler, step + 1, rows)
+            if rank == 0:
+                checkpoint.save(model, optimizer, scheduler, step + 1, rows)
+            if accelerator:
+                accelerator.wait_for_everyone()
         if on_step:
             on_step(row)
     progress.close()
