@@ -49,6 +49,27 @@ def test_generation_is_batch_size_independent():
     assert one == three
 
 
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-t5"])
+def test_sampling_is_seeded_per_prompt_not_per_batch(name):
+    model, tokenizer = models.load_model(name, seed=0)
+    prompts = [
+        models.student_prompt(model, tokenizer, q) for q in ("a", "a longer question", "mid size", "a")
+    ]
+
+    def sample(batch_size, **decoding):
+        return models.generate_texts(
+            model, tokenizer, prompts, max_new_tokens=12, batch_size=batch_size, temperature=1.0, **decoding
+        )
+
+    one = sample(1)
+    assert one == sample(3) == sample(4)
+    assert one[0] == one[3]  # same prompt, same seed
+    other = sample(2, row_seeds=[0, 0, 0, 1])
+    assert other[:3] == one[:3] and other[3] != one[3]
+    greedy = models.generate_texts(model, tokenizer, prompts, max_new_tokens=12, batch_size=2)
+    assert sample(2, top_p=1e-6) == greedy != one
+
+
 def test_unknown_offline_model_gives_install_hint(monkeypatch, tmp_path):
     monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

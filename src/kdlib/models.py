@@ -24,6 +24,8 @@ from transformers import (
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    LogitsProcessor,
+    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
@@ -373,6 +375,33 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+class _RowSeededSampling(LogitsProcessor):
+    """Temperature and top-p sampling as argmax(filtered logits / T + Gumbel noise), the noise of each
+    row drawn from its own generator seeded by (row key, tokens generated so far), so that what a row
+    samples does not depend on which rows share its batch. Use with greedy decoding."""
+
+    def __init__(self, row_keys: Sequence[str], temperature: float, top_p: float, prompt_length: int) -> None:
+        self.row_keys, self.temperature, self.top_p = list(row_keys), temperature, top_p
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """scores [batch, vocab] -> perturbed scores [batch, vocab]."""
+        import hashlib
+
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            ordered, order = scores.sort(dim=-1, descending=True)
+            beyond = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1) >= self.top_p  # keeps the top token
+            scores = scores.masked_fill(beyond.scatter(1, order, beyond), float("-inf"))
+        step = input_ids.shape[1] - self.prompt_length
+        noise = torch.empty_like(scores, device="cpu")
+        for row, key in enumerate(self.row_keys):
+            seed = int.from_bytes(hashlib.sha256(f"{key}:{step}".encode()).digest()[:8], "big")
+            noise[row].uniform_(generator=torch.Generator().manual_seed(seed))
+        gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-7)))
+        return scores + gumbel.to(scores.device)
+
+
 class _StopOnStrings(StoppingCriteria):
     """Stop a row once its generated text (never the prompt) contains a stop string."""
 
@@ -396,14 +425,16 @@ def iter_generate(
     top_p: float = 1.0,
     stop: Sequence[str] = (),
     seed: int = 0,
+    row_seeds: Sequence[int] | None = None,
     desc: str = "generate",
 ) -> Iterator[list[tuple[int, str]]]:
     """Continuations of `prompts` (from student_prompt / chat_prompt), yielded batch by batch as
     (index, text) pairs; for an encoder-decoder, its decoder's output.
 
     Batches are left-padded and sorted by prompt length so each pads little. temperature 0 is greedy;
-    above 0 samples with top-p, seeded per batch. Texts are decoded without special tokens and cut at
-    the first end-of-turn and at the first stop string.
+    above 0 samples with top-p, seeded per prompt by (its row seed, default `seed`, and its text), so a
+    prompt's sample depends on neither the batch size nor its neighbours. Texts are decoded without
+    special tokens and cut at the first end-of-turn and at the first stop string.
     """
     from tqdm.auto import tqdm
 
@@ -411,27 +442,29 @@ def iter_generate(
     encoded = [encode_prompt(model, tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     device = next(model.parameters()).device
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        if temperature > 0
-        else {"do_sample": False}
-    )
+    row_keys = [f"{s}:{p}" for s, p in zip(row_seeds or [seed] * len(prompts), prompts, strict=True)]
     model.eval()
-    for batch_number, start in enumerate(tqdm(range(0, len(order), batch_size), desc=desc, unit="batch")):
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
         batch = order[start : start + batch_size]
         padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
-        torch.manual_seed(seed + batch_number)
-        prompt_length = 0 if is_seq2seq(model) else padded["input_ids"].shape[1]  # decoders start afresh
+        # decoders start afresh (from their start token)
+        prompt_length = 1 if is_seq2seq(model) else padded["input_ids"].shape[1]
         stopping = [_StopOnStrings(tokenizer, stop, prompt_length)] if stop else []
+        sampling = (
+            [_RowSeededSampling([row_keys[i] for i in batch], temperature, top_p, prompt_length)]
+            if temperature > 0
+            else []
+        )
         generated = model.generate(
             **padded,
             max_new_tokens=max_new_tokens,
+            do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             stopping_criteria=StoppingCriteriaList(stopping),
-            **sampling,
+            logits_processor=LogitsProcessorList(sampling),
         )
-        new_tokens = generated[:, prompt_length:]
+        new_tokens = generated[:, 0 if is_seq2seq(model) else prompt_length :]
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         yield [(i, cut_at_stop(text, stop).strip()) for i, text in zip(batch, texts, strict=True)]
 
@@ -444,11 +477,13 @@ def generate_texts(
     max_new_tokens: int,
     batch_size: int,
     desc: str = "generate",
+    **decoding,
 ) -> list[str]:
-    """Greedy continuations of `prompts` (already chat-formatted), in input order; see iter_generate."""
+    """Continuations of `prompts` (already chat-formatted), in input order; `decoding` takes
+    iter_generate's temperature, top_p, stop, seed and row_seeds (default greedy)."""
     outputs: list[str] = [""] * len(prompts)
     for batch in iter_generate(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc, **decoding
     ):
         for i, text in batch:
             outputs[i] = text

@@ -153,6 +153,7 @@ class TransformersBackend(Backend):
             top_p=decoding.top_p,
             stop=decoding.stop,
             seed=decoding.seed,
+            row_seeds=[decoding.seed + r.sample for r in requests],
             desc=f"teacher {self.model_name}",
         )
 
