@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import kdlib.sft
-from kdlib.config import CommonParams, SftParams
+from kdlib.config import CommonParams, EvaluationParams, SftParams
 from kdlib.decomposition import decompose, steps_by_item
 from kdlib.evaluation import evaluate_cells, summarise
 from kdlib.paths import RunLayout
@@ -155,22 +155,28 @@ def test_full_finetune_cell_saves_the_whole_model(tmp_path, generated_items, sou
 
 
 def test_trained_cells_of_both_families_evaluate(trained, generated_items):
+    """Greedy, sampled and label-first evaluation of every cell; results do not depend on batch size."""
     run, summary = trained
-    predictions = evaluate_cells(
-        run,
-        summary,
-        generated_items[8:12],
-        device=torch.device("cpu"),
-        seed=0,
-        max_new_tokens=8,
-        batch_size=4,
-    )
-    assert len(predictions) == 6 * 4
-    metrics = summarise(predictions)
+    params = EvaluationParams(max_new_tokens=8, batch_size=4, generation={"samples": 2, "temperature": 1.0})
+    items = generated_items[8:13]
+    frames = evaluate_cells(run, summary, items, device=torch.device("cpu"), seed=0, params=params)
+    predictions, samples, scores = frames["predictions"], frames["samples"], frames["choice_scores"]
+    assert len(predictions) == 6 * 5 and len(samples) == 6 * 5 * 2 and len(scores) == 6 * 5
+    assert set(samples["sample"]) == {0, 1}
+    metrics = summarise(predictions, samples, scores)
     assert list(metrics["condition"]) == list(summary["condition"])
-    assert metrics["accuracy"].between(0, 1).all()
+    for column in ("accuracy", "sample_accuracy", "label_first_acc", "label_first_acc_norm"):
+        assert metrics[column].between(0, 1).all(), column
+    assert (metrics["label_first_acc_ci_low"] <= metrics["label_first_acc"]).all()
     assert metrics.loc[metrics["condition"] == "correct_trace", "trace_parse_rate"].notna().all()
     assert metrics.loc[metrics["condition"] == "mt", "trace_parse_rate"].isna().all()
+    one_by_one = evaluate_cells(
+        run, summary, items, device=torch.device("cpu"), seed=0,
+        params=params.model_copy(update={"batch_size": 1}),
+    )  # fmt: skip
+    for name, frame in frames.items():
+        columns = ["output"] if name != "choice_scores" else ["predicted_index", "predicted_index_norm"]
+        pd.testing.assert_frame_equal(frame[columns], one_by_one[name][columns], obj=name)
 
 
 def test_grid_cells_cover_the_product():

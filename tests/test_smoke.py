@@ -119,6 +119,12 @@ def test_evaluation_and_correlation_metrics_are_sane(run_dir):
     checkable = metrics["transform"].isin(["correct_trace", "incorrect_trace"])
     assert metrics.loc[checkable, "trace_accuracy"].notna().all()
     assert metrics.loc[~checkable, "trace_accuracy"].isna().all()
+    samples = pd.read_parquet(run_dir / "evaluation" / "samples.parquet")
+    assert len(samples) == n_eval * n_cells and set(samples["sample"]) == {0}
+    scores = pd.read_parquet(run_dir / "evaluation" / "choice_scores.parquet")
+    assert len(scores) == n_eval * n_cells and scores["choice_logprobs"].map(len).ge(2).all()
+    for column in ("sample_accuracy", "label_first_acc", "label_first_acc_norm"):
+        assert metrics[column].between(0, 1).all(), column
     table = pd.read_csv(run_dir / "correlation" / "contingency.csv")
     assert len(table) == 2 * 2  # the checkable-trace cells of both students
     counts = table.filter(like="trace_").filter(like="answer_").sum(axis=1)

@@ -345,11 +345,27 @@ class SftParams(Schema):
         return specs
 
 
+class GenerationParams(Schema):
+    """Sampled decoding in 04_evaluation, besides the greedy output every item gets."""
+
+    samples: int = Field(
+        0, ge=0, description="Sampled outputs per item (sample k seeded by seed + k); 0: none."
+    )
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+
+
 class EvaluationParams(Schema):
-    """04_evaluation: generate trace + answer on the held-out split and check both."""
+    """04_evaluation: generate trace + answer on the held-out split and check both; score choices."""
 
     max_new_tokens: int = Field(96, gt=0, description="Generation budget per answer.")
-    batch_size: int = Field(16, gt=0, description="Prompts per generate() call (left-padded).")
+    batch_size: int = Field(16, gt=0, description="Prompts (or scored choices) per forward batch.")
+    label_first: bool = Field(
+        True, description="Score each answer choice by log-probability (acc, acc_norm); items with choices."
+    )
+    generation: GenerationParams = Field(
+        default_factory=GenerationParams, description="Sampled outputs besides the greedy one."
+    )
 
 
 class CorrelationParams(Schema):

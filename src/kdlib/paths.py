@@ -113,6 +113,14 @@ class RunLayout:
         return self.root / "evaluation" / "predictions.parquet"
 
     @property
+    def samples(self) -> Path:
+        return self.root / "evaluation" / "samples.parquet"
+
+    @property
+    def choice_scores(self) -> Path:
+        return self.root / "evaluation" / "choice_scores.parquet"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "evaluation" / "metrics.csv"
 

@@ -46,24 +46,45 @@ def loss_curves(logs: pd.DataFrame) -> go.Figure:
     return figure
 
 
-def accuracy_bars(metrics: pd.DataFrame) -> go.Figure:
-    """Answer accuracy per cell with 95% Wilson intervals, and trace accuracy where defined."""
-    labels = cell_labels(metrics)
-    figure = go.Figure(
-        go.Bar(
-            x=labels,
-            y=metrics["accuracy"],
-            name="answer accuracy",
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": metrics["accuracy_ci_high"] - metrics["accuracy"],
-                "arrayminus": metrics["accuracy"] - metrics["accuracy_ci_low"],
-            },
-        )
+def _bar_with_interval(labels: list[str], metrics: pd.DataFrame, column: str, name: str) -> go.Bar:
+    return go.Bar(
+        x=labels,
+        y=metrics[column],
+        name=name,
+        error_y={
+            "type": "data",
+            "symmetric": False,
+            "array": metrics[f"{column}_ci_high"] - metrics[column],
+            "arrayminus": metrics[column] - metrics[f"{column}_ci_low"],
+        },
     )
+
+
+def accuracy_bars(metrics: pd.DataFrame) -> go.Figure:
+    """Per cell: generated-answer accuracy and label-first acc / acc_norm with 95% Wilson intervals,
+    and trace accuracy where defined."""
+    labels = cell_labels(metrics)
+    figure = go.Figure(_bar_with_interval(labels, metrics, "accuracy", "generated answer"))
+    if metrics["label_first_acc"].notna().any():
+        figure.add_trace(_bar_with_interval(labels, metrics, "label_first_acc", "label-first acc"))
+        figure.add_trace(_bar_with_interval(labels, metrics, "label_first_acc_norm", "label-first acc_norm"))
     figure.add_trace(go.Bar(x=labels, y=metrics["trace_accuracy"], name="trace accuracy"))
     figure.update_layout(barmode="group", yaxis_range=[0, 1], title="Held-out accuracy per cell")
+    return figure
+
+
+def parse_failure_bars(metrics: pd.DataFrame) -> go.Figure:
+    """Share of outputs per cell whose answer (and, for checkable traces, trace) could not be read."""
+    labels = cell_labels(metrics)
+    figure = go.Figure(
+        go.Bar(x=labels, y=1 - metrics["answer_parse_rate"], name="answer unreadable (greedy)")
+    )
+    if metrics["sample_parse_rate"].notna().any():
+        figure.add_trace(
+            go.Bar(x=labels, y=1 - metrics["sample_parse_rate"], name="answer unreadable (sampled)")
+        )
+    figure.add_trace(go.Bar(x=labels, y=1 - metrics["trace_parse_rate"], name="trace unreadable"))
+    figure.update_layout(barmode="group", yaxis_range=[0, 1], title="Parse failures per cell")
     return figure
 
 
