@@ -47,19 +47,70 @@ def encode_pair(model, tokenizer, context: str, continuation: str) -> tuple[list
     return context_ids, whole[len(context_ids) :]
 
 
-def _causal_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int):
-    """Left-padded inputs (context + continuation minus its last token) [B, T], the attention mask and
-    position ids [B, T], and K = the longest continuation: its tokens are predicted at the last K
-    positions of every row."""
-    rows = [(c + x)[:-1] for c, x in pairs]
+def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and position_ids [B, T] of left-padded `rows`."""
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         input_ids[i, width - len(row) :] = torch.tensor(row)
         mask[i, width - len(row) :] = 1
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
-    return input_ids, mask, positions, max(len(x) for _, x in pairs)
+    return input_ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+
+
+def _causal_span_logits(model, contexts: list[list[int]], pairs: list[tuple[int, list[int]]], pad_id: int):
+    """Logits predicting each continuation token, [n_tokens, vocab] per pair, with every context run once.
+
+    `pairs` holds (index into `contexts`, continuation ids). The contexts' forward pass (left-padded)
+    fills the KV cache and predicts each first continuation token; the cache rows are then gathered per
+    pair and the continuations (minus their last token, right-padded) run on top of it.
+    """
+    device = next(model.parameters()).device
+    input_ids, mask, positions = (t.to(device) for t in _left_padded(contexts, pad_id))
+    out = model(
+        input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+    )
+    first = [out.logits[row, -1:] for row, _ in pairs]
+    width = max(len(c) for _, c in pairs) - 1
+    if width == 0:
+        return first
+    rows = torch.tensor([row for row, _ in pairs], device=device)
+    cache = out.past_key_values
+    cache.reorder_cache(rows)
+    follow = torch.full((len(pairs), width), pad_id, dtype=torch.long, device=device)
+    follow_mask = torch.zeros_like(follow)
+    for i, (_, continuation) in enumerate(pairs):
+        follow[i, : len(continuation) - 1] = torch.tensor(continuation[:-1])
+        follow_mask[i, : len(continuation) - 1] = 1
+    lengths = mask.sum(1)[rows]
+    logits = model(
+        input_ids=follow,
+        attention_mask=torch.cat([mask[rows], follow_mask], dim=1),
+        position_ids=lengths[:, None] + torch.arange(width, device=device),
+        past_key_values=cache,
+    ).logits
+    return [torch.cat([first[i], logits[i, : len(c) - 1]]) for i, (_, c) in enumerate(pairs)]
+
+
+def _seq2seq_span_logits(model, contexts: list[list[int]], pairs: list[tuple[int, list[int]]], pad_id: int):
+    """As _causal_span_logits for an encoder-decoder: each context encoded once, every continuation
+    decoded on its context's encoder states."""
+    device = next(model.parameters()).device
+    width = max(len(c) for c in contexts)
+    input_ids = torch.tensor([c + [pad_id] * (width - len(c)) for c in contexts], device=device)
+    mask = (
+        torch.arange(width, device=device) < torch.tensor([len(c) for c in contexts], device=device)[:, None]
+    ).long()
+    encoded = model.get_encoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    rows = torch.tensor([row for row, _ in pairs], device=device)
+    label_width = max(len(c) for _, c in pairs)
+    labels = torch.tensor([c + [-100] * (label_width - len(c)) for _, c in pairs], device=device)
+    logits = model(
+        encoder_outputs=(encoded[rows],),
+        attention_mask=mask[rows],
+        decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels=labels),
+    ).logits
+    return [logits[i, : len(c)] for i, (_, c) in enumerate(pairs)]
 
 
 @torch.inference_mode()
@@ -68,41 +119,30 @@ def loglikelihoods(
 ) -> list[Loglikelihood]:
     """Log P(continuation | context) for each (context, continuation) request, in input order.
 
-    Requests are batched longest first; a causal LM computes logits only at the continuation positions.
+    Requests sharing a context (the choices of one question) share its forward pass; `batch_size`
+    distinct contexts run per batch, longest first.
     """
     pairs = [encode_pair(model, tokenizer, c, x) for c, x in requests]
     empty = [i for i, (_, x) in enumerate(pairs) if not x]
     if empty:
         raise ValueError(f"request {empty[0]}: continuation {requests[empty[0]][1]!r} adds no token")
-    device = next(model.parameters()).device
-    seq2seq = is_seq2seq(model)
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for index, (context, _) in enumerate(pairs):
+        by_context.setdefault(tuple(context), []).append(index)
+    contexts = sorted(by_context, key=len, reverse=True)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    span_logits = _seq2seq_span_logits if is_seq2seq(model) else _causal_span_logits
     results: list[Loglikelihood | None] = [None] * len(pairs)
     model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-        batch = [pairs[i] for i in order[start : start + batch_size]]
-        if seq2seq:
-            encoded = tokenizer.pad({"input_ids": [c for c, _ in batch]}, return_tensors="pt").to(device)
-            width = max(len(x) for _, x in batch)
-            labels = torch.tensor([x + [-100] * (width - len(x)) for _, x in batch], device=device)
-            decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
-            logits = model(**encoded, decoder_input_ids=decoder_input_ids).logits
-            spans = [logits[i, : len(x)] for i, (_, x) in enumerate(batch)]
-        else:
-            input_ids, mask, positions, keep = _causal_batch(batch, pad_id)
-            logits = model(
-                input_ids=input_ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
-                logits_to_keep=keep,
-            ).logits
-            spans = [logits[i, keep - len(x) :] for i, (_, x) in enumerate(batch)]
-        for index, span, (_, continuation) in zip(
-            order[start : start + batch_size], spans, batch, strict=True
-        ):
+    for start in tqdm(range(0, len(contexts), batch_size), desc=desc, unit="batch"):
+        batch = contexts[start : start + batch_size]
+        members = [(row, index) for row, context in enumerate(batch) for index in by_context[context]]
+        spans = span_logits(
+            model, [list(c) for c in batch], [(row, pairs[i][1]) for row, i in members], pad_id
+        )
+        for (_, index), span in zip(members, spans, strict=True):
             logprobs = F.log_softmax(span.float(), dim=-1)
-            target = torch.tensor(continuation, device=logprobs.device)
+            target = torch.tensor(pairs[index][1], device=logprobs.device)
             total = logprobs.gather(1, target[:, None]).sum().item()
             results[index] = Loglikelihood(total, bool((logprobs.argmax(-1) == target).all()))
     return results
