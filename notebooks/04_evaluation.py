@@ -22,8 +22,13 @@
 # lm-evaluation-harness defines them. It also scores students trained with the trace after the label at
 # the point where they state it.
 #
-# Writes `evaluation/predictions.parquet` (greedy), `samples.parquet`, `choice_scores.parquet` and
-# `metrics.csv`.
+# **Integrated gradients** (Captum, layer IG on the embeddings) attribute the gold answer's
+# log-probability under the `attribution.condition` student to the words of the teacher rationale of
+# each training item. The word file is what the `key_tokens_after_label` condition of notebook 03 reads:
+# rerun 03 with that condition to close the loop.
+#
+# Writes `evaluation/predictions.parquet` (greedy), `samples.parquet`, `choice_scores.parquet`,
+# `metrics.csv`, and with attribution `attributions.parquet` (words) and `token_attributions.parquet`.
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"
@@ -35,11 +40,14 @@ max_new_tokens = 96
 batch_size = 16
 label_first = True
 generation = {"samples": 0, "temperature": 0.7, "top_p": 0.95}
+attribution = {"condition": "rationale_after_label", "n_items": 32, "n_steps": 32, "internal_batch_size": 8}
 
 # %%
 import pandas as pd
+from IPython.display import HTML, display
 
 from kdlib import config, io, plots
+from kdlib.attribution import attribute_condition
 from kdlib.data.schema import frame_to_items
 from kdlib.evaluation import evaluate_cells, summarise
 from kdlib.models import resolve_device
@@ -49,7 +57,8 @@ common, cfg = config.notebook_params("04_evaluation", globals())
 run = RunLayout(run_dir)
 plots.use_offline_renderer()
 
-eval_items = frame_to_items(io.read_parquet(run.items, produced_by="01_teacher_traces"), role="eval")
+items_frame = io.read_parquet(run.items, produced_by="01_teacher_traces")
+eval_items = frame_to_items(items_frame, role="eval")
 sft = io.read_json(io.require(run.root / "sft" / "meta.json", produced_by="03_sft"))["params"]["sft"]
 cells = pd.read_csv(io.require(run.sft_summary, produced_by="03_sft"))
 print(f"{len(eval_items)} evaluation items; {len(cells)} trained cells")
@@ -77,7 +86,35 @@ predictions.groupby(["student", "condition", "seed"]).head(2)[
     ["student", "condition", "seed", "item_id", "output", "answer_correct", "trace_correct"]
 ]
 
+# %% [markdown]
+# ## Integrated gradients over rationale words
+
 # %%
+attributed = None
+if cfg.attribution.condition in set(cells["condition"]):
+    attributed = attribute_condition(
+        run,
+        cells,
+        cfg.attribution.condition,
+        frame_to_items(items_frame, role="train"),
+        io.read_parquet(run.traces, produced_by="01_teacher_traces"),
+        device=resolve_device(common.device),
+        seed=common.seed,
+        params=cfg.attribution,
+    )
+if attributed is None:
+    print(f"no attribution: no causal student of condition {cfg.attribution.condition!r} in the grid")
+else:
+    word_attributions, token_attributions, attributed_cell = attributed
+    print(f"attributed under {attributed_cell['cell']}: {word_attributions['item_id'].nunique()} items")
+    display(HTML(plots.attribution_highlights(word_attributions)))
+
+# %%
+artifacts = [run.predictions.name, run.samples.name, run.choice_scores.name, run.metrics.name]
+if attributed is not None:
+    io.write_parquet(run.attributions, word_attributions)
+    io.write_parquet(run.token_attributions, token_attributions)
+    artifacts += [run.attributions.name, run.token_attributions.name]
 io.write_parquet(run.predictions, predictions)
 io.write_parquet(run.samples, samples)
 io.write_parquet(run.choice_scores, choice_scores)
@@ -85,6 +122,6 @@ io.write_csv(run.metrics, metrics)
 io.write_meta(
     run.stage("evaluation"),
     params={"common": common.model_dump(), "evaluation": cfg.model_dump(), "sft": sft},
-    artifacts=[run.predictions.name, run.samples.name, run.choice_scores.name, run.metrics.name],
+    artifacts=artifacts,
     metrics=metrics.to_dict(orient="records"),
 )

@@ -125,6 +125,9 @@ def test_evaluation_and_correlation_metrics_are_sane(run_dir):
     assert len(scores) == n_eval * n_cells and scores["choice_logprobs"].map(len).ge(2).all()
     for column in ("sample_accuracy", "label_first_acc", "label_first_acc_norm"):
         assert metrics[column].between(0, 1).all(), column
+    words = pd.read_parquet(run_dir / "evaluation" / "attributions.parquet")
+    assert list(words.columns[:4]) == ["item_id", "word_index", "word", "attribution"]
+    assert words["item_id"].nunique() == 4 and words["attribution"].abs().sum() > 0
     table = pd.read_csv(run_dir / "correlation" / "contingency.csv")
     assert len(table) == 2 * 2  # the checkable-trace cells of both students
     counts = table.filter(like="trace_").filter(like="answer_").sum(axis=1)
@@ -171,3 +174,40 @@ def test_bad_params_exit_2_before_any_output(tmp_path):
     assert result.returncode == 2
     assert f"{bad}: key 'sft.epochs'" in result.stderr
     assert not out.exists()
+
+
+def test_attributions_feed_the_key_token_condition(run_dir, tmp_path):
+    """The loop of Wadhwa et al.: notebook 04's IG word file trains a key_tokens_after_label cell of 03,
+    whose targets keep only the top-attributed rationale words, in rationale order."""
+    from kdlib import io
+    from kdlib.config import CommonParams
+    from kdlib.data.schema import frame_to_items
+    from kdlib.decomposition import steps_by_item
+    from kdlib.paths import RunLayout
+    from kdlib.sft import TraceSources, cell_text_examples, load_key_words, train_grid
+
+    run = RunLayout(run_dir)
+    sft = SMOKE.sft.model_validate(
+        {
+            **SMOKE.sft.model_dump(),
+            "students": ["tiny-llama"],
+            "conditions": ["key_tokens_after_label"],
+            "epochs": 1,
+            "key_tokens": {"top_k": 2, "fraction": None},
+        }
+    )
+    items = frame_to_items(io.read_parquet(run.items), role="train")
+    key_words = load_key_words(sft, run.attributions)
+    sources = TraceSources(
+        traces=io.read_parquet(run.traces),
+        steps=steps_by_item(io.read_parquet(run.decomposed)),
+        key_words=key_words,
+    )
+    texts, skipped = cell_text_examples(sft.condition_specs()[0], items, sources, sft, "tagged", seed=0)
+    assert len(texts) == 4 and len(skipped) == len(items) - 4  # the 4 attributed items
+    for text in texts:
+        assert " ".join(key_words[text.item_id]) in text.target
+    summary = train_grid(
+        RunLayout(tmp_path), items, sources, sft=sft, common=CommonParams(device="cpu"), fmt="tagged"
+    )
+    assert list(summary["status"]) == ["trained"] and summary["examples"].iloc[0] == 4

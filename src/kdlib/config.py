@@ -355,6 +355,19 @@ class GenerationParams(Schema):
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
 
 
+class AttributionParams(Schema):
+    """Integrated gradients over teacher rationale tokens in 04_evaluation (the key-token file for 03)."""
+
+    condition: str | None = Field(
+        "rationale_after_label",
+        description="Grid condition whose (first causal) student is attributed; null: no attribution. "
+        "Skipped with a note when the grid has no such condition.",
+    )
+    n_items: int = Field(32, gt=0, description="Training items attributed (those with a rationale).")
+    n_steps: int = Field(32, gt=0, description="Integration steps (Riemann, Gauss-Legendre by Captum).")
+    internal_batch_size: int = Field(8, gt=0, description="Interpolated inputs per forward pass.")
+
+
 class EvaluationParams(Schema):
     """04_evaluation: generate trace + answer on the held-out split and check both; score choices."""
 
@@ -365,6 +378,9 @@ class EvaluationParams(Schema):
     )
     generation: GenerationParams = Field(
         default_factory=GenerationParams, description="Sampled outputs besides the greedy one."
+    )
+    attribution: AttributionParams = Field(
+        default_factory=AttributionParams, description="Integrated gradients over rationale tokens."
     )
 
 

@@ -129,6 +129,10 @@ class RunLayout:
         return self.root / "evaluation" / "attributions.parquet"
 
     @property
+    def token_attributions(self) -> Path:
+        return self.root / "evaluation" / "token_attributions.parquet"
+
+    @property
     def contingency(self) -> Path:
         return self.root / "correlation" / "contingency.csv"
 

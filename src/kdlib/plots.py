@@ -108,3 +108,21 @@ def contingency_figure(table: pd.DataFrame) -> go.Figure:
     figure.update_yaxes(range=[-1, 1], row=1, col=2)
     figure.update_layout(barmode="group", height=400, title="Does a correct trace go with a correct answer?")
     return figure
+
+
+def attribution_highlights(words: pd.DataFrame, n_items: int = 3) -> str:
+    """HTML: the rationale of the first `n_items` items, each word shaded by its attribution (green
+    raises the gold answer's log-probability, red lowers it; scaled per item)."""
+    import html
+
+    blocks = []
+    for item_id, rows in list(words.groupby("item_id", sort=False))[:n_items]:
+        scale = rows["attribution"].abs().max() or 1.0
+        spans = []
+        for word, score in zip(rows["word"], rows["attribution"], strict=True):
+            alpha = min(1.0, abs(score) / scale)
+            colour = "0,150,0" if score >= 0 else "200,0,0"
+            style = f"background: rgba({colour},{alpha:.2f})"
+            spans.append(f'<span title="{score:+.4f}" style="{style}">{html.escape(word)}</span>')
+        blocks.append(f"<p><b>{html.escape(str(item_id))}</b>: {' '.join(spans)}</p>")
+    return "\n".join(blocks)

@@ -1,0 +1,158 @@
+"""Integrated gradients (Captum, layer IG on the input embeddings) over teacher rationale tokens.
+
+For each training item the student reads its question, the teacher rationale and the answer opening,
+and IG attributes the log-probability of the gold answer to the rationale tokens: the baseline replaces
+only the rationale tokens by the pad token, so every other token's attribution is exactly zero. Token
+attributions are summed into the rationale's whitespace words, which is the file (ATTRIBUTION_COLUMNS)
+that the key_tokens_after_label condition of notebook 03 reads.
+
+The rationale is placed before the answer even for a student trained with it after the label: in a
+causal LM only that order lets the answer depend on the rationale's tokens.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from kdlib.conditions import ATTRIBUTION_COLUMNS, evaluation_prompt
+from kdlib.data.schema import QAItem
+from kdlib.decomposition import format_rationale
+from kdlib.models import is_seq2seq, student_prompt
+from kdlib.scoring import answer_opening, encode_pair
+
+
+def _answer_logprob(model, first: int, answer: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """ids [batch, T] -> [batch]: summed log-probability of the `answer` tokens [A], the first of them
+    predicted at position `first`."""
+    logits = model(input_ids=ids).logits[:, first : first + len(answer)].float()
+    return logits.log_softmax(-1).gather(2, answer.expand(len(ids), -1)[..., None]).sum((1, 2))
+
+
+def word_attributions(rationale: str, span_start: int, offsets, token_scores) -> list[tuple[int, str, float]]:
+    """Sum token scores into the rationale's whitespace words: (word index, word, attribution) per word.
+
+    `offsets` are the tokens' (start, end) characters in the full text, the rationale starting at
+    `span_start`. A word owns the whitespace before it, so every rationale token lands in a word; a token
+    spanning two words counts for each.
+    """
+    words, position = [], 0
+    for word in rationale.split():
+        end = rationale.index(word, position) + len(word)
+        words.append((span_start + position, span_start + end, word))
+        position = end
+    totals = [0.0] * len(words)
+    for (start, end), score in zip(offsets, token_scores, strict=True):
+        for i, (word_start, word_end, _) in enumerate(words):
+            if start < word_end and end > word_start:
+                totals[i] += float(score)
+    return [(i, word, totals[i]) for i, (_, _, word) in enumerate(words)]
+
+
+def integrated_gradients(
+    model,
+    tokenizer,
+    transform: str,
+    fmt: str,
+    items: list[QAItem],
+    rationales: dict[str, str],
+    *,
+    n_steps: int = 32,
+    internal_batch_size: int = 8,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(word attributions: ATTRIBUTION_COLUMNS + convergence_delta, token attributions: item_id,
+    token_index, token, attribution) for the items that have a rationale, under a causal student."""
+    from captum.attr import LayerIntegratedGradients
+
+    if is_seq2seq(model):
+        raise ValueError("integrated gradients over rationale tokens needs a causal student (decoder-only)")
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.eval()
+    words, tokens = [], []
+    for item in tqdm([i for i in items if rationales.get(i.id)], desc="integrated gradients", unit="item"):
+        prompt = student_prompt(model, tokenizer, evaluation_prompt(transform, item))
+        rationale = rationales[item.id].strip()
+        block = format_rationale(rationale, fmt)
+        context = prompt + block + answer_opening(fmt)
+        context_ids, answer_ids = encode_pair(model, tokenizer, context, item.answer)
+        context = context.rstrip()  # encode_pair moved trailing spaces into the answer
+        span_start = len(prompt) + block.index(rationale)
+        span_end = span_start + len(rationale)
+        offsets = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if len(offsets) != len(context_ids):
+            raise ValueError(
+                f"item {item.id}: the tokenizer's offsets do not line up with the prompt's tokens"
+            )
+        in_rationale = torch.tensor([start < span_end and end > span_start for start, end in offsets])
+        input_ids = torch.tensor([context_ids + answer_ids[:-1]], device=device)
+        baseline = input_ids.clone()
+        baseline[0, : len(context_ids)][in_rationale.to(device)] = pad_id
+        answer = torch.tensor(answer_ids, device=device)
+        scorer = partial(_answer_logprob, model, len(context_ids) - 1, answer)
+        explainer = LayerIntegratedGradients(scorer, model.get_input_embeddings())
+        scores, delta = explainer.attribute(
+            input_ids,
+            baselines=baseline,
+            n_steps=n_steps,
+            internal_batch_size=internal_batch_size,
+            return_convergence_delta=True,
+        )
+        token_scores = scores.sum(-1)[0, : len(context_ids)].detach().cpu()
+        kept = [i for i in range(len(context_ids)) if in_rationale[i]]
+        tokens += [
+            (item.id, n, tokenizer.decode([context_ids[i]]), float(token_scores[i]))
+            for n, i in enumerate(kept)
+        ]
+        words += [
+            (item.id, index, word, score, float(delta))
+            for index, word, score in word_attributions(
+                rationale, span_start, [offsets[i] for i in kept], token_scores[kept].tolist()
+            )
+        ]
+    word_frame = pd.DataFrame(words, columns=[*ATTRIBUTION_COLUMNS, "convergence_delta"])
+    token_frame = pd.DataFrame(tokens, columns=["item_id", "token_index", "token", "attribution"])
+    return word_frame, token_frame
+
+
+def attribute_condition(
+    run,
+    cells: pd.DataFrame,
+    condition: str,
+    items: list[QAItem],
+    traces: pd.DataFrame,
+    *,
+    device,
+    seed,
+    params,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict] | None:
+    """IG under the first causal cell of `condition` (rows of sft/summary.csv), over `items` with that
+    cell's rationales (its recipe and source, from traces.parquet); AttributionParams `params`.
+    Returns (word frame, token frame, the cell's summary row), or None when no causal cell has it."""
+    from kdlib import io
+    from kdlib.conditions import pick_rationales
+    from kdlib.sft import load_trained
+
+    for cell in cells[cells["condition"] == condition].to_dict(orient="records"):
+        cell_dir = run.root / "sft" / cell["cell"]
+        model, tokenizer = load_trained(cell_dir, device=device, seed=seed)
+        if is_seq2seq(model):
+            continue
+        meta = io.read_json(cell_dir / "meta.json")["params"]
+        spec = meta["condition"]
+        rationales = pick_rationales(traces, spec["rationale_recipe"], spec["rationale_source"])
+        words, tokens = integrated_gradients(
+            model,
+            tokenizer,
+            cell["transform"],
+            meta["trace_format"],
+            items[: params.n_items],
+            rationales,
+            n_steps=params.n_steps,
+            internal_batch_size=params.internal_batch_size,
+        )
+        return words, tokens, cell
+    return None
