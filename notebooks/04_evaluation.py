@@ -90,18 +90,15 @@ predictions.groupby(["student", "condition", "seed"]).head(2)[
 # ## Integrated gradients over rationale words
 
 # %%
-attributed = None
-if cfg.attribution.condition in set(cells["condition"]):
-    attributed = attribute_condition(
-        run,
-        cells,
-        cfg.attribution.condition,
-        frame_to_items(items_frame, role="train"),
-        io.read_parquet(run.traces, produced_by="01_teacher_traces"),
-        device=resolve_device(common.device),
-        seed=common.seed,
-        params=cfg.attribution,
-    )
+attributed = attribute_condition(
+    run,
+    cells,
+    frame_to_items(items_frame, role="train"),
+    io.read_parquet(run.traces, produced_by="01_teacher_traces"),
+    device=resolve_device(common.device),
+    seed=common.seed,
+    params=cfg.attribution,
+)
 if attributed is None:
     print(f"no attribution: no causal student of condition {cfg.attribution.condition!r} in the grid")
 else:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from kdlib.conditions import ATTRIBUTION_COLUMNS, evaluation_prompt
 from kdlib.data.schema import QAItem
 from kdlib.decomposition import format_rationale
-from kdlib.models import is_seq2seq, student_prompt
+from kdlib.models import is_seq2seq, pad_token_id, student_prompt
 from kdlib.scoring import answer_opening, encode_pair
 
 
@@ -70,7 +70,7 @@ def integrated_gradients(
     if is_seq2seq(model):
         raise ValueError("integrated gradients over rationale tokens needs a causal student (decoder-only)")
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     model.eval()
     words, tokens = [], []
     for item in tqdm([i for i in items if rationales.get(i.id)], desc="integrated gradients", unit="item"):
@@ -121,7 +121,6 @@ def integrated_gradients(
 def attribute_condition(
     run,
     cells: pd.DataFrame,
-    condition: str,
     items: list[QAItem],
     traces: pd.DataFrame,
     *,
@@ -129,14 +128,14 @@ def attribute_condition(
     seed,
     params,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict] | None:
-    """IG under the first causal cell of `condition` (rows of sft/summary.csv), over `items` with that
-    cell's rationales (its recipe and source, from traces.parquet); AttributionParams `params`.
-    Returns (word frame, token frame, the cell's summary row), or None when no causal cell has it."""
+    """IG under the first causal cell of `params.condition` (AttributionParams; rows of sft/summary.csv),
+    over `items` with that cell's rationales (its recipe and source, from traces.parquet). Returns
+    (word frame, token frame, the cell's summary row), or None when no causal cell has that condition."""
     from kdlib import io
     from kdlib.conditions import pick_rationales
     from kdlib.sft import load_trained
 
-    for cell in cells[cells["condition"] == condition].to_dict(orient="records"):
+    for cell in cells[cells["condition"] == params.condition].to_dict(orient="records"):
         cell_dir = run.root / "sft" / cell["cell"]
         model, tokenizer = load_trained(cell_dir, device=device, seed=seed)
         if is_seq2seq(model):

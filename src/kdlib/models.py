@@ -284,6 +284,11 @@ def is_seq2seq(model: PreTrainedModel) -> bool:
     return bool(getattr(model.config, "is_encoder_decoder", False))
 
 
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's pad id, else its EOS id (what padded batches fill with)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def student_prompt(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, user: str) -> str:
     """What a student reads: the chat-formatted turn (causal LMs) or the plain text (encoder input)."""
     return user if is_seq2seq(model) else chat_prompt(tokenizer, user)

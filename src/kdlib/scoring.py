@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from kdlib.conditions import evaluation_prompt
 from kdlib.data.schema import QAItem
 from kdlib.decomposition import format_answer
-from kdlib.models import encode_prompt, is_seq2seq, student_prompt
+from kdlib.models import encode_prompt, is_seq2seq, pad_token_id, student_prompt
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def loglikelihoods(
     for index, (context, _) in enumerate(pairs):
         by_context.setdefault(tuple(context), []).append(index)
     contexts = sorted(by_context, key=len, reverse=True)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     span_logits = _seq2seq_span_logits if is_seq2seq(model) else _causal_span_logits
     results: list[Loglikelihood | None] = [None] * len(pairs)
     model.eval()
