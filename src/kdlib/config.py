@@ -345,7 +345,7 @@ class SftParams(Schema):
         return specs
 
 
-class GenerationParams(Schema):
+class SamplingParams(Schema):
     """Sampled decoding in 04_evaluation, besides the greedy output every item gets."""
 
     samples: int = Field(
@@ -376,8 +376,8 @@ class EvaluationParams(Schema):
     label_first: bool = Field(
         True, description="Score each answer choice by log-probability (acc, acc_norm); items with choices."
     )
-    generation: GenerationParams = Field(
-        default_factory=GenerationParams, description="Sampled outputs besides the greedy one."
+    generation: SamplingParams = Field(
+        default_factory=SamplingParams, description="Sampled outputs besides the greedy one."
     )
     attribution: AttributionParams = Field(
         default_factory=AttributionParams, description="Integrated gradients over rationale tokens."
