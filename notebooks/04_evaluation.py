@@ -27,8 +27,23 @@
 # each training item. The word file is what the `key_tokens_after_label` condition of notebook 03 reads:
 # rerun 03 with that condition to close the loop.
 #
+# **Logit lens and tuned lens** decode every layer's residual stream through the student's own
+# unembedding, at the label-first answer positions, and show from which layer on the gold answer is
+# top-ranked. The tuned lens (one affine translator per layer, fitted per cell on training items) corrects
+# for layers whose basis differs from the output's; its held-out KL to the output shows how well it fits.
+#
+# **Explanation quality** is rated on the five dimensions of Hendriks et al. (2025) (plausibility,
+# understandability, completeness, satisfaction, contrastiveness; 1-5) by an LLM judge (any teacher
+# backend, calls cached). For human raters the notebook writes a blind `rating_sheet.csv` and a
+# self-contained `rating_form.html` that saves the same CSV; list filled sheets under
+# `explanations.human_ratings` and rerun to import them and measure judge-human agreement.
+#
 # Writes `evaluation/predictions.parquet` (greedy), `samples.parquet`, `choice_scores.parquet`,
-# `metrics.csv`, and with attribution `attributions.parquet` (words) and `token_attributions.parquet`.
+# `metrics.csv`, with attribution `attributions.parquet` (words) and `token_attributions.parquet`, and
+# with the lenses `lens_ranks.parquet`, `lens_summary.csv`, `lens_emergence.csv`, `lens_training.csv` and
+# `tuned_lens/<cell>.safetensors`, and with explanations `explanations.parquet`, `judge_ratings.parquet`,
+# `explanation_scores.csv`, `rating_sheet.csv`, `rating_form.html` (and with human ratings
+# `human_ratings.parquet`, `rating_agreement.csv`).
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"
@@ -41,15 +56,42 @@ batch_size = 16
 label_first = True
 generation = {"samples": 0, "temperature": 0.7, "top_p": 0.95}
 attribution = {"condition": "rationale_after_label", "n_items": 32, "n_steps": 32, "internal_batch_size": 8}
+lens = {
+    "enabled": True,
+    "tuned": True,
+    "train_items": 64,
+    "steps": 250,
+    "positions_per_step": 128,
+    "learning_rate": 0.001,
+    "batch_size": 8,
+}
+explanations = {
+    "enabled": True,
+    "n_items": 32,
+    "judge": {"backend": "transformers", "model": "smollm2-135m-instruct"},
+    "max_new_tokens": 48,
+    "cache_path": None,
+    "human_ratings": [],
+}
 
 # %%
 import pandas as pd
 from IPython.display import HTML, display
 
 from kdlib import config, io, plots
+from kdlib.analysis import CELL_KEYS
 from kdlib.attribution import attribute_condition
 from kdlib.data.schema import frame_to_items
 from kdlib.evaluation import evaluate_cells, summarise
+from kdlib.explanations import (
+    agreement,
+    rate_explanations,
+    rating_form,
+    rating_means,
+    rating_sheet,
+    read_human_ratings,
+)
+from kdlib.lens import emergence_summary, lens_cells, lens_summary
 from kdlib.models import resolve_device
 from kdlib.paths import RunLayout
 
@@ -59,6 +101,7 @@ plots.use_offline_renderer()
 
 items_frame = io.read_parquet(run.items, produced_by="01_teacher_traces")
 eval_items = frame_to_items(items_frame, role="eval")
+train_items = frame_to_items(items_frame, role="train")
 sft = io.read_json(io.require(run.root / "sft" / "meta.json", produced_by="03_sft"))["params"]["sft"]
 cells = pd.read_csv(io.require(run.sft_summary, produced_by="03_sft"))
 print(f"{len(eval_items)} evaluation items; {len(cells)} trained cells")
@@ -93,7 +136,7 @@ predictions.groupby(["student", "condition", "seed"]).head(2)[
 attributed = attribute_condition(
     run,
     cells,
-    frame_to_items(items_frame, role="train"),
+    train_items,
     io.read_parquet(run.traces, produced_by="01_teacher_traces"),
     device=resolve_device(common.device),
     seed=common.seed,
@@ -106,12 +149,87 @@ else:
     print(f"attributed under {attributed_cell['cell']}: {word_attributions['item_id'].nunique()} items")
     display(HTML(plots.attribution_highlights(word_attributions)))
 
+# %% [markdown]
+# ## Where the answer emerges: logit lens and tuned lens
+#
+# Share of held-out items whose gold answer is top-ranked at each layer (layer 0 is the embeddings, the
+# last is the output), then the emergence layer per cell: the first layer from which gold stays
+# top-ranked, averaged over items that are right at the output.
+
+# %%
+if cfg.lens.enabled:
+    lens_frames = lens_cells(
+        run,
+        cells,
+        train_items,
+        eval_items,
+        device=resolve_device(common.device),
+        seed=common.seed,
+        params=cfg.lens,
+    )
+    layer_summary = lens_summary(lens_frames["ranks"], CELL_KEYS)
+    emergence = emergence_summary(lens_frames["ranks"], CELL_KEYS)
+    display(emergence)
+    display(plots.lens_heatmap(layer_summary))
+    display(plots.lens_kl_lines(layer_summary))
+else:
+    print("lens analysis off (lens.enabled: false)")
+
+# %% [markdown]
+# ## Explanation quality
+#
+# Mean judge (and human) rating per dimension and cell, with 95% t intervals; then, when filled rating
+# sheets are listed, how well the judge agrees with the humans.
+
+# %%
+explained = frames["explanations"]
+rate = cfg.explanations.enabled and not explained.empty
+if rate:
+    items_by_id = {item.id: item for item in eval_items}
+    judge_ratings, judge_calls = rate_explanations(
+        explained, items_by_id, cfg.explanations, device=common.device, seed=common.seed
+    )
+    print(f"judge: {judge_calls['misses']} new calls, {judge_calls['hits']} cached")
+    print(f"judge ratings readable: {judge_ratings['rating'].notna().mean():.0%}")
+    human_ratings = read_human_ratings(cfg.explanations.human_ratings, set(explained["explanation_id"]))
+    explanation_scores = rating_means(pd.concat([judge_ratings, human_ratings]), explained)
+    display(plots.explanation_bars(explanation_scores))
+    if human_ratings.empty:
+        print("no human ratings yet: fill evaluation/rating_sheet.csv or rating_form.html, list the files")
+        print("under evaluation.explanations.human_ratings, and rerun this notebook")
+    else:
+        rating_agreement = agreement(judge_ratings, human_ratings)
+        display(rating_agreement)
+else:
+    print("no explanations rated (explanations.enabled is false, or no cell gives explanations)")
+
 # %%
 artifacts = [run.predictions.name, run.samples.name, run.choice_scores.name, run.metrics.name]
 if attributed is not None:
     io.write_parquet(run.attributions, word_attributions)
     io.write_parquet(run.token_attributions, token_attributions)
     artifacts += [run.attributions.name, run.token_attributions.name]
+if cfg.lens.enabled:
+    io.write_parquet(run.lens_ranks, lens_frames["ranks"])
+    io.write_csv(run.lens_summary, layer_summary)
+    io.write_csv(run.lens_emergence, emergence)
+    artifacts += [run.lens_ranks.name, run.lens_summary.name, run.lens_emergence.name]
+    if cfg.lens.tuned:
+        io.write_csv(run.lens_training, lens_frames["training"])
+        artifacts += [run.lens_training.name, "tuned_lens/"]
+if rate:
+    io.write_parquet(run.explanations, explained)
+    io.write_parquet(run.judge_ratings, judge_ratings)
+    io.write_csv(run.explanation_scores, explanation_scores)
+    sheet = rating_sheet(explained, items_by_id, seed=common.seed)
+    io.write_csv(run.rating_sheet, sheet)
+    io.write_text(run.rating_form, rating_form(sheet))
+    artifacts += [r.name for r in (run.explanations, run.judge_ratings, run.explanation_scores)]
+    artifacts += [run.rating_sheet.name, run.rating_form.name]
+    if not human_ratings.empty:
+        io.write_parquet(run.human_ratings, human_ratings)
+        io.write_csv(run.rating_agreement, rating_agreement)
+        artifacts += [run.human_ratings.name, run.rating_agreement.name]
 io.write_parquet(run.predictions, predictions)
 io.write_parquet(run.samples, samples)
 io.write_parquet(run.choice_scores, choice_scores)

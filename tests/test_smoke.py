@@ -137,6 +137,29 @@ def test_evaluation_and_correlation_metrics_are_sane(run_dir):
     assert (run_dir / "correlation" / "plotly.min.js").exists()
 
 
+def test_lens_artifacts_cover_every_cell_and_layer(run_dir):
+    from safetensors.torch import load_file
+
+    evaluation = run_dir / "evaluation"
+    n_eval, n_cells = SMOKE.teacher_traces.dataset.n_eval, len(grid_cells(SMOKE.sft))
+    ranks = pd.read_parquet(evaluation / "lens_ranks.parquet")
+    n_states = 3  # the tiny models: embeddings + 2 layers
+    assert len(ranks) == n_cells * n_eval * 2 * n_states
+    assert ranks["gold_top"].isin([True, False]).all() and ranks["kl_to_final"].ge(-1e-6).all()
+    output = ranks[ranks["layer"] == n_states - 1]
+    assert output["kl_to_final"].abs().max() < 1e-5  # both lenses end at the model's own output
+    summary = pd.read_csv(evaluation / "lens_summary.csv")
+    assert len(summary) == n_cells * 2 * n_states and summary["gold_top_rate"].between(0, 1).all()
+    emergence = pd.read_csv(evaluation / "lens_emergence.csv")
+    assert len(emergence) == n_cells * 2 and emergence["top_at_output"].between(0, 1).all()
+    training = pd.read_csv(evaluation / "lens_training.csv")
+    assert len(training) == n_cells * SMOKE.evaluation.lens.steps
+    cells = pd.read_csv(run_dir / "sft" / "summary.csv")["cell"]
+    for cell in cells:
+        weights = load_file(evaluation / "tuned_lens" / f"{cell}.safetensors")
+        assert len(weights) == 2 * 2 and any(w.abs().sum() > 0 for w in weights.values())
+
+
 def test_teacher_cache_statistics_and_zero_call_rerun(run_dir, cache_env):
     """4 recipes x 2 items; critique_revision asks rationalize's prompt first (a hit), then 2 more calls."""
     meta = json.loads((run_dir / "teacher_traces" / "meta.json").read_text())

@@ -368,6 +368,49 @@ class AttributionParams(Schema):
     internal_batch_size: int = Field(8, gt=0, description="Interpolated inputs per forward pass.")
 
 
+class LensParams(Schema):
+    """Logit lens and tuned lens per trained cell in 04_evaluation (kdlib.lens)."""
+
+    enabled: bool = Field(True, description="Read every cell's layers through the logit lens.")
+    tuned: bool = Field(True, description="Also fit and read a tuned lens per cell.")
+    train_items: int = Field(
+        64, gt=0, description="Training items whose answer positions fit each tuned lens (held out: eval)."
+    )
+    steps: int = Field(250, gt=0, description="Tuned-lens optimiser steps (Adam).")
+    positions_per_step: int = Field(128, gt=0, description="Residual-stream positions drawn per step.")
+    learning_rate: float = Field(1e-3, gt=0, description="Tuned-lens Adam learning rate.")
+    batch_size: int = Field(8, gt=0, description="Contexts per forward pass while reading the layers.")
+
+
+class ExplanationParams(Schema):
+    """Explanation quality in 04_evaluation (kdlib.explanations): LLM judge, rating sheets, agreement."""
+
+    enabled: bool = Field(True, description="Collect each cell's explanations, and rate them with the judge.")
+    n_items: int = Field(32, gt=0, description="Held-out items per cell whose explanations are rated.")
+    judge: TeacherParams = Field(
+        default_factory=TeacherParams, description="The judge LM: any teacher backend (see teacher_traces)."
+    )
+    max_new_tokens: int = Field(48, gt=0, description="Judge reply budget (five 'dimension: rating' lines).")
+    cache_path: str | None = Field(
+        None, description="Judge call cache (SQLite); null: $KDLIB_CACHE/teacher_generations.sqlite."
+    )
+    human_ratings: list[str] = Field(
+        default_factory=list,
+        description="Filled rating sheets (CSV from evaluation/rating_sheet.csv or rating_form.html) to "
+        "import and compare with the judge; paths relative to the repository root.",
+    )
+
+    @field_validator("human_ratings")
+    @classmethod
+    def _ratings_exist(cls, value: list[str]) -> list[str]:
+        from kdlib.paths import resolve_repo_path
+
+        missing = [path for path in value if not resolve_repo_path(path).is_file()]
+        if missing:
+            raise ValueError(f"rating file(s) not found: {missing}")
+        return value
+
+
 class EvaluationParams(Schema):
     """04_evaluation: generate trace + answer on the held-out split and check both; score choices."""
 
@@ -381,6 +424,10 @@ class EvaluationParams(Schema):
     )
     attribution: AttributionParams = Field(
         default_factory=AttributionParams, description="Integrated gradients over rationale tokens."
+    )
+    lens: LensParams = Field(default_factory=LensParams, description="Logit and tuned lens per cell.")
+    explanations: ExplanationParams = Field(
+        default_factory=ExplanationParams, description="Explanation quality on Hendriks et al.'s dimensions."
     )
 
 

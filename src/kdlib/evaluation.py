@@ -12,6 +12,7 @@ from kdlib.analysis import CELL_KEYS
 from kdlib.conditions import CHECKABLE_TRACE_TRANSFORMS, evaluation_prompt
 from kdlib.data.schema import QAItem
 from kdlib.decomposition import gold_steps, normalise, parse_output, score_trace
+from kdlib.explanations import explain_cell, gives_explanations
 from kdlib.models import generate_texts, student_prompt
 from kdlib.scoring import score_choices
 from kdlib.sft import load_trained
@@ -212,7 +213,8 @@ def summarise(
 def evaluate_cell(cell_dir, cell: dict, items: list[QAItem], *, device, seed: int, params) -> dict:
     """One trained cell (a row of sft/summary.csv) on `items` under EvaluationParams `params`:
     {"predictions": greedy rows, "samples": sampled rows (sample k uses seed + k), "choice_scores":
-    label-first rows of the items with choices}."""
+    label-first rows of the items with choices, "explanations": kdlib.explanations.explain_cell rows}
+    (None where a frame does not apply)."""
     from kdlib import io
 
     model, tokenizer = load_trained(cell_dir, device=device, seed=seed)
@@ -220,8 +222,25 @@ def evaluate_cell(cell_dir, cell: dict, items: list[QAItem], *, device, seed: in
     generation = params.generation
     settings = {"max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size}
     transform = cell["transform"]
+    fmt = io.read_json(cell_dir / "meta.json")["params"]["trace_format"]
     outputs = generate_answers(model, tokenizer, transform, items, desc=f"{label} greedy", **settings)
-    frames = {"predictions": evaluate_outputs(cell, items, outputs), "samples": [], "choice_scores": None}
+    frames = {
+        "predictions": evaluate_outputs(cell, items, outputs),
+        "samples": [],
+        "choice_scores": None,
+        "explanations": None,
+    }
+    if params.explanations.enabled and gives_explanations(transform):
+        frames["explanations"] = explain_cell(
+            model,
+            tokenizer,
+            cell,
+            fmt,
+            items[: params.explanations.n_items],
+            frames["predictions"],
+            desc=f"{label} explain",
+            **settings,
+        )
     sampling = {"temperature": generation.temperature, "top_p": generation.top_p}
     for k in range(generation.samples):
         desc = f"{label} sample {k}"
@@ -232,7 +251,6 @@ def evaluate_cell(cell_dir, cell: dict, items: list[QAItem], *, device, seed: in
     frames["samples"] = pd.concat(frames["samples"], ignore_index=True) if frames["samples"] else None
     with_choices = [item for item in items if item.choices]
     if params.label_first and with_choices:
-        fmt = io.read_json(cell_dir / "meta.json")["params"]["trace_format"]
         desc = f"{label} choices"
         scores = score_choices(
             model, tokenizer, transform, fmt, with_choices, batch_size=params.batch_size, desc=desc
@@ -251,5 +269,5 @@ def evaluate_cells(run, cells: pd.DataFrame, items: list[QAItem], *, device, see
         name: pd.concat([c[name] for c in per_cell if c[name] is not None], ignore_index=True)
         if any(c[name] is not None for c in per_cell)
         else pd.DataFrame()
-        for name in ("predictions", "samples", "choice_scores")
+        for name in ("predictions", "samples", "choice_scores", "explanations")
     }

@@ -133,6 +133,54 @@ class RunLayout:
         return self.root / "evaluation" / "token_attributions.parquet"
 
     @property
+    def lens_ranks(self) -> Path:
+        return self.root / "evaluation" / "lens_ranks.parquet"
+
+    @property
+    def lens_summary(self) -> Path:
+        return self.root / "evaluation" / "lens_summary.csv"
+
+    @property
+    def lens_emergence(self) -> Path:
+        return self.root / "evaluation" / "lens_emergence.csv"
+
+    @property
+    def lens_training(self) -> Path:
+        return self.root / "evaluation" / "lens_training.csv"
+
+    def tuned_lens(self, cell: str) -> Path:
+        """evaluation/tuned_lens/<student>/<condition>/seed<k>.safetensors: one cell's translators."""
+        return self.root / "evaluation" / "tuned_lens" / f"{cell}.safetensors"
+
+    @property
+    def explanations(self) -> Path:
+        return self.root / "evaluation" / "explanations.parquet"
+
+    @property
+    def judge_ratings(self) -> Path:
+        return self.root / "evaluation" / "judge_ratings.parquet"
+
+    @property
+    def human_ratings(self) -> Path:
+        return self.root / "evaluation" / "human_ratings.parquet"
+
+    @property
+    def rating_sheet(self) -> Path:
+        return self.root / "evaluation" / "rating_sheet.csv"
+
+    @property
+    def rating_form(self) -> Path:
+        return self.root / "evaluation" / "rating_form.html"
+
+    @property
+    def explanation_scores(self) -> Path:
+        return self.root / "evaluation" / "explanation_scores.csv"
+
+    @property
+    def rating_agreement(self) -> Path:
+        return self.root / "evaluation" / "rating_agreement.csv"
+
+    @property
     def contingency(self) -> Path:
         return self.root / "correlation" / "contingency.csv"
 

@@ -46,18 +46,14 @@ def loss_curves(logs: pd.DataFrame) -> go.Figure:
     return figure
 
 
+def _error_bars(value: pd.Series, low: pd.Series, high: pd.Series) -> dict:
+    """Plotly error_y for an interval [low, high] around `value`."""
+    return {"type": "data", "symmetric": False, "array": high - value, "arrayminus": value - low}
+
+
 def _bar_with_interval(labels: list[str], metrics: pd.DataFrame, column: str, name: str) -> go.Bar:
-    return go.Bar(
-        x=labels,
-        y=metrics[column],
-        name=name,
-        error_y={
-            "type": "data",
-            "symmetric": False,
-            "array": metrics[f"{column}_ci_high"] - metrics[column],
-            "arrayminus": metrics[column] - metrics[f"{column}_ci_low"],
-        },
-    )
+    interval = _error_bars(metrics[column], metrics[f"{column}_ci_low"], metrics[f"{column}_ci_high"])
+    return go.Bar(x=labels, y=metrics[column], name=name, error_y=interval)
 
 
 def accuracy_bars(metrics: pd.DataFrame) -> go.Figure:
@@ -126,3 +122,74 @@ def attribution_highlights(words: pd.DataFrame, n_items: int = 3) -> str:
             spans.append(f'<span title="{score:+.4f}" style="{style}">{html.escape(word)}</span>')
         blocks.append(f"<p><b>{html.escape(str(item_id))}</b>: {' '.join(spans)}</p>")
     return "\n".join(blocks)
+
+
+def lens_heatmap(summary: pd.DataFrame) -> go.Figure:
+    """Share of items whose gold answer is top-ranked, per cell (rows) and layer (columns), one panel per
+    lens (`summary` from kdlib.lens.lens_summary)."""
+    lenses = list(summary["lens"].unique())
+    figure = make_subplots(rows=len(lenses), cols=1, subplot_titles=[f"{lens} lens" for lens in lenses])
+    summary = summary.assign(cell=cell_labels(summary))
+    for row, lens in enumerate(lenses, start=1):
+        grid = summary[summary["lens"] == lens].pivot(index="cell", columns="layer", values="gold_top_rate")
+        figure.add_trace(
+            go.Heatmap(
+                z=grid.to_numpy(),
+                x=grid.columns,
+                y=grid.index,
+                zmin=0,
+                zmax=1,
+                colorscale="Viridis",
+                colorbar={"title": "gold top"},
+                showscale=row == 1,
+                hovertemplate="%{y}<br>layer %{x}: %{z:.2f}<extra></extra>",
+            ),
+            row=row,
+            col=1,
+        )
+        figure.update_xaxes(title_text="layer (0 = embeddings)", row=row, col=1)
+    n_cells = summary["cell"].nunique()
+    figure.update_layout(
+        title="Where the gold answer becomes top-ranked", height=150 + len(lenses) * (80 + 24 * n_cells)
+    )
+    return figure
+
+
+def lens_kl_lines(summary: pd.DataFrame) -> go.Figure:
+    """Mean KL(output || lens) per layer on held-out items: logit lens dashed, tuned lens solid."""
+    figure = go.Figure()
+    summary = summary.assign(cell=cell_labels(summary))
+    for (cell, lens), rows in summary.groupby(["cell", "lens"], sort=False):
+        dash = "dash" if lens == "logit" else "solid"
+        figure.add_trace(
+            go.Scatter(x=rows["layer"], y=rows["kl_to_final"], name=f"{cell} · {lens}", line={"dash": dash})
+        )
+    figure.update_layout(
+        title="How far each layer's lens is from the output", xaxis_title="layer", yaxis_title="KL (nats)"
+    )
+    return figure
+
+
+def explanation_bars(scores: pd.DataFrame) -> go.Figure:
+    """Mean rating per dimension and cell with 95% intervals, one panel per rater kind (judge, human);
+    `scores` from kdlib.explanations.rating_means."""
+    kinds = list(scores["rater_kind"].unique())
+    figure = make_subplots(rows=1, cols=len(kinds), subplot_titles=kinds, shared_yaxes=True)
+    scores = scores.assign(cell=cell_labels(scores))
+    for col, kind in enumerate(kinds, start=1):
+        for cell, rows in scores[scores["rater_kind"] == kind].groupby("cell", sort=False):
+            figure.add_trace(
+                go.Bar(
+                    x=rows["dimension"],
+                    y=rows["mean"],
+                    name=cell,
+                    legendgroup=cell,
+                    showlegend=col == 1,
+                    error_y=_error_bars(rows["mean"], rows["ci_low"], rows["ci_high"]),
+                ),
+                row=1,
+                col=col,
+            )
+    figure.update_yaxes(range=[1, 5], title_text="rating (1-5)", row=1, col=1)
+    figure.update_layout(barmode="group", title="Explanation quality (Hendriks et al. dimensions)")
+    return figure

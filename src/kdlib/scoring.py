@@ -11,6 +11,7 @@ after dividing each by its choice's length in characters.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,8 +59,15 @@ def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return input_ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
 
 
-def _causal_span_logits(model, contexts: list[list[int]], pairs: list[tuple[int, list[int]]], pad_id: int):
-    """Logits predicting each continuation token, [n_tokens, vocab] per pair, with every context run once.
+def logits_forward(model, **inputs) -> tuple[torch.Tensor, object]:
+    """(logits [B, T, V], the KV cache or None): what label-first scoring reads per position."""
+    out = model(**inputs)
+    return out.logits, getattr(out, "past_key_values", None)
+
+
+def _causal_spans(model, contexts: list[list[int]], pairs: list[tuple[int, list[int]]], pad_id: int, forward):
+    """`forward`'s values [n_tokens, ...] at the positions predicting each continuation token, per pair,
+    with every context run once.
 
     `pairs` holds (index into `contexts`, continuation ids). The contexts' forward pass (left-padded)
     fills the KV cache and predicts each first continuation token; the cache rows are then gathered per
@@ -67,15 +75,19 @@ def _causal_span_logits(model, contexts: list[list[int]], pairs: list[tuple[int,
     """
     device = next(model.parameters()).device
     input_ids, mask, positions = (t.to(device) for t in _left_padded(contexts, pad_id))
-    out = model(
-        input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+    values, cache = forward(
+        model,
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
     )
-    first = [out.logits[row, -1:] for row, _ in pairs]
+    first = [values[row, -1:] for row, _ in pairs]
     width = max(len(c) for _, c in pairs) - 1
     if width == 0:
         return first
     rows = torch.tensor([row for row, _ in pairs], device=device)
-    cache = out.past_key_values
     cache.reorder_cache(rows)
     follow = torch.full((len(pairs), width), pad_id, dtype=torch.long, device=device)
     follow_mask = torch.zeros_like(follow)
@@ -83,18 +95,21 @@ def _causal_span_logits(model, contexts: list[list[int]], pairs: list[tuple[int,
         follow[i, : len(continuation) - 1] = torch.tensor(continuation[:-1])
         follow_mask[i, : len(continuation) - 1] = 1
     lengths = mask.sum(1)[rows]
-    logits = model(
+    values, _ = forward(
+        model,
         input_ids=follow,
         attention_mask=torch.cat([mask[rows], follow_mask], dim=1),
         position_ids=lengths[:, None] + torch.arange(width, device=device),
         past_key_values=cache,
-    ).logits
-    return [torch.cat([first[i], logits[i, : len(c) - 1]]) for i, (_, c) in enumerate(pairs)]
+    )
+    return [torch.cat([first[i], values[i, : len(c) - 1]]) for i, (_, c) in enumerate(pairs)]
 
 
-def _seq2seq_span_logits(model, contexts: list[list[int]], pairs: list[tuple[int, list[int]]], pad_id: int):
-    """As _causal_span_logits for an encoder-decoder: each context encoded once, every continuation
-    decoded on its context's encoder states."""
+def _seq2seq_spans(
+    model, contexts: list[list[int]], pairs: list[tuple[int, list[int]]], pad_id: int, forward
+):
+    """As _causal_spans for an encoder-decoder: each context encoded once, every continuation decoded on
+    its context's encoder states."""
     device = next(model.parameters()).device
     width = max(len(c) for c in contexts)
     input_ids = torch.tensor([c + [pad_id] * (width - len(c)) for c in contexts], device=device)
@@ -105,19 +120,20 @@ def _seq2seq_span_logits(model, contexts: list[list[int]], pairs: list[tuple[int
     rows = torch.tensor([row for row, _ in pairs], device=device)
     label_width = max(len(c) for _, c in pairs)
     labels = torch.tensor([c + [-100] * (label_width - len(c)) for _, c in pairs], device=device)
-    logits = model(
+    values, _ = forward(
+        model,
         encoder_outputs=(encoded[rows],),
         attention_mask=mask[rows],
         decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels=labels),
-    ).logits
-    return [logits[i, : len(c)] for i, (_, c) in enumerate(pairs)]
+    )
+    return [values[i, : len(c)] for i, (_, c) in enumerate(pairs)]
 
 
-@torch.inference_mode()
-def loglikelihoods(
-    model, tokenizer, requests: list[tuple[str, str]], *, batch_size: int, desc: str = "score"
-) -> list[Loglikelihood]:
-    """Log P(continuation | context) for each (context, continuation) request, in input order.
+def continuation_spans(
+    model, tokenizer, requests: list[tuple[str, str]], *, batch_size: int, forward=logits_forward, desc: str
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(request index, `forward`'s values [n_tokens, ...] predicting each continuation token, the
+    continuation ids [n_tokens]) for each (context, continuation) request, in batches.
 
     Requests sharing a context (the choices of one question) share its forward pass; `batch_size`
     distinct contexts run per batch, longest first.
@@ -131,20 +147,30 @@ def loglikelihoods(
         by_context.setdefault(tuple(context), []).append(index)
     contexts = sorted(by_context, key=len, reverse=True)
     pad_id = pad_token_id(tokenizer)
-    span_logits = _seq2seq_span_logits if is_seq2seq(model) else _causal_span_logits
-    results: list[Loglikelihood | None] = [None] * len(pairs)
+    spans = _seq2seq_spans if is_seq2seq(model) else _causal_spans
     model.eval()
     for start in tqdm(range(0, len(contexts), batch_size), desc=desc, unit="batch"):
         batch = contexts[start : start + batch_size]
         members = [(row, index) for row, context in enumerate(batch) for index in by_context[context]]
-        spans = span_logits(
-            model, [list(c) for c in batch], [(row, pairs[i][1]) for row, i in members], pad_id
+        values = spans(
+            model, [list(c) for c in batch], [(row, pairs[i][1]) for row, i in members], pad_id, forward
         )
-        for (_, index), span in zip(members, spans, strict=True):
-            logprobs = F.log_softmax(span.float(), dim=-1)
-            target = torch.tensor(pairs[index][1], device=logprobs.device)
-            total = logprobs.gather(1, target[:, None]).sum().item()
-            results[index] = Loglikelihood(total, bool((logprobs.argmax(-1) == target).all()))
+        for (_, index), span in zip(members, values, strict=True):
+            yield index, span, torch.tensor(pairs[index][1], device=span.device)
+
+
+@torch.inference_mode()
+def loglikelihoods(
+    model, tokenizer, requests: list[tuple[str, str]], *, batch_size: int, desc: str = "score"
+) -> list[Loglikelihood]:
+    """Log P(continuation | context) for each (context, continuation) request, in input order."""
+    results: list[Loglikelihood | None] = [None] * len(requests)
+    for index, span, target in continuation_spans(
+        model, tokenizer, requests, batch_size=batch_size, desc=desc
+    ):
+        logprobs = F.log_softmax(span.float(), dim=-1)
+        total = logprobs.gather(1, target[:, None]).sum().item()
+        results[index] = Loglikelihood(total, bool((logprobs.argmax(-1) == target).all()))
     return results
 
 

@@ -1,0 +1,388 @@
+"""Explanation quality on the five dimensions of Hendriks et al. (2025): an LLM judge, rating sheets for
+human raters, and agreement between the two.
+
+Each trained cell that can explain its answer gives one explanation per held-out item:
+- students trained with an [explain] task (multitask conditions) answer that task;
+- counterfactual students are asked "[counterfactual] Explain the answer: <the answer they predicted>";
+- rationale and trace conditions wrote one in their greedy output, before or after the label.
+no_trace students give none. Every explanation is rated from 1 (very poor) to 5 (excellent) on
+plausibility, understandability, completeness, satisfaction and contrastiveness, as in the paper's human
+study. The judge is any teacher backend (kdlib.teacher.backends), its calls cached like the teacher's.
+Human raters get a blind sheet (CSV, and a self-contained HTML form that saves the same CSV): shuffled,
+no condition names. Filled sheets are read back, checked row by row, and compared with the judge.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from kdlib.analysis import CELL_KEYS
+from kdlib.conditions import COUNTERFACTUAL, EXPLAIN, TRANSFORMS, task_prompt
+from kdlib.data.schema import QAItem
+from kdlib.models import generate_texts, student_prompt
+from kdlib.teacher.backends import Backend, Decoding, Request
+from kdlib.teacher.cache import GenerationCache, generate_cached
+from kdlib.teacher.recipes import item_block
+
+DIMENSIONS: dict[str, str] = {
+    "plausibility": "The explanation is convincing: a reader would believe that the answer follows from it.",
+    "understandability": "The explanation is clear and easy to follow.",
+    "completeness": "The explanation gives everything needed to reach the answer; no step is missing.",
+    "satisfaction": "Overall, the explanation is a satisfying justification of the answer.",
+    "contrastiveness": "The explanation says why this answer is right rather than the other choices.",
+}
+SCALE = (1, 5)
+RUBRIC_ID = "hendriks2025-five-dimensions/v1"
+SHEET_COLUMNS = ["explanation_id", "question", "choices", "answer", "explanation", *DIMENSIONS, "comment"]
+EXPLANATION_COLUMNS = [
+    *CELL_KEYS,
+    "transform",
+    "explanation_id",
+    "item_id",
+    "answer",
+    "explanation",
+    "source",
+]
+
+_THINK = re.compile(r"<think>(.*?)(?:</think>|<answer>|$)", re.S)
+_ANSWER_TAG = re.compile(r"<answer>.*?(?:</answer>|$)", re.S)
+_ANSWER_LINE = re.compile(r"^\s*Answer:.*$", re.M)
+
+
+def explanation_text(output: str, fmt: str) -> str | None:
+    """The explanation in a student output: the <think> content (tagged format, when present), else
+    everything besides the answer tag or line; None when nothing is left."""
+    match = _THINK.search(output) if fmt == "tagged" else None
+    text = match.group(1) if match else _ANSWER_LINE.sub(" ", _ANSWER_TAG.sub(" ", output))
+    text = " ".join(text.split())
+    return text or None
+
+
+def explanation_prompt(transform: str, item: QAItem, predicted_answer: str | None) -> str | None:
+    """The user turn that asks a student of `transform` to explain, or None when its greedy output holds
+    the explanation (or it gives none)."""
+    spec = TRANSFORMS[transform]
+    if spec.predict_task is not None:  # trained with task tags: ask the [explain] task
+        return task_prompt(EXPLAIN, item)
+    if transform == "counterfactual":
+        return None if predicted_answer is None else task_prompt(COUNTERFACTUAL, item, predicted_answer)
+    return None
+
+
+def gives_explanations(transform: str) -> bool:
+    """Whether students of `transform` give an explanation to rate (all but no_trace)."""
+    return transform != "no_trace"
+
+
+def explain_cell(
+    model, tokenizer, cell: dict, fmt: str, items: list[QAItem], predictions: pd.DataFrame, **generation
+) -> pd.DataFrame:
+    """EXPLANATION_COLUMNS rows for one cell on `items`: asked through explanation_prompt where the
+    transform has one, else read from the cell's greedy `predictions`. Items without an explanation (or
+    without a readable answer to explain) are left out. `generation`: max_new_tokens, batch_size, desc."""
+    transform = cell["transform"]
+    by_item = predictions.set_index("item_id")
+    prompts, asked, rows = [], [], []
+    for item in items:
+        predicted = by_item.loc[item.id, "read_answer"]
+        predicted = None if pd.isna(predicted) else predicted
+        prompt = explanation_prompt(transform, item, predicted)
+        if prompt is not None:
+            prompts.append(student_prompt(model, tokenizer, prompt))
+            asked.append((item, predicted))
+        elif transform != "counterfactual":
+            output = by_item.loc[item.id, "output"]
+            rows.append((item, predicted, explanation_text(output, fmt), "greedy output"))
+    source = "counterfactual task" if transform == "counterfactual" else "explain task"
+    outputs = generate_texts(model, tokenizer, prompts, **generation) if prompts else []
+    rows += [
+        (item, predicted, explanation_text(output, fmt), source)
+        for (item, predicted), output in zip(asked, outputs, strict=True)
+    ]
+    tags = {key: cell[key] for key in (*CELL_KEYS, "transform")}
+    cell_id = "/".join(str(cell[k]) for k in CELL_KEYS)
+    frame = pd.DataFrame(
+        [
+            {
+                **tags,
+                "explanation_id": f"{cell_id}/{item.id}",
+                "item_id": item.id,
+                "answer": predicted,
+                "explanation": text,
+                "source": source,
+            }
+            for item, predicted, text, source in rows
+            if text is not None
+        ],
+        columns=EXPLANATION_COLUMNS,
+    )
+    order = {item.id: i for i, item in enumerate(items)}
+    return frame.sort_values("item_id", key=lambda ids: ids.map(order)).reset_index(drop=True)
+
+
+def judge_messages(item: QAItem, answer: str | None, explanation: str) -> list[dict[str, str]]:
+    """The rubric conversation for one explanation (RUBRIC_ID)."""
+    rubric = "\n".join(f"- {name}: {definition}" for name, definition in DIMENSIONS.items())
+    reply_form = "\n".join(f"{name}: <{SCALE[0]}-{SCALE[1]}>" for name in DIMENSIONS)
+    return [
+        {
+            "role": "system",
+            "content": "You rate explanations of answers to questions. Judge only the explanation's quality "
+            "as a justification of the given answer.",
+        },
+        {
+            "role": "user",
+            "content": f"{item_block(item)}\nAnswer: {answer if answer is not None else '(none given)'}\n"
+            f"Explanation: {explanation}\n\nRate the explanation on each dimension from {SCALE[0]} (very "
+            f"poor) to {SCALE[1]} (excellent):\n{rubric}\n\nReply with exactly these {len(DIMENSIONS)} "
+            f"lines and nothing else:\n{reply_form}",
+        },
+    ]
+
+
+def read_judgement(text: str) -> dict[str, float]:
+    """The judge's rating per dimension (NaN where it gave none, or one outside the scale)."""
+    ratings = {}
+    for name in DIMENSIONS:
+        match = re.search(rf"{name}\W{{0,3}}\s*(\d+)", text, re.I)
+        value = int(match.group(1)) if match else None
+        ratings[name] = float(value) if value is not None and SCALE[0] <= value <= SCALE[1] else math.nan
+    return ratings
+
+
+def judge_explanations(
+    explanations: pd.DataFrame,
+    items: dict[str, QAItem],
+    backend: Backend,
+    cache: GenerationCache,
+    decoding: Decoding,
+) -> pd.DataFrame:
+    """Long ratings (explanation_id, rater, dimension, rating) from the judge, plus its raw reply per row
+    (`judge_output`); rater is "judge:<model>". Calls go through `cache`."""
+    requests = [
+        Request.of(judge_messages(items[row.item_id], row.answer, row.explanation))
+        for row in explanations.itertuples()
+    ]
+    replies = generate_cached(backend, cache, requests, decoding)
+    rater = f"judge:{backend.identity().get('model', backend.identity().get('kind'))}"
+    rows = [
+        {"explanation_id": eid, "rater": rater, "dimension": name, "rating": rating, "judge_output": reply}
+        for eid, reply in zip(explanations["explanation_id"], replies, strict=True)
+        for name, rating in read_judgement(reply).items()
+    ]
+    return pd.DataFrame(rows, columns=["explanation_id", "rater", "dimension", "rating", "judge_output"])
+
+
+def rate_explanations(
+    explanations: pd.DataFrame, items: dict[str, QAItem], params, *, device: str, seed: int
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """judge_explanations with the judge of ExplanationParams `params` (greedy), through its cache.
+    Returns the ratings and the cache's hit / miss counts."""
+    from kdlib.teacher.stage import make_backend
+
+    backend = make_backend(params.judge, device=device, seed=seed)
+    decoding = Decoding(max_new_tokens=params.max_new_tokens, seed=seed)
+    try:
+        with GenerationCache(params.cache_path) as cache:
+            ratings = judge_explanations(explanations, items, backend, cache, decoding)
+            return ratings, cache.stats.as_dict()
+    finally:
+        backend.close()
+
+
+def rating_sheet(explanations: pd.DataFrame, items: dict[str, QAItem], seed: int) -> pd.DataFrame:
+    """The blind sheet (SHEET_COLUMNS): explanations in a seeded random order, no cell names, one empty
+    column per dimension and one for comments."""
+    shuffled = explanations.sample(frac=1.0, random_state=seed)
+    return pd.DataFrame(
+        [
+            {
+                "explanation_id": row.explanation_id,
+                "question": items[row.item_id].question,
+                "choices": " | ".join(items[row.item_id].choices),
+                "answer": "" if pd.isna(row.answer) else row.answer,
+                "explanation": row.explanation,
+                **dict.fromkeys(DIMENSIONS, ""),
+                "comment": "",
+            }
+            for row in shuffled.itertuples()
+        ],
+        columns=SHEET_COLUMNS,
+    )
+
+
+def rating_form(sheet: pd.DataFrame) -> str:
+    """A self-contained HTML form for `sheet`: one 1-5 radio row per dimension and explanation; its
+    button saves the ratings as a CSV with the sheet's columns (plus rater), read by read_ratings."""
+    definitions = "".join(f"<li><b>{name}</b>: {html.escape(text)}</li>" for name, text in DIMENSIONS.items())
+    blocks = []
+    for index, row in enumerate(sheet.itertuples()):
+        scales = "".join(
+            f"<tr><td>{name}</td>"
+            + "".join(
+                f'<td><label><input type="radio" name="r{index}-{name}" value="{value}">{value}</label></td>'
+                for value in range(SCALE[0], SCALE[1] + 1)
+            )
+            + "</tr>"
+            for name in DIMENSIONS
+        )
+        blocks.append(
+            f'<section data-id="{html.escape(row.explanation_id)}"><h3>{index + 1}.</h3>'
+            f"<p><b>Question:</b> {html.escape(row.question)}</p>"
+            f"<p><b>Choices:</b> {html.escape(row.choices)}</p>"
+            f"<p><b>Answer:</b> {html.escape(row.answer)}</p>"
+            f"<p><b>Explanation:</b> {html.escape(row.explanation)}</p>"
+            f"<table>{scales}</table>"
+            f'<p>Comment: <input type="text" name="c{index}" size="80"></p></section>'
+        )
+    columns = json.dumps(["rater", "explanation_id", *DIMENSIONS, "comment"])
+    dimensions = json.dumps(list(DIMENSIONS))
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Rate explanations</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:auto}}section{{border-top:1px solid #ccc}}
+td{{padding:0 .6em}}</style></head><body>
+<h1>Rate the explanations</h1>
+<p>Rate each explanation from {SCALE[0]} (very poor) to {SCALE[1]} (excellent) on:</p><ul>{definitions}</ul>
+<p>Your name or rater id: <input type="text" id="rater"></p>
+{"".join(blocks)}
+<p><button id="save">Save ratings as CSV</button></p>
+<script>
+const COLUMNS = {columns}, DIMENSIONS = {dimensions};
+const quote = v => '"' + String(v).replaceAll('"', '""') + '"';
+document.getElementById("save").onclick = () => {{
+  const rater = document.getElementById("rater").value.trim();
+  if (!rater) {{ alert("Please enter your name or rater id first."); return; }}
+  const lines = [COLUMNS.join(",")];
+  document.querySelectorAll("section").forEach((section, i) => {{
+    const picked = DIMENSIONS.map(d => {{
+      const input = section.querySelector(`input[name="r${{i}}-${{d}}"]:checked`);
+      return input ? input.value : "";
+    }});
+    const comment = section.querySelector(`input[name="c${{i}}"]`).value;
+    lines.push([rater, section.dataset.id, ...picked, comment].map(quote).join(","));
+  }});
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([lines.join("\\n") + "\\n"], {{type: "text/csv"}}));
+  link.download = "ratings-" + rater.replace(/[^A-Za-z0-9_-]/g, "_") + ".csv";
+  link.click();
+}};
+</script></body></html>
+"""
+
+
+def read_ratings(path: str | Path, known_ids: set[str]) -> pd.DataFrame:
+    """Long human ratings (explanation_id, rater, dimension, rating) from one filled sheet or form CSV.
+    The rater is the `rater` column, else the file name. Blank cells are unrated; anything else that is
+    not a whole number on the scale, or an unknown explanation id, is an error naming file and row."""
+    path = Path(path)
+    try:
+        sheet = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot read the ratings CSV ({error})") from error
+    missing = [c for c in ("explanation_id", *DIMENSIONS) if c not in sheet.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}")
+    rows = []
+    for line, record in enumerate(sheet.to_dict(orient="records"), start=2):  # line 1 is the header
+        if record["explanation_id"] not in known_ids:
+            raise ValueError(f"{path}, row {line}: unknown explanation_id {record['explanation_id']!r}")
+        rater = record.get("rater") or path.stem
+        for name in DIMENSIONS:
+            value = record[name].strip()
+            if not value:
+                continue
+            if not value.isdigit() or not SCALE[0] <= int(value) <= SCALE[1]:
+                raise ValueError(
+                    f"{path}, row {line}, column {name}: rating {value!r} is not a whole number "
+                    f"from {SCALE[0]} to {SCALE[1]}"
+                )
+            rating = {"explanation_id": record["explanation_id"], "rater": rater, "dimension": name}
+            rows.append({**rating, "rating": int(value)})
+    return pd.DataFrame(rows, columns=["explanation_id", "rater", "dimension", "rating"])
+
+
+def weighted_kappa(a: np.ndarray, b: np.ndarray, levels: int = SCALE[1] - SCALE[0] + 1) -> float:
+    """Cohen's kappa with quadratic weights between two raters' integer ratings on SCALE."""
+    a, b = np.asarray(a, dtype=int) - SCALE[0], np.asarray(b, dtype=int) - SCALE[0]
+    observed = np.zeros((levels, levels))
+    np.add.at(observed, (a, b), 1)
+    observed /= observed.sum()
+    expected = np.outer(observed.sum(1), observed.sum(0))
+    grid = np.arange(levels)
+    weights = (grid[:, None] - grid[None, :]) ** 2 / (levels - 1) ** 2
+    denominator = (weights * expected).sum()
+    return math.nan if denominator == 0 else 1.0 - (weights * observed).sum() / denominator
+
+
+def agreement(judge: pd.DataFrame, human: pd.DataFrame) -> pd.DataFrame:
+    """Per dimension: the explanations rated by both, Spearman's rho (and p) between the judge and the
+    mean human rating, the mean absolute difference, quadratic-weighted kappa between the judge and the
+    rounded human median, and, with two or more raters, the humans' mean pairwise weighted kappa."""
+    rows = []
+    for name in DIMENSIONS:
+        judged = judge[(judge["dimension"] == name)].dropna(subset=["rating"]).set_index("explanation_id")
+        rated = human[human["dimension"] == name]
+        by_item = rated.groupby("explanation_id")["rating"]
+        both = judged.index.intersection(by_item.mean().index)
+        judge_scores, human_mean = judged.loc[both, "rating"], by_item.mean().loc[both]
+        human_median = np.floor(by_item.median().loc[both] + 0.5)
+        wide = rated.pivot_table(index="explanation_id", columns="rater", values="rating")
+        pairwise = [
+            weighted_kappa(pair[first], pair[second])
+            for i, first in enumerate(wide.columns)
+            for second in wide.columns[i + 1 :]
+            if len(pair := wide[[first, second]].dropna()) >= 2
+        ]
+        rho, p_value = stats.spearmanr(judge_scores, human_mean) if len(both) >= 3 else (math.nan, math.nan)
+        rows.append(
+            {
+                "dimension": name,
+                "n": len(both),
+                "raters": rated["rater"].nunique(),
+                "spearman_rho": rho,
+                "spearman_p": p_value,
+                "mean_abs_difference": (judge_scores - human_mean).abs().mean() if len(both) else math.nan,
+                "weighted_kappa": weighted_kappa(judge_scores, human_median) if len(both) >= 2 else math.nan,
+                "human_pairwise_kappa": float(np.mean(pairwise)) if pairwise else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def rating_means(ratings: pd.DataFrame, explanations: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, rater kind (judge / human) and dimension: n, mean rating and its 95% t interval."""
+    merged = ratings.merge(explanations[[*CELL_KEYS, "explanation_id"]], on="explanation_id")
+    merged = merged.assign(rater_kind=np.where(merged["rater"].str.startswith("judge:"), "judge", "human"))
+    rows = []
+    rated = merged.dropna(subset=["rating"])
+    for keys, group in rated.groupby([*CELL_KEYS, "rater_kind", "dimension"], sort=False):
+        values = group["rating"].to_numpy(dtype=float)
+        n = len(values)
+        half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+        rows.append(
+            {
+                **dict(zip([*CELL_KEYS, "rater_kind", "dimension"], keys, strict=True)),
+                "n": len(values),
+                "mean": values.mean(),
+                "ci_low": values.mean() - half,
+                "ci_high": values.mean() + half,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def read_human_ratings(paths: list[str], known_ids: set[str]) -> pd.DataFrame:
+    """read_ratings of every filled sheet in `paths` (relative to the repository root), stacked."""
+    from kdlib.paths import resolve_repo_path
+
+    frames = [read_ratings(resolve_repo_path(path), known_ids) for path in paths]
+    columns = ["explanation_id", "rater", "dimension", "rating"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

@@ -1,0 +1,274 @@
+"""Explanation quality: what each condition explains, the judge rubric and its cache, rating sheets and
+forms, their import with row-level errors, and judge-human agreement."""
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdlib.explanations import (
+    DIMENSIONS,
+    SHEET_COLUMNS,
+    agreement,
+    explain_cell,
+    explanation_prompt,
+    explanation_text,
+    judge_explanations,
+    judge_messages,
+    rating_form,
+    rating_means,
+    rating_sheet,
+    read_judgement,
+    read_ratings,
+    weighted_kappa,
+)
+from kdlib.models import load_model
+from kdlib.teacher.backends import Backend, Decoding
+from kdlib.teacher.cache import GenerationCache
+
+
+class ScriptedJudge(Backend):
+    """A judge that rates by explanation length (longer: higher), so ratings are known in advance."""
+
+    kind = "scripted"
+
+    def identity(self):
+        return {"kind": self.kind, "model": "scripted-judge"}
+
+    def _stream(self, requests, decoding):
+        for index, request in enumerate(requests):
+            explanation = re.search(r"Explanation: (.*)\n\nRate", request.messages[-1][1], re.S).group(1)
+            rating = min(5, 1 + len(explanation.split()) // 3)
+            yield [(index, "\n".join(f"{name.title()}: {rating}" for name in DIMENSIONS))]
+
+
+def _explanations(items, texts):
+    return pd.DataFrame(
+        [
+            {
+                "student": "s",
+                "condition": "multitask",
+                "seed": 0,
+                "transform": "multitask",
+                "explanation_id": f"s/multitask/0/{item.id}",
+                "item_id": item.id,
+                "answer": item.answer,
+                "explanation": text,
+                "source": "explain task",
+            }
+            for item, text in zip(items, texts, strict=True)
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("output", "fmt", "expected"),
+    [
+        ("<think>Cats purr.</think><answer>cat</answer>", "tagged", "Cats purr."),
+        ("<answer>cat</answer><think>Cats  purr.\n</think>", "tagged", "Cats purr."),
+        ("<think>unclosed thought <answer>cat", "tagged", "unclosed thought"),
+        ("<answer>cat</answer>", "tagged", None),
+        ("Cats purr. <answer>cat</answer>", "tagged", "Cats purr."),
+        ("Cats purr.\nAnswer: cat", "plain", "Cats purr."),
+        ("Answer: cat\nCats purr.", "plain", "Cats purr."),
+        ("Answer: cat", "plain", None),
+    ],
+)
+def test_explanation_text(output, fmt, expected):
+    assert explanation_text(output, fmt) == expected
+
+
+def test_each_condition_is_asked_for_its_explanation_its_own_way(generated_items):
+    item = generated_items[0]
+    assert explanation_prompt("multitask", item, "x").startswith("[explain]\n")
+    assert explanation_prompt("multitask_counterfactual", item, None).startswith("[explain]\n")
+    assert explanation_prompt("counterfactual", item, "kitchen").startswith(
+        "[counterfactual] Explain the answer: kitchen\n"
+    )
+    assert explanation_prompt("counterfactual", item, None) is None
+    assert explanation_prompt("rationale_after_label", item, "x") is None
+
+
+@pytest.mark.parametrize("transform", ["multitask", "counterfactual", "rationale_after_label"])
+def test_explain_cell_asks_or_reads_explanations(generated_items, transform, monkeypatch):
+    """Asked explanations go through the student's generate call (recorded here, since an untrained tiny
+    model writes nothing readable); the others are read from the greedy outputs."""
+    import kdlib.explanations
+
+    asked = []
+
+    def generate(model, tokenizer, prompts, **settings):
+        asked.extend(prompts)
+        return [f"<think>reason {i}</think><answer>x</answer>" for i in range(len(prompts))]
+
+    monkeypatch.setattr(kdlib.explanations, "generate_texts", generate)
+    model, tokenizer = load_model("tiny-llama", seed=0)
+    items = generated_items[:3]
+    cell = {"student": "tiny-llama", "condition": transform, "seed": 0, "transform": transform}
+    predictions = pd.DataFrame(
+        {
+            "item_id": [item.id for item in items],
+            "read_answer": [items[0].answer, None, items[2].choices[0]],
+            "output": ["<answer>a</answer><think>first reason</think>", "<answer>?</answer>", "no tags here"],
+        }
+    )
+    frame = explain_cell(
+        model, tokenizer, cell, "tagged", items, predictions, max_new_tokens=6, batch_size=2, desc="t"
+    )
+    assert (frame["explanation_id"] == [f"tiny-llama/{transform}/0/{i}" for i in frame["item_id"]]).all()
+    if transform == "rationale_after_label":  # read from the greedy outputs; the second has none
+        assert not asked and frame["explanation"].tolist() == ["first reason", "no tags here"]
+        assert set(frame["source"]) == {"greedy output"}
+    elif transform == "counterfactual":  # item 1 has no readable answer to explain
+        assert len(asked) == 2 and f"Explain the answer: {items[2].choices[0]}" in asked[1]
+        assert frame["item_id"].tolist() == [items[0].id, items[2].id]
+        assert frame["explanation"].tolist() == ["reason 0", "reason 1"]
+        assert set(frame["source"]) == {"counterfactual task"}
+    else:
+        assert len(asked) == 3 and all("[explain]" in prompt for prompt in asked)
+        assert set(frame["source"]) == {"explain task"} and frame["item_id"].tolist() == [i.id for i in items]
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (
+            "plausibility: 4\nunderstandability: 5\ncompleteness: 3\nsatisfaction: 4\ncontrastiveness: 2",
+            [4, 5, 3, 4, 2],
+        ),
+        ("Plausibility - 4. Understandability = 2; COMPLETENESS: 1", [4, 2, 1, math.nan, math.nan]),
+        ("plausibility: 9\nunderstandability: 0\ncompleteness: five", [math.nan] * 5),
+        ("", [math.nan] * 5),
+    ],
+)
+def test_read_judgement(reply, expected):
+    np.testing.assert_equal(list(read_judgement(reply).values()), expected)
+
+
+def test_judge_rubric_names_every_dimension_and_the_answer(generated_items):
+    messages = judge_messages(generated_items[0], "kitchen", "Because.")
+    text = messages[-1]["content"]
+    assert all(f"{name}:" in text for name in DIMENSIONS) and "Answer: kitchen" in text
+    assert "Explanation: Because." in text
+
+
+def test_judge_ratings_are_cached(tmp_path, generated_items):
+    items = generated_items[:4]
+    explained = _explanations(items, ["a", "one two three four", "a b c d e f g", "x " * 20])
+    by_id = {item.id: item for item in items}
+    judge = ScriptedJudge()
+    with GenerationCache(tmp_path / "cache.sqlite") as cache:
+        first = judge_explanations(explained, by_id, judge, cache, Decoding(max_new_tokens=48))
+        again = judge_explanations(explained, by_id, judge, cache, Decoding(max_new_tokens=48))
+    assert judge.calls == 4 and cache.stats.hits == 4
+    pd.testing.assert_frame_equal(first, again)
+    assert len(first) == 4 * len(DIMENSIONS) and set(first["rater"]) == {"judge:scripted-judge"}
+    plausibility = first[first["dimension"] == "plausibility"]["rating"].tolist()
+    assert plausibility == [1.0, 2.0, 3.0, 5.0]
+
+
+def test_rating_sheet_is_blind_and_seeded(generated_items):
+    items = generated_items[:6]
+    explained = _explanations(items, [f"reason {i}" for i in range(6)])
+    by_id = {item.id: item for item in items}
+    sheet = rating_sheet(explained, by_id, seed=0)
+    assert list(sheet.columns) == SHEET_COLUMNS
+    assert sorted(sheet["explanation_id"]) == sorted(explained["explanation_id"])
+    assert sheet["explanation_id"].tolist() != explained["explanation_id"].tolist()
+    assert sheet.equals(rating_sheet(explained, by_id, seed=0))
+    assert not {"condition", "student", "transform"} & set(sheet.columns)
+
+
+def test_rating_form_is_self_contained_and_escaped(generated_items):
+    items = generated_items[:2]
+    explained = _explanations(items, ["<script>alert(1)</script>", "fine"])
+    sheet = rating_sheet(explained, {item.id: item for item in items}, seed=0)
+    form = rating_form(sheet)
+    assert "<script>alert(1)</script>" not in form and "&lt;script&gt;alert(1)&lt;/script&gt;" in form
+    assert "http://" not in form and "https://" not in form
+    for index, explanation_id in enumerate(sheet["explanation_id"]):
+        assert f'data-id="{explanation_id}"' in form
+        for name in DIMENSIONS:
+            assert form.count(f'name="r{index}-{name}"') == 5
+    assert '["rater", "explanation_id", "plausibility"' in form
+
+
+def test_filled_sheets_round_trip_and_bad_rows_name_file_and_row(tmp_path, generated_items):
+    items = generated_items[:3]
+    explained = _explanations(items, ["a", "b", "c"])
+    known = set(explained["explanation_id"])
+    sheet = rating_sheet(explained, {item.id: item for item in items}, seed=0)
+    sheet["plausibility"] = ["4", "", "2"]
+    sheet["contrastiveness"] = ["1", "5", "3"]
+    path = tmp_path / "alice.csv"
+    sheet.to_csv(path, index=False)
+    ratings = read_ratings(path, known)
+    assert len(ratings) == 5 and set(ratings["rater"]) == {"alice"}
+    assert ratings["rating"].tolist() == [4, 1, 5, 2, 3]
+
+    for column, value, message in [
+        ("plausibility", "7", r"row 3, column plausibility: rating '7'"),
+        ("completeness", "4.5", r"row 3, column completeness: rating '4.5'"),
+        ("explanation_id", "nope", r"row 3: unknown explanation_id 'nope'"),
+    ]:
+        bad = sheet.copy()
+        bad.loc[1, column] = value
+        bad.to_csv(path, index=False)
+        with pytest.raises(ValueError, match=rf"alice.csv, {message}"):
+            read_ratings(path, known)
+    sheet.drop(columns="satisfaction").to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"alice.csv: missing column\(s\) \['satisfaction'\]"):
+        read_ratings(path, known)
+
+
+def test_weighted_kappa_matches_statsmodels():
+    from statsmodels.stats.inter_rater import cohens_kappa
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, 6, 200)
+    b = np.clip(a + rng.integers(-1, 2, 200), 1, 5)
+    table = pd.crosstab(a, b).reindex(index=range(1, 6), columns=range(1, 6), fill_value=0).to_numpy()
+    expected = cohens_kappa(table, wt="quadratic").kappa
+    assert weighted_kappa(a, b) == pytest.approx(expected)
+    assert weighted_kappa(a, a) == pytest.approx(1.0)
+
+
+def test_agreement_between_judge_and_humans():
+    ids = [f"e{i}" for i in range(30)]
+    rng = np.random.default_rng(1)
+    truth = rng.integers(1, 6, len(ids))
+
+    def long(rater, scores):
+        return pd.DataFrame(
+            [
+                {"explanation_id": e, "rater": rater, "dimension": name, "rating": float(s)}
+                for e, s in zip(ids, scores, strict=True)
+                for name in DIMENSIONS
+            ]
+        )
+
+    judge = long("judge:m", truth)
+    same = agreement(judge, pd.concat([long("ann", truth), long("bob", truth)]))
+    assert (same["n"] == 30).all() and (same["raters"] == 2).all()
+    assert np.allclose(same["spearman_rho"], 1) and np.allclose(same["weighted_kappa"], 1)
+    assert np.allclose(same["mean_abs_difference"], 0) and np.allclose(same["human_pairwise_kappa"], 1)
+    noisy = agreement(judge, long("ann", rng.integers(1, 6, len(ids))))
+    assert (noisy["spearman_rho"] < 0.9).all() and noisy["human_pairwise_kappa"].isna().all()
+
+
+def test_rating_means_per_cell_and_rater_kind(generated_items):
+    items = generated_items[:4]
+    explained = _explanations(items, ["a", "b", "c", "d"])
+    judge = pd.DataFrame(
+        [
+            {"explanation_id": e, "rater": "judge:m", "dimension": "plausibility", "rating": r}
+            for e, r in zip(explained["explanation_id"], [2.0, 4.0, math.nan, 3.0], strict=True)
+        ]
+    )
+    human = judge.assign(rater="ann", rating=[5, 5, 5, 5])
+    means = rating_means(pd.concat([judge, human]), explained).set_index("rater_kind")
+    assert means.loc["judge", "n"] == 3 and means.loc["judge", "mean"] == pytest.approx(3.0)
+    assert means.loc["judge", "ci_low"] < 3.0 < means.loc["judge", "ci_high"]
+    assert means.loc["human", "mean"] == 5.0
