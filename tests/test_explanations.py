@@ -272,3 +272,39 @@ def test_rating_means_per_cell_and_rater_kind(generated_items):
     assert means.loc["judge", "n"] == 3 and means.loc["judge", "mean"] == pytest.approx(3.0)
     assert means.loc["judge", "ci_low"] < 3.0 < means.loc["judge", "ci_high"]
     assert means.loc["human", "mean"] == 5.0
+
+
+def test_assess_explanations_judges_exports_imports_and_compares(tmp_path, generated_items):
+    """Notebook 04's path with a local judge (tiny-llama): the sheet it exports, filled by a rater, is
+    imported on the next pass, which finds every judge call in the cache and reports agreement."""
+    from kdlib.config import ExplanationParams
+    from kdlib.explanations import assess_explanations
+
+    items = generated_items[:5]
+    explained = _explanations(items, [f"reason number {i}" for i in range(5)])
+    judge = {"backend": "transformers", "model": "tiny-llama", "batch_size": 2}
+    settings = {"judge": judge, "cache_path": str(tmp_path / "judge.sqlite"), "max_new_tokens": 8}
+    first = assess_explanations(explained, items, ExplanationParams(**settings), device="cpu", seed=0)
+    assert first["judge_calls"] == {"hits": 0, "misses": 5} and first["agreement"] is None
+    assert len(first["judge_ratings"]) == 5 * len(DIMENSIONS) and first["human_ratings"].empty
+    sheet = first["sheet"]
+    for offset, name in enumerate(DIMENSIONS):
+        sheet[name] = [str(1 + (i + offset) % 5) for i in range(len(sheet))]
+    sheet.to_csv(tmp_path / "rater-1.csv", index=False)
+    rated = ExplanationParams(**settings, human_ratings=[str(tmp_path / "rater-1.csv")])
+    second = assess_explanations(explained, items, rated, device="cpu", seed=0)
+    assert second["judge_calls"] == {"hits": 5, "misses": 0}
+    assert len(second["human_ratings"]) == 5 * len(DIMENSIONS)
+    assert second["agreement"]["dimension"].tolist() == list(DIMENSIONS)
+    assert (second["agreement"]["raters"] == 1).all()
+    human_means = second["scores"][second["scores"]["rater_kind"] == "human"]
+    assert len(human_means) == len(DIMENSIONS) and human_means["n"].eq(5).all()
+
+
+def test_missing_rating_file_is_a_params_error(tmp_path):
+    from pydantic import ValidationError
+
+    from kdlib.config import ExplanationParams
+
+    with pytest.raises(ValidationError, match="rating file"):
+        ExplanationParams(human_ratings=[str(tmp_path / "absent.csv")])

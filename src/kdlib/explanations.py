@@ -376,7 +376,9 @@ def rating_means(ratings: pd.DataFrame, explanations: pd.DataFrame) -> pd.DataFr
                 "ci_high": values.mean() + half,
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(
+        rows, columns=[*CELL_KEYS, "rater_kind", "dimension", "n", "mean", "ci_low", "ci_high"]
+    )
 
 
 def read_human_ratings(paths: list[str], known_ids: set[str]) -> pd.DataFrame:
@@ -386,3 +388,25 @@ def read_human_ratings(paths: list[str], known_ids: set[str]) -> pd.DataFrame:
     frames = [read_ratings(resolve_repo_path(path), known_ids) for path in paths]
     columns = ["explanation_id", "rater", "dimension", "rating"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def assess_explanations(
+    explanations: pd.DataFrame, items: list[QAItem], params, *, device: str, seed: int
+) -> dict:
+    """Everything notebook 04 shows and writes about `explanations` under ExplanationParams `params`:
+    "judge_ratings" and "judge_calls" (cache hits / misses), "human_ratings" (from params.human_ratings),
+    "scores" (rating_means over both), "agreement" (None without human ratings), and the blind rating
+    "sheet" with its HTML "form"."""
+    by_id = {item.id: item for item in items}
+    judge, calls = rate_explanations(explanations, by_id, params, device=device, seed=seed)
+    human = read_human_ratings(params.human_ratings, set(explanations["explanation_id"]))
+    sheet = rating_sheet(explanations, by_id, seed=seed)
+    return {
+        "judge_ratings": judge,
+        "judge_calls": calls,
+        "human_ratings": human,
+        "scores": rating_means(pd.concat([judge, human], ignore_index=True), explanations),
+        "agreement": None if human.empty else agreement(judge, human),
+        "sheet": sheet,
+        "form": rating_form(sheet),
+    }

@@ -30,10 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdlib.conditions import evaluation_prompt
 from kdlib.data.schema import QAItem
-from kdlib.models import is_seq2seq, student_prompt
-from kdlib.scoring import answer_opening, continuation_spans
+from kdlib.models import is_seq2seq
+from kdlib.scoring import answer_context, continuation_spans
 
 FINAL_NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_layernorm")
 LENS_ROW_COLUMNS = [
@@ -140,9 +139,9 @@ def _kl_to_final(logprobs: torch.Tensor) -> torch.Tensor:
 
 
 def lens_requests(model, tokenizer, transform: str, fmt: str, item: QAItem) -> list[tuple[str, str]]:
-    """(context, continuation) read by the lenses: the evaluation prompt and answer opening, then every
-    choice (items with choices) or the gold answer (open items)."""
-    context = student_prompt(model, tokenizer, evaluation_prompt(transform, item)) + answer_opening(fmt)
+    """(answer_context, continuation) read by the lenses: every choice (items with choices) or the gold
+    answer (open items)."""
+    context = answer_context(model, tokenizer, transform, fmt, item)
     return [(context, answer) for answer in (item.choices or [item.answer])]
 
 
@@ -168,7 +167,7 @@ def lens_ranks(
             requests.append(request)
             owners.append((item, answer_index))
     n_states = None
-    per_item: dict[str, dict[str, list]] = {}
+    per_item: dict[str, dict[str, dict]] = {}  # item -> lens -> answer index / gold_rank / kl -> [L+1]
     spans = continuation_spans(
         model, tokenizer, requests, batch_size=batch_size, forward=residual_forward, desc=desc
     )

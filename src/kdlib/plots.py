@@ -174,6 +174,8 @@ def explanation_bars(scores: pd.DataFrame) -> go.Figure:
     """Mean rating per dimension and cell with 95% intervals, one panel per rater kind (judge, human);
     `scores` from kdlib.explanations.rating_means."""
     kinds = list(scores["rater_kind"].unique())
+    if not kinds:
+        return go.Figure().update_layout(title="Explanation quality: no readable ratings")
     figure = make_subplots(rows=1, cols=len(kinds), subplot_titles=kinds, shared_yaxes=True)
     scores = scores.assign(cell=cell_labels(scores))
     for col, kind in enumerate(kinds, start=1):

@@ -180,9 +180,14 @@ def answer_opening(fmt: str) -> str:
     return format_answer(marker, fmt).split(marker)[0]
 
 
+def answer_context(model, tokenizer, transform: str, fmt: str, item: QAItem) -> str:
+    """What precedes the answer: the evaluation prompt of `transform`, then the answer opening."""
+    return student_prompt(model, tokenizer, evaluation_prompt(transform, item)) + answer_opening(fmt)
+
+
 def choice_requests(model, tokenizer, transform: str, fmt: str, item: QAItem) -> list[tuple[str, str]]:
-    """(context, choice) per choice of `item`: the evaluation prompt, then the answer opening."""
-    context = student_prompt(model, tokenizer, evaluation_prompt(transform, item)) + answer_opening(fmt)
+    """(answer_context, choice) per choice of `item`."""
+    context = answer_context(model, tokenizer, transform, fmt, item)
     return [(context, choice) for choice in item.choices]
 
 
