@@ -141,6 +141,10 @@ def test_explain_cell_asks_or_reads_explanations(generated_items, transform, mon
         ("Plausibility - 4. Understandability = 2; COMPLETENESS: 1", [4, 2, 1, math.nan, math.nan]),
         ("plausibility: 9\nunderstandability: 0\ncompleteness: five", [math.nan] * 5),
         ("", [math.nan] * 5),
+        (
+            "plausibility: 1-5\nunderstandability: 1 - 5\ncompleteness: 4/5\nsatisfaction: 3.",
+            [math.nan, math.nan, 4, 3, math.nan],
+        ),
     ],
 )
 def test_read_judgement(reply, expected):

@@ -149,10 +149,11 @@ def judge_messages(item: QAItem, answer: str | None, explanation: str) -> list[d
 
 
 def read_judgement(text: str) -> dict[str, float]:
-    """The judge's rating per dimension (NaN where it gave none, or one outside the scale)."""
+    """The judge's rating per dimension (NaN where it gave none, one outside the scale, or only echoed
+    the scale, as in "plausibility: 1-5")."""
     ratings = {}
     for name in DIMENSIONS:
-        match = re.search(rf"{name}\W{{0,3}}\s*(\d+)", text, re.I)
+        match = re.search(rf"{name}\W{{0,3}}\s*(\d+)(?!\d|\s*[-–]\s*\d)", text, re.I)  # "1-5": echoed scale
         value = int(match.group(1)) if match else None
         ratings[name] = float(value) if value is not None and SCALE[0] <= value <= SCALE[1] else math.nan
     return ratings

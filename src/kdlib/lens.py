@@ -262,7 +262,8 @@ def emergence(ranks: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Per item (and `keys`, e.g. cell and lens): the first layer (and depth) from which gold stays
     top-ranked to the output; NaN where gold is not top-ranked at the output."""
     rows = []
-    for group_keys, group in ranks.sort_values("layer").groupby([*keys, "item_id"], sort=False):
+    for group_keys, group in ranks.groupby([*keys, "item_id"], sort=False):
+        group = group.sort_values("layer")
         top = group["gold_top"].to_numpy(dtype=bool)
         layers, depths = group["layer"].to_numpy(), group["depth"].to_numpy()
         staying = np.flatnonzero(~top)
