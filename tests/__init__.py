@@ -1,0 +1,1 @@
+"""kdlib tests (a package, so `tests.*` imports resolve here before any installed `tests`)."""
