@@ -174,9 +174,15 @@ def test_trained_cells_of_both_families_evaluate(trained, generated_items):
         run, summary, items, device=torch.device("cpu"), seed=0,
         params=params.model_copy(update={"batch_size": 1}),
     )  # fmt: skip
-    for name, frame in frames.items():
-        columns = ["output"] if name != "choice_scores" else ["predicted_index", "predicted_index_norm"]
-        pd.testing.assert_frame_equal(frame[columns], one_by_one[name][columns], obj=name)
+    compared = {
+        "predictions": ["output"],
+        "samples": ["output"],
+        "choice_scores": ["predicted_index", "predicted_index_norm"],
+        "explanations": ["explanation_id", "explanation"],
+    }
+    assert set(frames) == set(compared)
+    for name, columns in compared.items():
+        pd.testing.assert_frame_equal(frames[name][columns], one_by_one[name][columns], obj=name)
 
 
 def test_grid_cells_cover_the_product():
