@@ -122,15 +122,15 @@ def format_target(steps: Steps | None, item: QAItem, answer: str, fmt: str) -> s
     return join_target(fmt, format_trace(steps, item, fmt), answer_text)
 
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
-_ANSWER_LINE = re.compile(r"^\s*Answer:\s*(.+?)\s*$", re.M)
+ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
+ANSWER_LINE = re.compile(r"^\s*Answer:\s*(.+?)\s*$", re.M)
 _CLASS = re.compile(re.escape(_CLASS_PREFIX) + r"\s*([A-Za-z0-9_\- ]+?)\s*(?:\.|\n|$)", re.I)
 _FACTS = re.compile(re.escape(_FACTS_PREFIX) + r"\s*(.*?)\s*(?:</think>|\nAnswer:|<answer>|$)", re.S | re.I)
 
 
 def parse_output(text: str) -> ParsedOutput:
     """Read class, facts and answer from a tagged or plain trace (either form, or a bare answer)."""
-    answer_match = _ANSWER_TAG.search(text) or _ANSWER_LINE.search(text)
+    answer_match = ANSWER_TAG.search(text) or ANSWER_LINE.search(text)
     class_match = _CLASS.search(text)
     facts_match = _FACTS.search(text)
     answer = answer_match.group(1).strip() if answer_match else None

@@ -27,6 +27,7 @@ from scipy import stats
 from kdlib.analysis import CELL_KEYS
 from kdlib.conditions import COUNTERFACTUAL, EXPLAIN, TRANSFORMS, task_prompt
 from kdlib.data.schema import QAItem
+from kdlib.decomposition import ANSWER_LINE, ANSWER_TAG
 from kdlib.models import generate_texts, student_prompt
 from kdlib.teacher.backends import Backend, Decoding, Request
 from kdlib.teacher.cache import GenerationCache, generate_cached
@@ -53,15 +54,13 @@ EXPLANATION_COLUMNS = [
 ]
 
 _THINK = re.compile(r"<think>(.*?)(?:</think>|<answer>|$)", re.S)
-_ANSWER_TAG = re.compile(r"<answer>.*?(?:</answer>|$)", re.S)
-_ANSWER_LINE = re.compile(r"^\s*Answer:.*$", re.M)
 
 
 def explanation_text(output: str, fmt: str) -> str | None:
     """The explanation in a student output: the <think> content (tagged format, when present), else
     everything besides the answer tag or line; None when nothing is left."""
     match = _THINK.search(output) if fmt == "tagged" else None
-    text = match.group(1) if match else _ANSWER_LINE.sub(" ", _ANSWER_TAG.sub(" ", output))
+    text = match.group(1) if match else ANSWER_LINE.sub(" ", ANSWER_TAG.sub(" ", output))
     text = " ".join(text.split())
     return text or None
 
@@ -173,7 +172,7 @@ def judge_explanations(
         for row in explanations.itertuples()
     ]
     replies = generate_cached(backend, cache, requests, decoding)
-    rater = f"judge:{backend.identity().get('model', backend.identity().get('kind'))}"
+    rater = f"judge:{backend.identity().get('model', backend.kind)}"
     rows = [
         {"explanation_id": eid, "rater": rater, "dimension": name, "rating": rating, "judge_output": reply}
         for eid, reply in zip(explanations["explanation_id"], replies, strict=True)

@@ -176,8 +176,9 @@ def lens_ranks(
         is_gold = not item.choices or answer_index == item.answer_index
         n_states = states.shape[1]
         record = per_item.setdefault(item.id, {})
+        states = states.float()
         for name, lens in lenses.items():
-            logprobs = lens_logprobs(unembed, states.float(), lens)
+            logprobs = lens_logprobs(unembed, states, lens)
             target_logprobs = logprobs.gather(2, target[:, None, None].expand(-1, n_states, 1))[..., 0]
             record.setdefault(name, {})[answer_index] = target_logprobs.sum(0).cpu().numpy()
             if is_gold:
