@@ -1,16 +1,33 @@
-"""Trace correctness against answer correctness: 2x2 tables, the phi coefficient and conditional rates."""
+"""05_correlation's statistics.
+
+Within a cell (student, condition, seed): trace correctness against answer correctness (2x2 tables, phi
+with chi-square and Fisher exact p, conditional answer rates, point-biserial r for graded trace scores).
+Across cells: item-level outcomes compared between conditions on the same items (McNemar, Cochran's Q,
+paired bootstrap), seed-level means with t intervals, one-way ANOVA and Kruskal-Wallis with post-hoc
+tests, and flags for runs that collapsed. Intervals are percentile bootstraps over items unless named t.
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 CELL_KEYS = ("student", "condition", "seed")  # what names one cell of the training grid
 TRACE_CRITERIA = {
     "both_steps": "trace_correct",
     "classification": "class_correct",
     "retrieval": "retrieval_exact",
+}
+GRADED_TRACE_SCORES = ("retrieval_recall", "retrieval_precision", "retrieval_f1", "step_score")
+OUTCOME_METRICS = {
+    "accuracy": "greedy generated answer correct (0/1)",
+    "label_first_acc": "label-first choice scoring correct (0/1)",
+    "judge_<dimension>": "mean LLM-judge rating of the item's explanation (1-5)",
 }
 
 
@@ -24,41 +41,610 @@ def phi_coefficient(table: list[list[int]]) -> float:
     return (a * d - b * c) / denominator if denominator else math.nan
 
 
+def _phi_rows(trace: np.ndarray, answer: np.ndarray) -> np.ndarray:
+    """phi of each row of paired boolean samples [B, n] -> [B] (NaN where undefined)."""
+    a = (trace & answer).sum(-1).astype(float)
+    b = (trace & ~answer).sum(-1).astype(float)
+    c = (~trace & answer).sum(-1).astype(float)
+    d = (~trace & ~answer).sum(-1).astype(float)
+    denominator = np.sqrt((a + b) * (c + d) * (a + c) * (b + d))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (a * d - b * c) / denominator, np.nan)
+
+
+def bootstrap_interval(
+    statistic: Callable[..., np.ndarray],
+    *samples: np.ndarray,
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic` over items.
+
+    `samples` are aligned arrays [n] resampled jointly (paired); `statistic` maps resampled arrays
+    [B, n] to [B]. Resamples where the statistic is undefined (NaN) are dropped. NaNs for n = 0.
+    """
+    n = len(samples[0])
+    if n == 0:
+        return math.nan, math.nan
+    index = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    values = statistic(*(np.asarray(sample)[index] for sample in samples))
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return math.nan, math.nan
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def _mean_rows(values: np.ndarray) -> np.ndarray:
+    return values.mean(-1)
+
+
+def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of `values` (NaNs for fewer than 2 values)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return math.nan, math.nan
+    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return values.mean() - half, values.mean() + half
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (NaNs for n=0)."""
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def _rate(name: str, hits: int, n: int) -> dict[str, float]:
+    low, high = wilson_interval(hits, n)
+    return {name: hits / n if n else math.nan, f"{name}_ci_low": low, f"{name}_ci_high": high}
+
+
+def _cell(keys: tuple) -> dict:
+    return dict(zip(CELL_KEYS, keys, strict=True))
+
+
+# ---- within a cell: trace against answer -------------------------------------------------------------
+
 CONTINGENCY_COLUMNS = [
     *CELL_KEYS,
     "criterion",
+    "n",
     "trace_right_answer_right",
     "trace_right_answer_wrong",
     "trace_wrong_answer_right",
     "trace_wrong_answer_wrong",
+    "trace_accuracy",
+    "answer_accuracy",
     "phi",
+    "phi_ci_low",
+    "phi_ci_high",
+    "chi2",
+    "chi2_p",
+    "fisher_odds_ratio",
+    "fisher_p",
     "p_answer_given_trace_right",
+    "p_answer_given_trace_right_ci_low",
+    "p_answer_given_trace_right_ci_high",
     "p_answer_given_trace_wrong",
+    "p_answer_given_trace_wrong_ci_low",
+    "p_answer_given_trace_wrong_ci_high",
+    "p_difference",
 ]
 
 
-def contingency(predictions: pd.DataFrame, criterion: str) -> pd.DataFrame:
-    """Per cell (student, condition, seed): the 2x2 counts, phi, and P(answer right | trace right / wrong)."""
-    trace_column = TRACE_CRITERIA[criterion]
+def contingency(
+    predictions: pd.DataFrame,
+    criteria: tuple[str, ...] = tuple(TRACE_CRITERIA),
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per cell and trace criterion (TRACE_CRITERIA): the 2x2 counts, phi with a bootstrap interval,
+    Pearson chi-square (1 df, uncorrected, so chi2 = n phi^2) and Fisher exact p (two-sided), and
+    P(answer right | trace right / wrong) with Wilson intervals. Undefined statistics are NaN."""
     rows = []
-    for (student, condition, seed), group in predictions.groupby(list(CELL_KEYS), sort=False):
-        trace = group[trace_column].astype(bool)
-        answer = group["answer_correct"].astype(bool)
-        a, b = int((trace & answer).sum()), int((trace & ~answer).sum())
-        c, d = int((~trace & answer).sum()), int((~trace & ~answer).sum())
+    for keys, group in predictions.groupby(list(CELL_KEYS), sort=False):
+        answer = group["answer_correct"].to_numpy(dtype=bool)
+        for criterion in criteria:
+            trace = group[TRACE_CRITERIA[criterion]].to_numpy(dtype=bool)
+            a, b = int((trace & answer).sum()), int((trace & ~answer).sum())
+            c, d = int((~trace & answer).sum()), int((~trace & ~answer).sum())
+            n = a + b + c + d
+            phi = phi_coefficient([[a, b], [c, d]])
+            chi2 = n * phi * phi
+            odds_ratio, fisher_p = stats.fisher_exact([[a, b], [c, d]])
+            rows.append(
+                {
+                    **_cell(keys),
+                    "criterion": criterion,
+                    "n": n,
+                    "trace_right_answer_right": a,
+                    "trace_right_answer_wrong": b,
+                    "trace_wrong_answer_right": c,
+                    "trace_wrong_answer_wrong": d,
+                    "trace_accuracy": (a + b) / n if n else math.nan,
+                    "answer_accuracy": (a + c) / n if n else math.nan,
+                    "phi": phi,
+                    **dict(
+                        zip(
+                            ("phi_ci_low", "phi_ci_high"),
+                            bootstrap_interval(
+                                _phi_rows,
+                                trace,
+                                answer,
+                                n_resamples=n_resamples,
+                                confidence=confidence,
+                                seed=seed,
+                            ),
+                            strict=True,
+                        )
+                    ),
+                    "chi2": chi2,
+                    "chi2_p": float(stats.chi2.sf(chi2, 1)) if not math.isnan(chi2) else math.nan,
+                    "fisher_odds_ratio": float(odds_ratio),
+                    "fisher_p": float(fisher_p),
+                    **_rate("p_answer_given_trace_right", a, a + b),
+                    **_rate("p_answer_given_trace_wrong", c, c + d),
+                }
+            )
+            rows[-1]["p_difference"] = (
+                rows[-1]["p_answer_given_trace_right"] - rows[-1]["p_answer_given_trace_wrong"]
+            )
+    return pd.DataFrame(rows, columns=CONTINGENCY_COLUMNS)
+
+
+def with_graded_scores(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Adds retrieval_f1 (harmonic mean of retrieval precision and recall; 0 when both are 0) and
+    step_score (mean of class_correct and retrieval_f1): graded trace scores in [0, 1]."""
+    precision, recall = predictions["retrieval_precision"], predictions["retrieval_recall"]
+    f1 = (2 * precision * recall / (precision + recall)).where(precision + recall > 0, 0.0)
+    return predictions.assign(
+        retrieval_f1=f1, step_score=(predictions["class_correct"].astype(float) + f1) / 2
+    )
+
+
+POINT_BISERIAL_COLUMNS = [
+    *CELL_KEYS,
+    "score",
+    "n",
+    "mean_score_answer_right",
+    "mean_score_answer_wrong",
+    "r",
+    "p",
+]
+
+
+def point_biserial(predictions: pd.DataFrame, scores: tuple[str, ...] = GRADED_TRACE_SCORES) -> pd.DataFrame:
+    """Per cell and graded trace score: the point-biserial r between answer correctness and the score,
+    with its two-sided p (SciPy); NaN where either variable is constant."""
+    graded = with_graded_scores(predictions)
+    rows = []
+    for keys, group in graded.groupby(list(CELL_KEYS), sort=False):
+        answer = group["answer_correct"].to_numpy(dtype=bool)
+        for score in scores:
+            values = group[score].to_numpy(dtype=float)
+            defined = answer.any() and (~answer).any() and np.ptp(values) > 0
+            r, p = stats.pointbiserialr(answer, values) if defined else (math.nan, math.nan)
+            rows.append(
+                {
+                    **_cell(keys),
+                    "score": score,
+                    "n": len(values),
+                    "mean_score_answer_right": values[answer].mean() if answer.any() else math.nan,
+                    "mean_score_answer_wrong": values[~answer].mean() if (~answer).any() else math.nan,
+                    "r": float(r),
+                    "p": float(p),
+                }
+            )
+    return pd.DataFrame(rows, columns=POINT_BISERIAL_COLUMNS)
+
+
+# ---- across cells: outcomes per item ---------------------------------------------------------------
+
+OUTCOME_COLUMNS = [*CELL_KEYS, "transform", "metric", "item_id", "value"]
+
+
+def item_outcomes(
+    predictions: pd.DataFrame,
+    choice_scores: pd.DataFrame | None = None,
+    judge_ratings: pd.DataFrame | None = None,
+    explanations: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One row per cell, metric (OUTCOME_METRICS) and item: `value` is 0/1 correctness, or for
+    judge_<dimension> the item's mean judge rating (unreadable ratings left out)."""
+    keys = [*CELL_KEYS, "transform", "item_id"]
+    frames = [predictions[keys].assign(metric="accuracy", value=predictions["answer_correct"].astype(float))]
+    if choice_scores is not None and not choice_scores.empty:
+        frames.append(
+            choice_scores[keys].assign(metric="label_first_acc", value=choice_scores["acc"].astype(float))
+        )
+    if judge_ratings is not None and not judge_ratings.empty and explanations is not None:
+        judged = judge_ratings[judge_ratings["rater"].str.startswith("judge:")].dropna(subset=["rating"])
+        judged = judged.merge(explanations[[*keys, "explanation_id"]], on="explanation_id")
+        means = judged.groupby([*keys, "dimension"], sort=False)["rating"].mean().reset_index()
+        frames.append(means[keys].assign(metric="judge_" + means["dimension"], value=means["rating"]))
+    return pd.concat(frames, ignore_index=True)[OUTCOME_COLUMNS]
+
+
+CELL_SUMMARY_COLUMNS = [*CELL_KEYS, "transform", "metric", "n", "value", "ci_low", "ci_high"]
+
+
+def cell_summary(
+    outcomes: pd.DataFrame, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """Per cell and metric: the mean outcome over items with a bootstrap interval."""
+    rows = []
+    for keys, group in outcomes.groupby([*CELL_KEYS, "transform", "metric"], sort=False):
+        values = group["value"].to_numpy(dtype=float)
+        low, high = bootstrap_interval(
+            _mean_rows, values, n_resamples=n_resamples, confidence=confidence, seed=seed
+        )
+        rows.append(
+            {
+                **dict(zip([*CELL_KEYS, "transform", "metric"], keys, strict=True)),
+                "n": len(values),
+                "value": values.mean(),
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
+    return pd.DataFrame(rows, columns=CELL_SUMMARY_COLUMNS)
+
+
+SEED_SUMMARY_COLUMNS = [
+    "student",
+    "condition",
+    "metric",
+    "n_seeds",
+    "seeds",
+    "mean",
+    "sd",
+    "ci_low",
+    "ci_high",
+]
+
+
+def seed_summary(cells: pd.DataFrame, *, confidence: float = 0.95) -> pd.DataFrame:
+    """Per student, condition and metric: the mean over seeds of the per-seed value (`cells` from
+    cell_summary), its standard deviation and t interval (NaN with one seed)."""
+    rows = []
+    for (student, condition, metric), group in cells.groupby(["student", "condition", "metric"], sort=False):
+        values = group["value"].to_numpy(dtype=float)
+        low, high = t_interval(values, confidence)
         rows.append(
             {
                 "student": student,
                 "condition": condition,
-                "seed": seed,
-                "criterion": criterion,
-                "trace_right_answer_right": a,
-                "trace_right_answer_wrong": b,
-                "trace_wrong_answer_right": c,
-                "trace_wrong_answer_wrong": d,
-                "phi": phi_coefficient([[a, b], [c, d]]),
-                "p_answer_given_trace_right": a / (a + b) if a + b else math.nan,
-                "p_answer_given_trace_wrong": c / (c + d) if c + d else math.nan,
+                "metric": metric,
+                "n_seeds": len(values),
+                "seeds": " ".join(str(s) for s in group["seed"]),
+                "mean": values.mean(),
+                "sd": values.std(ddof=1) if len(values) > 1 else math.nan,
+                "ci_low": low,
+                "ci_high": high,
             }
         )
-    return pd.DataFrame(rows, columns=CONTINGENCY_COLUMNS)
+    return pd.DataFrame(rows, columns=SEED_SUMMARY_COLUMNS)
+
+
+def _paired(frame: pd.DataFrame, condition_a: str, condition_b: str) -> pd.DataFrame:
+    """Outcomes of two conditions on the items both have: columns a, b indexed by item_id."""
+    wide = frame.pivot_table(index="item_id", columns="condition", values="value", aggfunc="first")
+    return wide[[condition_a, condition_b]].dropna().set_axis(["a", "b"], axis=1)
+
+
+def _condition_pairs(conditions: list[str], baseline: str | None) -> list[tuple[str, str]]:
+    if baseline is not None and baseline in conditions:
+        return [(c, baseline) for c in conditions if c != baseline]
+    return list(itertools.combinations(conditions, 2))
+
+
+def _holm(p_values: pd.Series) -> pd.Series:
+    """Holm-adjusted p-values (statsmodels), NaNs kept as NaN."""
+    from statsmodels.stats.multitest import multipletests
+
+    adjusted = pd.Series(np.nan, index=p_values.index)
+    known = p_values.dropna()
+    if len(known):
+        adjusted[known.index] = multipletests(known.to_numpy(), method="holm")[1]
+    return adjusted
+
+
+PAIRED_COLUMNS = [
+    "student",
+    "seed",
+    "metric",
+    "condition_a",
+    "condition_b",
+    "n_items",
+    "value_a",
+    "value_b",
+    "difference",
+    "difference_ci_low",
+    "difference_ci_high",
+    "a_right_b_wrong",
+    "a_wrong_b_right",
+    "mcnemar_statistic",
+    "mcnemar_p",
+    "mcnemar_exact",
+    "p_holm",
+]
+
+
+def _mean_difference_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a - b).mean(-1)
+
+
+def paired_comparisons(
+    outcomes: pd.DataFrame,
+    *,
+    baseline: str | None = None,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    exact_below: int = 25,
+) -> pd.DataFrame:
+    """Per student, seed and metric, every pair of conditions (or each against `baseline`) on the items
+    both were scored on: mean difference a - b with a paired bootstrap interval; for 0/1 metrics McNemar's
+    test (exact binomial when fewer than `exact_below` discordant items, else chi-square with continuity
+    correction; statsmodels). p_holm adjusts the McNemar p-values within each student, seed and metric."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    rows = []
+    for (student, seed_, metric), group in outcomes.groupby(["student", "seed", "metric"], sort=False):
+        conditions = list(dict.fromkeys(group["condition"]))
+        family = []
+        for condition_a, condition_b in _condition_pairs(conditions, baseline):
+            pair = _paired(group, condition_a, condition_b)
+            a, b = pair["a"].to_numpy(), pair["b"].to_numpy()
+            row = {
+                "student": student,
+                "seed": seed_,
+                "metric": metric,
+                "condition_a": condition_a,
+                "condition_b": condition_b,
+                "n_items": len(pair),
+                "value_a": a.mean() if len(a) else math.nan,
+                "value_b": b.mean() if len(b) else math.nan,
+                "difference": (a - b).mean() if len(a) else math.nan,
+                **dict(
+                    zip(
+                        ("difference_ci_low", "difference_ci_high"),
+                        bootstrap_interval(
+                            _mean_difference_rows,
+                            a,
+                            b,
+                            n_resamples=n_resamples,
+                            confidence=confidence,
+                            seed=seed,
+                        ),
+                        strict=True,
+                    )
+                ),
+                "a_right_b_wrong": math.nan,
+                "a_wrong_b_right": math.nan,
+                "mcnemar_statistic": math.nan,
+                "mcnemar_p": math.nan,
+                "mcnemar_exact": None,
+            }
+            if len(a) and set(np.unique(np.concatenate([a, b]))) <= {0.0, 1.0}:
+                only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+                exact = only_a + only_b < exact_below
+                both = int(((a == 1) & (b == 1)).sum())
+                result = mcnemar([[both, only_a], [only_b, len(a) - both - only_a - only_b]], exact=exact)
+                row.update(
+                    a_right_b_wrong=only_a,
+                    a_wrong_b_right=only_b,
+                    mcnemar_statistic=float(result.statistic),
+                    mcnemar_p=float(result.pvalue) if only_a + only_b else 1.0,
+                    mcnemar_exact=exact,
+                )
+            family.append(row)
+        frame = pd.DataFrame(family)
+        if len(frame):
+            frame["p_holm"] = _holm(frame["mcnemar_p"]).to_numpy()
+            rows.extend(frame.to_dict(orient="records"))
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+COCHRAN_COLUMNS = ["student", "seed", "metric", "n_conditions", "n_items", "q", "p"]
+
+
+def cochran_q(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """Per student, seed and 0/1 metric with three or more conditions: Cochran's Q test (statsmodels)
+    that all conditions have the same accuracy, on the items every condition was scored on."""
+    from statsmodels.stats.contingency_tables import cochrans_q
+
+    rows = []
+    for (student, seed_, metric), group in outcomes.groupby(["student", "seed", "metric"], sort=False):
+        wide = group.pivot_table(
+            index="item_id", columns="condition", values="value", aggfunc="first"
+        ).dropna()
+        binary = set(np.unique(wide.to_numpy())) <= {0.0, 1.0}
+        if wide.shape[1] < 3 or not binary or wide.empty:
+            continue
+        varies = wide.to_numpy().min(axis=1) != wide.to_numpy().max(axis=1)
+        result = cochrans_q(wide.to_numpy()) if varies.any() else None
+        rows.append(
+            {
+                "student": student,
+                "seed": seed_,
+                "metric": metric,
+                "n_conditions": wide.shape[1],
+                "n_items": len(wide),
+                "q": float(result.statistic) if result else 0.0,
+                "p": float(result.pvalue) if result else 1.0,
+            }
+        )
+    return pd.DataFrame(rows, columns=COCHRAN_COLUMNS)
+
+
+OMNIBUS_COLUMNS = ["family", "groups", "sizes", "anova_f", "anova_p", "kruskal_h", "kruskal_p", "note"]
+POSTHOC_COLUMNS = [
+    "family",
+    "group_a",
+    "group_b",
+    "mean_a",
+    "mean_b",
+    "difference",
+    "tukey_p",
+    "tukey_ci_low",
+    "tukey_ci_high",
+    "mannwhitney_u",
+    "mannwhitney_p",
+    "mannwhitney_p_holm",
+]
+
+
+def group_tests(
+    frame: pd.DataFrame, *, family: list[str], group: str, value: str, confidence: float = 0.95
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Within each `family` (e.g. student and metric), compare the `value`s of the `group`s (e.g.
+    conditions, each observation a seed): one-way ANOVA and Kruskal-Wallis (SciPy); post hoc, Tukey's
+    HSD and pairwise Mann-Whitney U with Holm adjustment. A family with fewer than two groups, or a
+    group with fewer than two observations, is listed with a note and not tested.
+
+    Returns (omnibus: one row per family, posthoc: one row per family and pair of groups)."""
+    omnibus, posthoc = [], []
+    for keys, rows in frame.groupby(family, sort=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        label = " / ".join(str(k) for k in keys)
+        samples = {
+            name: g[value].dropna().to_numpy(dtype=float) for name, g in rows.groupby(group, sort=False)
+        }
+        names = list(samples)
+        sizes = [len(samples[n]) for n in names]
+        entry = {
+            "family": label,
+            "groups": " | ".join(str(n) for n in names),
+            "sizes": " ".join(str(s) for s in sizes),
+            **dict.fromkeys(("anova_f", "anova_p", "kruskal_h", "kruskal_p"), math.nan),
+            "note": "",
+        }
+        if len(names) < 2 or min(sizes) < 2:
+            entry["note"] = "not tested: needs 2+ groups with 2+ observations each (e.g. 2+ seeds)"
+            omnibus.append(entry)
+            continue
+        arrays = [samples[n] for n in names]
+        pooled = np.concatenate(arrays)
+        if np.ptp(pooled) == 0:
+            entry["note"] = "not tested: every observation is equal"
+            omnibus.append(entry)
+            continue
+        anova, kruskal = stats.f_oneway(*arrays), stats.kruskal(*arrays)
+        entry.update(
+            anova_f=float(anova.statistic),
+            anova_p=float(anova.pvalue),
+            kruskal_h=float(kruskal.statistic),
+            kruskal_p=float(kruskal.pvalue),
+        )
+        omnibus.append(entry)
+        tukey = stats.tukey_hsd(*arrays)
+        interval = tukey.confidence_interval(confidence)
+        pairs = []
+        for i, j in itertools.combinations(range(len(names)), 2):
+            mann_whitney = stats.mannwhitneyu(arrays[i], arrays[j], alternative="two-sided")
+            pairs.append(
+                {
+                    "family": label,
+                    "group_a": names[i],
+                    "group_b": names[j],
+                    "mean_a": arrays[i].mean(),
+                    "mean_b": arrays[j].mean(),
+                    "difference": arrays[i].mean() - arrays[j].mean(),
+                    "tukey_p": float(tukey.pvalue[i, j]),
+                    "tukey_ci_low": float(interval.low[i, j]),
+                    "tukey_ci_high": float(interval.high[i, j]),
+                    "mannwhitney_u": float(mann_whitney.statistic),
+                    "mannwhitney_p": float(mann_whitney.pvalue),
+                }
+            )
+        pairs = pd.DataFrame(pairs)
+        pairs["mannwhitney_p_holm"] = _holm(pairs["mannwhitney_p"]).to_numpy()
+        posthoc.extend(pairs.to_dict(orient="records"))
+    return pd.DataFrame(omnibus, columns=OMNIBUS_COLUMNS), pd.DataFrame(posthoc, columns=POSTHOC_COLUMNS)
+
+
+# ---- runs that collapsed --------------------------------------------------------------------------
+
+FLAG_COLUMNS = [
+    *CELL_KEYS,
+    "accuracy",
+    "answer_parse_rate",
+    "top_answer",
+    "top_answer_share",
+    "flags",
+    "reasons",
+]
+
+
+def flag_runs(
+    predictions: pd.DataFrame,
+    gold: pd.Series,
+    sft_summary: pd.DataFrame | None = None,
+    *,
+    min_parse_rate: float = 0.5,
+    collapse_share: float = 0.9,
+    seed_gap: float = 0.1,
+) -> pd.DataFrame:
+    """Per cell, flags for runs a reader should not average in without a look (`gold`: the gold answer
+    per item_id):
+
+    - unparseable: fewer than `min_parse_rate` of the answers could be read;
+    - constant_answer: one answer for at least `collapse_share` of the items, where gold is more varied;
+    - seed_outlier: with 3+ seeds of a student and condition, accuracy further than `seed_gap` and than
+      3.5 robust z (scaled median absolute deviation) from the median over seeds;
+    - training_failed: sft/summary.csv gives a non-finite final loss.
+    `flags` is a comma-separated list ("" for none) and `reasons` says why, in numbers."""
+    losses = {} if sft_summary is None else sft_summary.set_index(list(CELL_KEYS))["final_loss"].to_dict()
+    rows = []
+    for keys, group in predictions.groupby(list(CELL_KEYS), sort=False):
+        counts = group["read_answer"].dropna().value_counts()
+        top, top_share = (counts.index[0], counts.iloc[0] / len(group)) if len(counts) else (None, 0.0)
+        gold_share = gold.reindex(group["item_id"]).value_counts(normalize=True).max()
+        row = {
+            **_cell(keys),
+            "accuracy": group["answer_correct"].mean(),
+            "answer_parse_rate": group["answer_parsed"].mean(),
+            "top_answer": top,
+            "top_answer_share": top_share,
+            "flags": [],
+            "reasons": [],
+        }
+        if row["answer_parse_rate"] < min_parse_rate:
+            row["flags"].append("unparseable")
+            row["reasons"].append(
+                f"{row['answer_parse_rate']:.0%} of answers readable (< {min_parse_rate:.0%})"
+            )
+        if top_share >= collapse_share and gold_share < collapse_share:
+            row["flags"].append("constant_answer")
+            row["reasons"].append(
+                f"answers {top!r} for {top_share:.0%} of items (most common gold answer: {gold_share:.0%})"
+            )
+        loss = losses.get(keys)
+        if loss is not None and not math.isfinite(float(loss)):
+            row["flags"].append("training_failed")
+            row["reasons"].append(f"final training loss {loss}")
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=FLAG_COLUMNS)
+    for _, group in table.groupby(["student", "condition"], sort=False):
+        if len(group) < 3:
+            continue
+        accuracy = group["accuracy"].to_numpy(dtype=float)
+        median = np.median(accuracy)
+        mad = 1.4826 * np.median(np.abs(accuracy - median))
+        for index, value in zip(group.index, accuracy, strict=True):
+            gap = abs(value - median)
+            if gap > seed_gap and (mad == 0 or gap / mad > 3.5):
+                table.at[index, "flags"].append("seed_outlier")
+                table.at[index, "reasons"].append(
+                    f"accuracy {value:.1%} against a median of {median:.1%} over {len(group)} seeds"
+                )
+    return table.assign(flags=table["flags"].map(",".join), reasons=table["reasons"].map("; ".join))

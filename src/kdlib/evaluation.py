@@ -8,7 +8,7 @@ import re
 
 import pandas as pd
 
-from kdlib.analysis import CELL_KEYS
+from kdlib.analysis import CELL_KEYS, wilson_interval
 from kdlib.conditions import CHECKABLE_TRACE_TRANSFORMS, evaluation_prompt
 from kdlib.data.schema import QAItem
 from kdlib.decomposition import gold_steps, normalise, parse_output, score_trace
@@ -149,16 +149,6 @@ def generate_answers(
     return generate_texts(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc, **decoding
     )
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (NaNs for n=0)."""
-    if n == 0:
-        return math.nan, math.nan
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def _cell_frames(frame: pd.DataFrame | None, keys: tuple) -> pd.DataFrame | None:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdlib.analysis import CELL_KEYS
+from kdlib.analysis import CELL_KEYS, t_interval
 from kdlib.conditions import COUNTERFACTUAL, EXPLAIN, TRANSFORMS, task_prompt
 from kdlib.data.schema import QAItem
 from kdlib.decomposition import ANSWER_LINE, ANSWER_TAG
@@ -365,15 +365,14 @@ def rating_means(ratings: pd.DataFrame, explanations: pd.DataFrame) -> pd.DataFr
     rated = merged.dropna(subset=["rating"])
     for keys, group in rated.groupby([*CELL_KEYS, "rater_kind", "dimension"], sort=False):
         values = group["rating"].to_numpy(dtype=float)
-        n = len(values)
-        half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+        low, high = t_interval(values)
         rows.append(
             {
                 **dict(zip([*CELL_KEYS, "rater_kind", "dimension"], keys, strict=True)),
                 "n": len(values),
                 "mean": values.mean(),
-                "ci_low": values.mean() - half,
-                "ci_high": values.mean() + half,
+                "ci_low": low,
+                "ci_high": high,
             }
         )
     return pd.DataFrame(
