@@ -264,8 +264,9 @@ def test_item_outcomes_stack_accuracy_label_first_and_judge_ratings():
     assert by_metric == {
         "accuracy": [1.0, 0.0],
         "label_first_acc": [0.0, 1.0],
-        "judge_plausibility": [4.0],  # human rating and unreadable judge rating left out
+        "judge_plausibility": [4.0],  # the unreadable judge rating is left out
         "judge_completeness": [2.0],
+        "human_plausibility": [1.0],
     }
 
 

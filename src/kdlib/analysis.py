@@ -28,6 +28,7 @@ OUTCOME_METRICS = {
     "accuracy": "greedy generated answer correct (0/1)",
     "label_first_acc": "label-first choice scoring correct (0/1)",
     "judge_<dimension>": "mean LLM-judge rating of the item's explanation (1-5)",
+    "human_<dimension>": "mean human rating of the item's explanation (1-5)",
 }
 
 
@@ -254,22 +255,25 @@ OUTCOME_COLUMNS = [*CELL_KEYS, "transform", "metric", "item_id", "value"]
 def item_outcomes(
     predictions: pd.DataFrame,
     choice_scores: pd.DataFrame | None = None,
-    judge_ratings: pd.DataFrame | None = None,
+    ratings: pd.DataFrame | None = None,
     explanations: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per cell, metric (OUTCOME_METRICS) and item: `value` is 0/1 correctness, or for
-    judge_<dimension> the item's mean judge rating (unreadable ratings left out)."""
+    judge_<dimension> / human_<dimension> the item's mean rating by the LLM judge / by human raters
+    (`ratings`: judge and human rating rows; unreadable ratings left out)."""
     keys = [*CELL_KEYS, "transform", "item_id"]
     frames = [predictions[keys].assign(metric="accuracy", value=predictions["answer_correct"].astype(float))]
     if choice_scores is not None and not choice_scores.empty:
         frames.append(
             choice_scores[keys].assign(metric="label_first_acc", value=choice_scores["acc"].astype(float))
         )
-    if judge_ratings is not None and not judge_ratings.empty and explanations is not None:
-        judged = judge_ratings[judge_ratings["rater"].str.startswith("judge:")].dropna(subset=["rating"])
-        judged = judged.merge(explanations[[*keys, "explanation_id"]], on="explanation_id")
-        means = judged.groupby([*keys, "dimension"], sort=False)["rating"].mean().reset_index()
-        frames.append(means[keys].assign(metric="judge_" + means["dimension"], value=means["rating"]))
+    if ratings is not None and not ratings.empty and explanations is not None:
+        rated = ratings.dropna(subset=["rating"]).merge(
+            explanations[[*keys, "explanation_id"]], on="explanation_id"
+        )
+        rated = rated.assign(kind=np.where(rated["rater"].str.startswith("judge:"), "judge_", "human_"))
+        means = rated.groupby([*keys, "kind", "dimension"], sort=False)["rating"].mean().reset_index()
+        frames.append(means[keys].assign(metric=means["kind"] + means["dimension"], value=means["rating"]))
     return pd.concat(frames, ignore_index=True)[OUTCOME_COLUMNS]
 
 

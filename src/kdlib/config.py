@@ -468,7 +468,7 @@ class ParamsError(ValueError):
     """A params file is malformed; the message names the file and the dotted key."""
 
 
-def _format_errors(source: str, error: ValidationError) -> str:
+def format_errors(source: str, error: ValidationError) -> str:
     lines = []
     for err in error.errors():
         key = ".".join(str(part) for part in err["loc"]) or "<root>"
@@ -483,7 +483,7 @@ def validate_params(raw: Any, source: str = "<params>") -> ExperimentParams:
     try:
         return ExperimentParams.model_validate(raw)
     except ValidationError as error:
-        raise ParamsError(_format_errors(source, error)) from None
+        raise ParamsError(format_errors(source, error)) from None
 
 
 def load_params(path: str | os.PathLike) -> ExperimentParams:

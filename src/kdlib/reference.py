@@ -1,0 +1,463 @@
+"""The three studies' published results (reference_results.yaml, versioned) and a run's verdicts against them.
+
+Every published number and every finding gets one row per student of the run: replicated, not
+replicated, or not comparable, with the reason. Estimates pool seeds: with one seed the interval is a
+bootstrap over items, with two or more a t interval over the per-seed values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from pydantic import ValidationError, model_validator
+
+from kdlib.analysis import paired_comparisons, t_interval, wilson_interval
+from kdlib.config import ConditionSpec, Schema, format_errors
+from kdlib.explanations import DIMENSIONS
+from kdlib.io import read_yaml
+from kdlib.paths import PACKAGE_DIR
+
+REFERENCE_RESULTS = PACKAGE_DIR / "reference_results.yaml"
+PERCENT_METRICS = frozenset(
+    {
+        "accuracy",
+        "label_first_acc",
+        "trace_accuracy",
+        "p_answer_given_trace_right",
+        "p_answer_given_trace_wrong",
+    }
+)
+CONTINGENCY_STATISTICS = ("phi", "trace_accuracy", "p_answer_given_trace_right", "p_answer_given_trace_wrong")
+VERDICTS = ("replicated", "not replicated", "not comparable")
+
+
+class ReferenceFileError(ValueError):
+    """The reference-results file is malformed; the message names the file and the key."""
+
+
+class Selector(Schema):
+    """Which condition of a run a result is about: its transform, and where it matters its recipe."""
+
+    transform: str
+    rationale_recipe: str | None = None
+
+    def matches(self, spec: ConditionSpec) -> bool:
+        return spec.transform == self.transform and self.rationale_recipe in (None, spec.rationale_recipe)
+
+    def label(self) -> str:
+        return self.transform + (f" ({self.rationale_recipe})" if self.rationale_recipe else "")
+
+
+class Published(Schema):
+    id: str
+    study: str
+    dataset: str
+    students: list[str]
+    n_train: int | None = None
+    n_eval: int | None = None
+    condition: Selector
+    metric: str
+    value: float
+    sd: float | None = None
+    n_runs: int | None = None
+    unit: str
+    tolerance: float
+    source: str
+
+
+class FindingTest(Schema):
+    kind: Literal["greater", "at_least", "close", "below"]
+    metric: str | None = None
+    statistic: Literal[CONTINGENCY_STATISTICS] | None = None  # type: ignore[valid-type]
+    a: Selector | None = None
+    b: Selector | None = None
+    condition: Selector | None = None
+    margin: float = 0.0
+    tolerance: float = 0.0
+    threshold: float | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> FindingTest:
+        if self.kind == "below":
+            if self.statistic is None or self.condition is None or self.threshold is None:
+                raise ValueError("kind below needs statistic, condition and threshold")
+        elif self.metric is None or self.a is None or self.b is None:
+            raise ValueError(f"kind {self.kind} needs metric, a and b")
+        return self
+
+
+class Finding(Schema):
+    id: str
+    study: str
+    claim: str
+    datasets: list[str]
+    test: FindingTest
+    paper: str
+    source: str
+
+
+class Reference(Schema):
+    version: int
+    changes: list[dict[str, str | int]]
+    studies: dict[str, dict[str, str]]
+    sources: dict[str, str]
+    published: list[Published]
+    findings: list[Finding]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Reference:
+        ids = [p.id for p in self.published] + [f.id for f in self.findings]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"ids {repeated} appear more than once")
+        for entry in [*self.published, *self.findings]:
+            if entry.study not in self.studies:
+                raise ValueError(f"{entry.id}: unknown study {entry.study!r}")
+            if entry.source not in self.sources:
+                raise ValueError(f"{entry.id}: unknown source {entry.source!r}")
+        return self
+
+
+def load_reference(path: str | os.PathLike | None = None) -> Reference:
+    """Read and validate a reference-results file (default: the packaged one)."""
+    path = Path(path) if path is not None else REFERENCE_RESULTS
+    raw = read_yaml(path, "reference results", ReferenceFileError)
+    try:
+        return Reference.model_validate(raw)
+    except ValidationError as error:
+        raise ReferenceFileError(format_errors(str(path), error)) from None
+
+
+def reference_id(path: str | os.PathLike | None = None) -> dict[str, str | int]:
+    """What a run records about the table it was compared with: path, version and sha256."""
+    path = Path(path) if path is not None else REFERENCE_RESULTS
+    return {
+        "path": str(path),
+        "version": load_reference(path).version,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+
+
+def published_table(reference: Reference) -> pd.DataFrame:
+    """The published numbers as a table, one row each, with the source spelled out."""
+    return pd.DataFrame(
+        [
+            {
+                "id": p.id,
+                "study": p.study,
+                "dataset": p.dataset,
+                "student": p.students[0],
+                "condition": p.condition.label(),
+                "metric": p.metric,
+                "value": p.value,
+                "sd": p.sd,
+                "n_runs": p.n_runs,
+                "unit": p.unit,
+                "source": reference.sources[p.source],
+            }
+            for p in reference.published
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What comparability depends on: the run's dataset, its item counts and its condition specs."""
+
+    dataset: str
+    n_train: int
+    n_eval: int
+    conditions: tuple[ConditionSpec, ...]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    low: float
+    high: float
+    basis: str
+
+
+def combine_seeds(per_seed: pd.DataFrame, confidence: float) -> Estimate:
+    """One estimate from per-seed rows (value, low, high): with one seed its own interval, with more the
+    mean and a t interval over seeds."""
+    if len(per_seed) == 1:
+        row = per_seed.iloc[0]
+        return Estimate(row["value"], row["low"], row["high"], "1 seed, bootstrap over items")
+    low, high = t_interval(per_seed["value"], confidence)
+    return Estimate(per_seed["value"].mean(), low, high, f"{len(per_seed)} seeds, t interval over seeds")
+
+
+REFERENCE_COLUMNS = [
+    "kind",
+    "id",
+    "study",
+    "claim",
+    "student",
+    "scope",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "unit",
+    "paper",
+    "verdict",
+    "conclusive",
+    "reason",
+    "basis",
+    "source",
+]
+
+
+class _NotComparable(Exception):
+    """Raised inside the comparison of one row; its message is the reason."""
+
+
+def _condition(facts: RunFacts, selector: Selector) -> str:
+    names = [spec.name for spec in facts.conditions if selector.matches(spec)]
+    if not names:
+        raise _NotComparable(f"the run has no condition of {selector.label()}")
+    if len(names) > 1:
+        raise _NotComparable(f"{len(names)} conditions match {selector.label()}: {', '.join(names)}")
+    return names[0]
+
+
+def _rating_metric(metric: str, outcomes: pd.DataFrame) -> tuple[str, str]:
+    """A finding's metric as an outcome metric: a rating dimension is read from human ratings where the
+    run has them, else from the LLM judge's. Returns (metric, note)."""
+    if metric not in DIMENSIONS:
+        return metric, ""
+    if (outcomes["metric"] == f"human_{metric}").any():
+        return f"human_{metric}", ""
+    return f"judge_{metric}", "; LLM-judge ratings, where the paper had human raters"
+
+
+def _scaled(metric: str, estimate: Estimate) -> Estimate:
+    if metric.removeprefix("judge_").removeprefix("human_") in PERCENT_METRICS:
+        return Estimate(estimate.value * 100, estimate.low * 100, estimate.high * 100, estimate.basis)
+    return estimate
+
+
+def _metric_estimate(
+    outcomes: pd.DataFrame, student: str, condition: str, metric: str, settings: dict
+) -> Estimate:
+    from kdlib.analysis import cell_summary
+
+    rows = outcomes[
+        (outcomes["student"] == student)
+        & (outcomes["condition"] == condition)
+        & (outcomes["metric"] == metric)
+    ]
+    if rows.empty:
+        raise _NotComparable(f"no {metric} outcomes for {condition}")
+    cells = cell_summary(rows, **settings).rename(columns={"ci_low": "low", "ci_high": "high"})
+    return _scaled(metric, combine_seeds(cells, settings["confidence"]))
+
+
+def _difference_estimate(
+    outcomes: pd.DataFrame, student: str, a: str, b: str, metric: str, settings: dict
+) -> Estimate:
+    rows = outcomes[
+        (outcomes["student"] == student) & outcomes["condition"].isin([a, b]) & (outcomes["metric"] == metric)
+    ]
+    pairs = paired_comparisons(rows, baseline=b, **settings)
+    pairs = pairs[(pairs["condition_a"] == a) & (pairs["n_items"] > 0)]
+    if pairs.empty:
+        raise _NotComparable(f"no items with {metric} under both {a} and {b}")
+    per_seed = pairs.rename(
+        columns={"difference": "value", "difference_ci_low": "low", "difference_ci_high": "high"}
+    )
+    return _scaled(metric, combine_seeds(per_seed, settings["confidence"]))
+
+
+def _statistic_estimate(contingency: pd.DataFrame, student: str, condition: str, statistic: str, confidence):
+    rows = contingency[
+        (contingency["student"] == student)
+        & (contingency["condition"] == condition)
+        & (contingency["criterion"] == "both_steps")
+    ]
+    if rows.empty:
+        raise _NotComparable(f"no checkable traces for {condition}")
+    if statistic == "trace_accuracy":
+        right = rows["trace_right_answer_right"] + rows["trace_right_answer_wrong"]
+        intervals = [wilson_interval(int(k), int(n)) for k, n in zip(right, rows["n"], strict=True)]
+    else:
+        intervals = list(zip(rows[f"{statistic}_ci_low"], rows[f"{statistic}_ci_high"], strict=True))
+    per_seed = pd.DataFrame(
+        {
+            "value": rows[statistic].to_numpy(),
+            "low": [i[0] for i in intervals],
+            "high": [i[1] for i in intervals],
+        }
+    ).dropna(subset=["value"])
+    if per_seed.empty:
+        raise _NotComparable(
+            f"{statistic} is undefined for {condition} (a row or column of the 2x2 table is empty)"
+        )
+    return _scaled(statistic, combine_seeds(per_seed, confidence))
+
+
+def _interval(e: Estimate) -> str:
+    return f"{e.value:+.2f} [{e.low:+.2f}, {e.high:+.2f}]"
+
+
+def judge(test: FindingTest, e: Estimate) -> tuple[str, bool, str]:
+    """(verdict, conclusive, reason) of a finding's test against an estimate with its interval."""
+    if math.isnan(e.low) or math.isnan(e.high):
+        return "not comparable", False, f"estimate {e.value:+.2f} has no interval (too few items)"
+    if test.kind == "greater":
+        bound = test.margin
+        if e.low > bound:
+            return "replicated", True, f"difference {_interval(e)} lies above {bound:g}"
+        if e.high <= bound:
+            return "not replicated", True, f"difference {_interval(e)} is not above {bound:g}"
+        return "not replicated", False, f"inconclusive: difference {_interval(e)} includes {bound:g}"
+    if test.kind == "at_least":
+        bound = -test.tolerance
+        if e.low >= bound:
+            return "replicated", True, f"difference {_interval(e)} stays above {bound:g}"
+        if e.high < bound:
+            return "not replicated", True, f"difference {_interval(e)} lies below {bound:g}"
+        return "not replicated", False, f"inconclusive: difference {_interval(e)} reaches below {bound:g}"
+    if test.kind == "close":
+        tol = test.tolerance
+        if -tol <= e.low and e.high <= tol:
+            return "replicated", True, f"difference {_interval(e)} lies within ±{tol:g}"
+        if e.low > tol or e.high < -tol:
+            return "not replicated", True, f"difference {_interval(e)} lies outside ±{tol:g}"
+        return "not replicated", False, f"inconclusive: difference {_interval(e)} is not within ±{tol:g}"
+    threshold = test.threshold
+    if e.high < threshold:
+        return "replicated", True, f"{_interval(e)} lies below {threshold:g}"
+    if e.low >= threshold:
+        return "not replicated", True, f"{_interval(e)} is not below {threshold:g}"
+    return "not replicated", False, f"inconclusive: {_interval(e)} includes {threshold:g}"
+
+
+def _student_names(student: str) -> set[str]:
+    return {student.lower(), Path(student).name.lower()}
+
+
+def _published_row(p: Published, student: str, facts: RunFacts, outcomes, contingency, settings) -> dict:
+    row = {
+        "kind": "published",
+        "id": p.id,
+        "study": p.study,
+        "student": student,
+        "paper": p.value,
+        "unit": p.unit,
+    }
+    row["claim"] = f"{p.condition.label()} reaches {p.metric} {p.value:g} {p.unit} on {p.dataset}"
+    mismatches = []
+    if facts.dataset != p.dataset:
+        mismatches.append(f"dataset {facts.dataset} (paper: {p.dataset})")
+    if not _student_names(student) & {s.lower() for s in p.students}:
+        mismatches.append(f"student {student} (paper: {p.students[0]})")
+    for name, ours, theirs in (("train", facts.n_train, p.n_train), ("eval", facts.n_eval, p.n_eval)):
+        if theirs is not None and ours < theirs:
+            mismatches.append(f"{ours} {name} items (paper: {theirs})")
+    row["scope"] = "same setup" if not mismatches else "other setup"
+    try:
+        if mismatches:
+            raise _NotComparable("; ".join(mismatches))
+        condition = _condition(facts, p.condition)
+        if p.metric in CONTINGENCY_STATISTICS:
+            e = _statistic_estimate(contingency, student, condition, p.metric, settings["confidence"])
+        else:
+            e = _metric_estimate(outcomes, student, condition, p.metric, settings)
+    except _NotComparable as reason:
+        return {**row, "verdict": "not comparable", "conclusive": False, "reason": str(reason)}
+    inside = e.low - p.tolerance <= p.value <= e.high + p.tolerance
+    return {
+        **row,
+        "estimate": e.value,
+        "ci_low": e.low,
+        "ci_high": e.high,
+        "basis": e.basis,
+        "verdict": "replicated" if inside else "not replicated",
+        "conclusive": True,
+        "reason": f"ours {e.value:.2f} [{e.low:.2f}, {e.high:.2f}] {'is' if inside else 'is not'} within "
+        f"±{p.tolerance:g} of {p.value:g}",
+    }
+
+
+def _finding_row(f: Finding, student: str, facts: RunFacts, outcomes, contingency, settings) -> dict:
+    test = f.test
+    row = {
+        "kind": "finding",
+        "id": f.id,
+        "study": f.study,
+        "claim": f.claim,
+        "student": student,
+        "paper": f.paper,
+    }
+    row["scope"] = (
+        "same dataset" if facts.dataset in f.datasets else f"other dataset (paper: {', '.join(f.datasets)})"
+    )
+    note = ""
+    try:
+        if test.kind == "below":
+            condition = _condition(facts, test.condition)
+            e = _statistic_estimate(contingency, student, condition, test.statistic, settings["confidence"])
+            row["unit"] = "%" if test.statistic in PERCENT_METRICS else ""
+        else:
+            metric, note = _rating_metric(test.metric, outcomes)
+            a, b = _condition(facts, test.a), _condition(facts, test.b)
+            e = _difference_estimate(outcomes, student, a, b, metric, settings)
+            row["unit"] = "points" if test.metric in PERCENT_METRICS else "rating"
+    except _NotComparable as reason:
+        return {**row, "verdict": "not comparable", "conclusive": False, "reason": str(reason)}
+    verdict, conclusive, reason = judge(test, e)
+    return {
+        **row,
+        "estimate": e.value,
+        "ci_low": e.low,
+        "ci_high": e.high,
+        "basis": e.basis,
+        "verdict": verdict,
+        "conclusive": conclusive,
+        "reason": reason + note,
+    }
+
+
+def compare_with_reference(
+    reference: Reference,
+    facts: RunFacts,
+    outcomes: pd.DataFrame,
+    contingency: pd.DataFrame,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per finding and published number, per student of the run (`outcomes` from
+    analysis.item_outcomes, `contingency` from analysis.contingency): the run's estimate with its
+    interval, the verdict, whether the interval settles it, and why."""
+    settings = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
+    rows = []
+    for student in dict.fromkeys(outcomes["student"]):
+        for finding in reference.findings:
+            rows.append(_finding_row(finding, student, facts, outcomes, contingency, settings))
+        for published in reference.published:
+            rows.append(_published_row(published, student, facts, outcomes, contingency, settings))
+    table = pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
+    sources = {**reference.sources}
+    study_of = {entry.id: entry.source for entry in [*reference.published, *reference.findings]}
+    return table.assign(source=table["id"].map(lambda i: sources[study_of[i]]))
+
+
+def run_facts(items: pd.DataFrame, sft_params: dict) -> RunFacts:
+    """RunFacts from a run's items.parquet (dataset, role) and the sft params it trained with."""
+    from kdlib.config import SftParams
+
+    return RunFacts(
+        dataset="+".join(sorted(items["dataset"].unique())),
+        n_train=int((items["role"] == "train").sum()),
+        n_eval=int((items["role"] == "eval").sum()),
+        conditions=tuple(SftParams.model_validate(sft_params).condition_specs()),
+    )
