@@ -83,6 +83,7 @@ from kdlib import config, io, plots
 from kdlib.data import load_train_eval
 from kdlib.data.schema import items_to_frame
 from kdlib.paths import RunLayout
+from kdlib.report import headline
 from kdlib.teacher.rationales import filter_traces, summarise_traces
 from kdlib.teacher.stage import collect_rationales
 
@@ -139,13 +140,14 @@ filter_report
 # ## Parse rate, agreement with gold and leak rate
 
 # %%
+figures = {}
 rates = summary.melt(
     id_vars=["source", "recipe"],
     value_vars=["parse_rate", "agreement_with_gold", "leak_rate"],
     var_name="measure",
     value_name="share",
 )
-px.bar(
+figures["rationale_rates"] = px.bar(
     rates,
     x="recipe",
     y="share",
@@ -155,9 +157,10 @@ px.bar(
     range_y=[0, 1],
     title="Per recipe: label parse rate, agreement with gold, label-leak rate",
 )
+figures["rationale_rates"]
 
 # %%
-px.histogram(
+figures["rationale_lengths"] = px.histogram(
     traces.assign(words=traces["rationale"].str.split().str.len()),
     x="words",
     color="recipe",
@@ -165,6 +168,7 @@ px.histogram(
     barmode="overlay",
     title="Rationale length (words)",
 )
+figures["rationale_lengths"]
 
 # %% [markdown]
 # ## Examples per recipe
@@ -178,10 +182,19 @@ examples[["source", "recipe", "item_id", "rationale", "parsed_label", "gold_labe
 io.write_parquet(run.items, items)
 io.write_parquet(run.traces, kept)
 io.write_csv(run.stage("teacher_traces") / "filter_report.csv", filter_report)
+io.write_csv(run.stage("teacher_traces") / "rationale_summary.csv", summary)
+saved = plots.save_figures(run.stage("teacher_traces"), figures)
 io.write_meta(
     run.stage("teacher_traces"),
     params={"common": common.model_dump(), "teacher_traces": cfg.model_dump()},
-    artifacts=[run.items.name, run.traces.name, "filter_report.csv"],
+    artifacts=[run.items.name, run.traces.name, "filter_report.csv", "rationale_summary.csv", "figures/"],
+    report=headline(
+        [
+            {"file": "rationale_summary.csv", "title": "Teacher rationales per source and recipe"},
+            {"file": "filter_report.csv", "title": "Filters"},
+        ],
+        saved,
+    ),
     counts={"items": len(items), "rationales": len(traces), "kept": len(kept)},
     cache=report.cache,
     model_calls=report.model_calls,

@@ -54,6 +54,7 @@ from kdlib.decomposition import (
     verify_decomposition,
 )
 from kdlib.paths import RunLayout
+from kdlib.report import headline
 
 common, cfg = config.notebook_params("02_decomposition", globals())
 run = RunLayout(run_dir)
@@ -83,22 +84,25 @@ statistics
 perturbation_coverage(decomposed, cfg.perturbations)
 
 # %%
+figures = {}
 correct = decomposed[decomposed["variant"] == "correct"]
-px.histogram(
+figures["gold_classes"] = px.histogram(
     correct,
     x="question_type",
     facet_col="dataset",
     title="Gold classes (classification step)",
 ).update_xaxes(matches=None, categoryorder="total descending")
+figures["gold_classes"]
 
 # %%
-px.histogram(
+figures["gold_facts"] = px.histogram(
     correct,
     x="n_facts",
     color="dataset",
     barmode="group",
     title="Gold supporting facts per item (retrieval step)",
 )
+figures["gold_facts"]
 
 # %% [markdown]
 # ## Examples: a correct trace and each kind of incorrect trace
@@ -125,7 +129,7 @@ verdicts = summarise_verification(check)
 verdicts
 
 # %%
-px.bar(
+figures["verifier"] = px.bar(
     verdicts.reset_index(),
     x="variant",
     y="detected",
@@ -134,6 +138,7 @@ px.bar(
     range_y=[0, 1.05],
     title="Verifier: share of traces whose verdict names exactly the perturbed step",
 )
+figures["verifier"]
 
 # %%
 assert check["detected"].all(), check[~check["detected"]]
@@ -157,14 +162,25 @@ io.write_parquet(run.decomposed, decomposed)
 io.write_csv(run.verifier_check, check)
 io.write_csv(run.trace_statistics, statistics.reset_index())
 io.write_csv(run.rationale_check, rationale_check)
+io.write_csv(run.verifier_summary, verdicts.reset_index())
+saved = plots.save_figures(run.stage("decomposition"), figures)
 io.write_meta(
     run.stage("decomposition"),
     params={"common": common.model_dump(), "decomposition": cfg.model_dump()},
     artifacts=[
         run.decomposed.name,
         run.verifier_check.name,
+        run.verifier_summary.name,
         run.trace_statistics.name,
         run.rationale_check.name,
+        "figures/",
     ],
+    report=headline(
+        [
+            {"file": run.trace_statistics.name, "title": "Trace statistics per dataset"},
+            {"file": run.verifier_summary.name, "title": "Verifier: perturbed steps detected"},
+        ],
+        saved,
+    ),
     verifier=verdicts.reset_index().to_dict(orient="records"),
 )

@@ -65,6 +65,7 @@ from kdlib import config, io, plots
 from kdlib.data.schema import frame_to_items
 from kdlib.decomposition import steps_by_item
 from kdlib.paths import RunLayout
+from kdlib.report import headline
 from kdlib.sft import TraceSources, load_key_words, train_grid, training_logs
 
 common, cfg = config.notebook_params("03_sft", globals())
@@ -90,8 +91,10 @@ summary[["student", "condition", "seed", "status", "examples", "skipped_items", 
 # ## Loss curves (target tokens only)
 
 # %%
+figures = {}
 logs = training_logs(run, summary)
-plots.loss_curves(logs)
+figures["loss_curves"] = plots.loss_curves(logs)
+figures["loss_curves"]
 
 # %% [markdown]
 # ## Tokens per condition
@@ -104,7 +107,7 @@ tokens = summary.melt(
     var_name="count",
     value_name="tokens",
 )
-px.bar(
+figures["tokens_per_example"] = px.bar(
     tokens,
     x="condition",
     y="tokens",
@@ -113,6 +116,7 @@ px.bar(
     facet_col="student",
     title="Tokens per training example",
 )
+figures["tokens_per_example"]
 
 # %% [markdown]
 # ## Speed per cell
@@ -124,12 +128,32 @@ speed = summary.assign(cell=plots.cell_labels(summary))
 speed[["cell", "finetune", "bf16", "trainable_parameters", "seconds", "tokens_per_second", "padding_share"]]
 
 # %%
-px.bar(speed, x="cell", y="tokens_per_second", color="student", title="Training tokens/s per cell")
+figures["tokens_per_second"] = px.bar(
+    speed, x="cell", y="tokens_per_second", color="student", title="Training tokens/s per cell"
+)
+figures["tokens_per_second"]
 
 # %%
 io.write_csv(run.sft_summary, summary)
+saved = plots.save_figures(run.stage("sft"), figures)
+columns = [
+    "student",
+    "condition",
+    "seed",
+    "status",
+    "examples",
+    "steps",
+    "final_loss",
+    "seconds",
+    "tokens_per_second",
+]
 io.write_meta(
     run.stage("sft"),
     params={"common": common.model_dump(), "sft": cfg.model_dump()},
-    artifacts=[run.sft_summary.name, *sorted({f"{cell.split('/')[0]}/" for cell in summary["cell"]})],
+    artifacts=[
+        run.sft_summary.name,
+        "figures/",
+        *sorted({f"{cell.split('/')[0]}/" for cell in summary["cell"]}),
+    ],
+    report=headline([{"file": run.sft_summary.name, "title": "Trained cells", "columns": columns}], saved),
 )

@@ -92,11 +92,12 @@ from kdlib import config, io, plots
 from kdlib.analysis import CELL_KEYS
 from kdlib.attribution import attribute_condition
 from kdlib.data.schema import frame_to_items
-from kdlib.evaluation import evaluate_cells, summarise
+from kdlib.evaluation import METRIC_COLUMNS, evaluate_cells, summarise
 from kdlib.explanations import assess_explanations
 from kdlib.lens import emergence_summary, lens_cells, lens_summary
 from kdlib.models import resolve_device
 from kdlib.paths import RunLayout
+from kdlib.report import headline
 
 common, cfg = config.notebook_params("04_evaluation", globals())
 run = RunLayout(run_dir)
@@ -118,10 +119,12 @@ metrics = summarise(predictions, samples, choice_scores)
 metrics
 
 # %%
-plots.accuracy_bars(metrics)
+figures = {"accuracy": plots.accuracy_bars(metrics)}
+figures["accuracy"]
 
 # %%
-plots.parse_failure_bars(metrics)
+figures["parse_failures"] = plots.parse_failure_bars(metrics)
+figures["parse_failures"]
 
 # %% [markdown]
 # ## Example outputs
@@ -172,9 +175,9 @@ if cfg.lens.enabled:
     )
     layer_summary = lens_summary(lens_frames["ranks"], CELL_KEYS)
     emergence = emergence_summary(lens_frames["ranks"], CELL_KEYS)
-    display(emergence)
-    display(plots.lens_heatmap(layer_summary))
-    display(plots.lens_kl_lines(layer_summary))
+    figures["lens_gold_top"] = plots.lens_heatmap(layer_summary)
+    figures["lens_kl"] = plots.lens_kl_lines(layer_summary)
+    display(emergence, figures["lens_gold_top"], figures["lens_kl"])
 else:
     print("lens analysis off (lens.enabled: false)")
 
@@ -194,7 +197,8 @@ if cfg.explanations.enabled and not explained.empty:
     calls = assessed["judge_calls"]
     print(f"judge: {calls['misses']} new calls, {calls['hits']} cached; ", end="")
     print(f"ratings readable: {assessed['judge_ratings']['rating'].notna().mean():.0%}")
-    display(plots.explanation_bars(assessed["scores"]))
+    figures["explanation_quality"] = plots.explanation_bars(assessed["scores"])
+    display(figures["explanation_quality"])
     if assessed["agreement"] is None:
         print("no human ratings yet: fill evaluation/rating_sheet.csv or rating_form.html, list the files")
         print("under evaluation.explanations.human_ratings, and rerun this notebook")
@@ -239,9 +243,22 @@ io.write_parquet(run.predictions, predictions)
 io.write_parquet(run.samples, samples)
 io.write_parquet(run.choice_scores, choice_scores)
 io.write_csv(run.metrics, metrics)
+saved = plots.save_figures(run.stage("evaluation"), figures)
+headline_tables = [
+    {
+        "file": run.metrics.name,
+        "title": "Held-out accuracy per cell (95% Wilson intervals)",
+        "columns": METRIC_COLUMNS,
+    }
+]
+if cfg.lens.enabled:
+    headline_tables.append({"file": run.lens_emergence.name, "title": "Where the answer emerges (lens)"})
+if assessed is not None:
+    headline_tables.append({"file": run.explanation_scores.name, "title": "Explanation ratings"})
 io.write_meta(
     run.stage("evaluation"),
     params={"common": common.model_dump(), "evaluation": cfg.model_dump(), "sft": sft},
-    artifacts=artifacts,
+    artifacts=[*artifacts, "figures/"],
+    report=headline(headline_tables, saved),
     metrics=metrics.to_dict(orient="records"),
 )

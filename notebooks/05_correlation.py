@@ -9,12 +9,28 @@
 # ---
 
 # %% [markdown]
-# # 05 · Does a correct trace go with a correct answer?
+# # 05 · Findings: traces against answers, conditions against each other, and the papers
 #
-# For each condition that generates a trace, a 2x2 table of trace correctness (rows) against answer
-# correctness (columns), the phi coefficient, and P(answer right | trace right) against
-# P(answer right | trace wrong). Bhambri et al. (2025) found this correlation to be low.
-# Writes `correlation/contingency.csv` and the figure `correlation/trace_vs_answer.html`.
+# This notebook reads what notebook 04 measured and asks three questions.
+#
+# 1. **Does a correct trace go with a correct answer?** For every cell whose student writes a checkable
+#    trace (classification step, then retrieval step): a 2x2 table of trace correctness against answer
+#    correctness, overall and per step, with phi, a chi-square and a Fisher exact test, and
+#    P(answer right | trace right) against P(answer right | trace wrong). Graded trace scores (retrieval
+#    recall, precision, F1, and a step score) get a point-biserial correlation. Bhambri et al. (2025)
+#    found this association to be weak.
+# 2. **Which conditions differ?** Every student answers the same held-out items under every condition,
+#    so conditions are compared item by item: McNemar's test per pair (Holm-adjusted), Cochran's Q over
+#    all conditions, and paired bootstrap intervals of the difference. Across seeds: means with t
+#    intervals, one-way ANOVA and Kruskal-Wallis with Tukey HSD and Mann-Whitney post-hoc tests (as
+#    Hendriks et al. did); the same tests compare explanation ratings. Cells that collapsed are flagged.
+# 3. **Does the run reproduce the papers?** Each published finding and number in the versioned
+#    reference table is re-tested on this run: replicated, not replicated, or not comparable, with the
+#    reason.
+#
+# Intervals are 95% unless `confidence` says otherwise: Wilson for proportions, a percentile bootstrap
+# over items for everything else, and a t interval over seeds when there are several.
+# Writes every table below under `correlation/` and the figures under `correlation/figures/`.
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"
@@ -23,35 +39,277 @@ seed = 0
 data_dir = None
 device = "auto"
 trace_criterion = "both_steps"
+confidence = 0.95
+bootstrap_resamples = 2000
+baseline_condition = None
+min_parse_rate = 0.5
+collapse_share = 0.9
+seed_outlier_gap = 0.1
+reference_results = None
 
 # %%
-from kdlib import config, io, plots
-from kdlib.analysis import contingency
+import pandas as pd
+from IPython.display import Markdown, display
+
+from kdlib import analysis, config, io, plots, reference
 from kdlib.conditions import CHECKABLE_TRACE_TRANSFORMS
-from kdlib.paths import RunLayout
+from kdlib.paths import RunLayout, resolve_repo_path
+from kdlib.report import headline
 
 common, cfg = config.notebook_params("05_correlation", globals())
 run = RunLayout(run_dir)
 plots.use_offline_renderer()
+pd.set_option("display.max_colwidth", 120)
+statistics = {"confidence": cfg.confidence, "n_resamples": cfg.bootstrap_resamples, "seed": common.seed}
 
+items = io.read_parquet(run.items, produced_by="01_teacher_traces")
+sft_params = io.read_json(io.require(run.root / "sft" / "meta.json", produced_by="03_sft"))["params"]["sft"]
+sft_summary = pd.read_csv(io.require(run.sft_summary, produced_by="03_sft"))
 predictions = io.read_parquet(run.predictions, produced_by="04_evaluation")
+choice_scores = io.read_parquet(run.choice_scores, produced_by="04_evaluation")
+ratings = [io.read_parquet(p) for p in (run.judge_ratings, run.human_ratings) if p.exists()]
+explanations = io.read_parquet(run.explanations) if run.explanations.exists() else None
+conditions = list(dict.fromkeys(predictions["condition"]))
+if cfg.baseline_condition is not None and cfg.baseline_condition not in conditions:
+    raise ValueError(
+        f"baseline_condition {cfg.baseline_condition!r} is not a condition of this run: {conditions}"
+    )
+print(f"{len(predictions)} greedy predictions: {predictions.groupby(list(analysis.CELL_KEYS)).ngroups} cells")
+
+# %% [markdown]
+# ## 1. Does a correct trace go with a correct answer?
+#
+# Rows of each 2x2 table: trace right or wrong; columns: answer right or wrong. `both_steps` needs the
+# class, the exact set of supporting facts and their order; `classification` and `retrieval` score one
+# step each. phi is the correlation of the two binary variables (0: unrelated, 1: a right trace always
+# comes with a right answer); chi2 = n phi^2.
+
+# %%
+figures, tables = {}, {}
 traced = predictions[predictions["transform"].isin(CHECKABLE_TRACE_TRANSFORMS)]
-print(f"{len(traced)} predictions from {traced['condition'].nunique()} checkable-trace conditions")
+tables["contingency"] = analysis.contingency(traced, **statistics)
+tables["point_biserial"] = analysis.point_biserial(traced)
+headline_rows = tables["contingency"][tables["contingency"]["criterion"] == cfg.trace_criterion]
+print(
+    f"{traced['condition'].nunique()} checkable-trace conditions; headline criterion: {cfg.trace_criterion}"
+)
+display(Markdown("\n".join(f"- {line}" for line in analysis.describe_contingency(headline_rows))))
 
 # %%
-table = contingency(traced, cfg.trace_criterion)
-table
+CONTINGENCY_VIEW = [
+    "condition",
+    "seed",
+    "criterion",
+    "n",
+    "trace_accuracy",
+    "answer_accuracy",
+    "p_answer_given_trace_right",
+    "p_answer_given_trace_wrong",
+    "phi",
+    "phi_ci_low",
+    "phi_ci_high",
+    "chi2_p",
+    "fisher_p",
+]
+tables["contingency"][CONTINGENCY_VIEW]
 
 # %%
-figure = plots.contingency_figure(table)
-figure
+figures["trace_vs_answer"] = plots.contingency_figure(headline_rows)
+figures["trace_vs_answer"]
+
+# %% [markdown]
+# **Graded trace scores.** A trace can be partly right. The point-biserial r correlates answer
+# correctness with retrieval recall, precision, F1, and the step score (mean of the class being right
+# and retrieval F1).
 
 # %%
-io.write_csv(run.contingency, table)
-plots.save_figure(figure, run.contingency_figure)
+tables["point_biserial"]
+
+# %% [markdown]
+# ## 2. Which conditions differ?
+#
+# Outcomes per item: `accuracy` (greedy generated answer), `label_first_acc` (choice scoring, where the
+# items have choices), and the mean judge or human rating per explanation dimension.
+
+# %%
+outcomes = analysis.item_outcomes(
+    predictions, choice_scores, pd.concat(ratings) if ratings else None, explanations
+)
+tables["cell_summary"] = analysis.cell_summary(outcomes, **statistics)
+tables["seed_summary"] = analysis.seed_summary(tables["cell_summary"], confidence=cfg.confidence)
+tables["seed_summary"][tables["seed_summary"]["metric"].isin(["accuracy", "label_first_acc"])]
+
+# %%
+figures["condition_accuracy"] = plots.condition_accuracy(tables["cell_summary"], tables["seed_summary"])
+figures["condition_accuracy"]
+
+# %% [markdown]
+# **Paired tests on the same items.** For each student and seed, each pair of conditions (or each
+# condition against `baseline_condition`): the difference a - b with a paired bootstrap interval, the
+# items only a got right and only b got right, and McNemar's test (exact below 25 discordant items),
+# Holm-adjusted within the family. Cochran's Q tests all conditions at once.
+
+# %%
+tables["paired_tests"] = analysis.paired_comparisons(outcomes, baseline=cfg.baseline_condition, **statistics)
+tables["cochran_q"] = analysis.cochran_q(outcomes)
+display(tables["cochran_q"])
+PAIRED_VIEW = [
+    "student",
+    "seed",
+    "metric",
+    "condition_a",
+    "condition_b",
+    "n_items",
+    "difference",
+    "difference_ci_low",
+    "difference_ci_high",
+    "a_right_b_wrong",
+    "a_wrong_b_right",
+    "mcnemar_p",
+    "p_holm",
+]
+tables["paired_tests"][tables["paired_tests"]["metric"].isin(["accuracy", "label_first_acc"])][PAIRED_VIEW]
+
+# %%
+figures["paired_differences"] = plots.paired_differences(tables["paired_tests"])
+figures["paired_differences"]
+
+# %% [markdown]
+# **Across seeds.** Each seed's accuracy is one observation of its condition: one-way ANOVA and
+# Kruskal-Wallis, then Tukey's HSD and pairwise Mann-Whitney U (Holm). With one seed per condition there
+# is nothing to test, and the table says so. **Explanation ratings** get the same tests, each rated
+# explanation one observation.
+
+# %%
+binary = tables["cell_summary"]["metric"].isin(["accuracy", "label_first_acc"])
+seed_omnibus, seed_posthoc = analysis.group_tests(
+    tables["cell_summary"][binary], family=["student", "metric"], group="condition", value="value"
+)
+rated = outcomes[~outcomes["metric"].isin(["accuracy", "label_first_acc"])]
+rating_omnibus, rating_posthoc = analysis.group_tests(
+    rated, family=["student", "metric"], group="condition", value="value", confidence=cfg.confidence
+)
+tables |= {
+    "seed_omnibus": seed_omnibus,
+    "seed_posthoc": seed_posthoc,
+    "rating_omnibus": rating_omnibus,
+    "rating_posthoc": rating_posthoc,
+}
+display(seed_omnibus, seed_posthoc)
+display(rating_omnibus if len(rating_omnibus) else Markdown("No explanation ratings in this run."))
+rating_posthoc
+
+# %% [markdown]
+# **Runs to look at before averaging.** A cell is flagged when its answers are mostly unreadable, when
+# it gives one answer to nearly every item (a collapsed run), when a seed lies far from its condition's
+# other seeds, or when training ended with a non-finite loss.
+
+# %%
+tables["run_flags"] = analysis.flag_runs(
+    predictions,
+    items.set_index("id")["answer"],
+    sft_summary,
+    min_parse_rate=cfg.min_parse_rate,
+    collapse_share=cfg.collapse_share,
+    seed_gap=cfg.seed_outlier_gap,
+)
+flagged = tables["run_flags"][tables["run_flags"]["flags"] != ""]
+print(f"{len(flagged)} of {len(tables['run_flags'])} cells flagged")
+tables["run_flags"]
+
+# %% [markdown]
+# ## 3. Does the run reproduce the papers?
+#
+# The reference table (`kdlib/reference_results.yaml`, versioned) holds the three papers' published
+# numbers with their sources, and their findings as testable claims. A finding is tested wherever the run
+# has its conditions; a published number only where the run has the paper's dataset, student and data
+# size. The verdict is *replicated* when the interval settles the claim in the paper's favour; *not
+# replicated* otherwise, and `conclusive` says whether the interval settles it against the paper or
+# leaves it open.
+
+# %%
+reference_path = resolve_repo_path(cfg.reference_results) if cfg.reference_results else None
+published = reference.load_reference(reference_path)
+facts = reference.run_facts(items, sft_params)
+tables["reference_comparison"] = reference.compare_with_reference(
+    published, facts, outcomes, tables["contingency"], **statistics
+)
+tables["published_results"] = reference.published_table(published)
+print(f"reference table version {published.version}; this run: {facts.dataset}, {facts.n_train} train items")
+display(Markdown("\n".join(reference.describe_findings(tables["reference_comparison"]))))
+
+# %%
+REFERENCE_VIEW = [
+    "kind",
+    "id",
+    "student",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "unit",
+    "paper",
+    "verdict",
+    "reason",
+]
+comparison = tables["reference_comparison"]
+comparison[comparison["kind"] == "finding"][REFERENCE_VIEW]
+
+# %%
+figures["reference_findings"] = plots.reference_forest(comparison)
+figures["reference_findings"]
+
+# %% [markdown]
+# The published numbers themselves, as the reference table records them:
+
+# %%
+tables["published_results"]
+
+# %%
+stage = run.stage("correlation")
+files = {
+    "contingency": run.contingency,
+    "point_biserial": run.point_biserial,
+    "cell_summary": run.cell_summary,
+    "seed_summary": run.seed_summary,
+    "paired_tests": run.paired_tests,
+    "cochran_q": run.cochran_q,
+    "seed_omnibus": run.group_tests("seed", "omnibus"),
+    "seed_posthoc": run.group_tests("seed", "posthoc"),
+    "rating_omnibus": run.group_tests("rating", "omnibus"),
+    "rating_posthoc": run.group_tests("rating", "posthoc"),
+    "run_flags": run.run_flags,
+    "reference_comparison": run.reference_comparison,
+    "published_results": run.published_results,
+}
+for name, path in files.items():
+    io.write_csv(path, tables[name])
+io.write_parquet(run.outcomes, outcomes)
+saved = plots.save_figures(stage, figures)
+findings_view = [c for c in REFERENCE_VIEW if c != "kind"] + ["conclusive"]
 io.write_meta(
-    run.stage("correlation"),
+    stage,
     params={"common": common.model_dump(), "correlation": cfg.model_dump()},
-    artifacts=[run.contingency.name, run.contingency_figure.name, "plotly.min.js"],
-    phi=dict(zip(plots.cell_labels(table), table["phi"], strict=True)),
+    artifacts=[*(path.name for path in files.values()), run.outcomes.name, "figures/"],
+    report=headline(
+        [
+            {"file": run.contingency.name, "title": "Trace against answer", "columns": CONTINGENCY_VIEW},
+            {
+                "file": run.paired_tests.name,
+                "title": "Conditions compared on the same items",
+                "columns": PAIRED_VIEW,
+                "rows": "metric in ['accuracy', 'label_first_acc']",
+            },
+            {"file": run.seed_summary.name, "title": "Means over seeds"},
+            {"file": run.run_flags.name, "title": "Flagged runs", "rows": "flags.notna()"},
+            {
+                "file": run.reference_comparison.name,
+                "title": "Against the published results",
+                "columns": findings_view,
+                "rows": "kind == 'finding' or verdict != 'not comparable'",
+            },
+        ],
+        saved,
+    ),
+    reference=reference.reference_id(reference_path),
+    phi={row["condition"]: row["phi"] for row in headline_rows.to_dict(orient="records")},
 )

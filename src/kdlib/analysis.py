@@ -302,6 +302,21 @@ def cell_summary(
     return pd.DataFrame(rows, columns=CELL_SUMMARY_COLUMNS)
 
 
+def pool_seeds(value, low, high, confidence: float = 0.95) -> tuple[float, float, float, str]:
+    """One estimate from per-seed values and intervals: with one seed that seed's own interval, with more
+    the mean and a t interval over the seeds. Returns (value, low, high, basis)."""
+    value = np.asarray(value, dtype=float)
+    if len(value) == 1:
+        return (
+            float(value[0]),
+            float(np.asarray(low)[0]),
+            float(np.asarray(high)[0]),
+            "1 seed, bootstrap over items",
+        )
+    t_low, t_high = t_interval(value, confidence)
+    return float(value.mean()), t_low, t_high, f"{len(value)} seeds, t interval over seeds"
+
+
 SEED_SUMMARY_COLUMNS = [
     "student",
     "condition",
@@ -312,27 +327,28 @@ SEED_SUMMARY_COLUMNS = [
     "sd",
     "ci_low",
     "ci_high",
+    "interval",
 ]
 
 
 def seed_summary(cells: pd.DataFrame, *, confidence: float = 0.95) -> pd.DataFrame:
     """Per student, condition and metric: the mean over seeds of the per-seed value (`cells` from
-    cell_summary), its standard deviation and t interval (NaN with one seed)."""
+    cell_summary), its standard deviation, and its interval (pool_seeds)."""
     rows = []
     for (student, condition, metric), group in cells.groupby(["student", "condition", "metric"], sort=False):
-        values = group["value"].to_numpy(dtype=float)
-        low, high = t_interval(values, confidence)
+        mean, low, high, basis = pool_seeds(group["value"], group["ci_low"], group["ci_high"], confidence)
         rows.append(
             {
                 "student": student,
                 "condition": condition,
                 "metric": metric,
-                "n_seeds": len(values),
+                "n_seeds": len(group),
                 "seeds": " ".join(str(s) for s in group["seed"]),
-                "mean": values.mean(),
-                "sd": values.std(ddof=1) if len(values) > 1 else math.nan,
+                "mean": mean,
+                "sd": group["value"].std(ddof=1) if len(group) > 1 else math.nan,
                 "ci_low": low,
                 "ci_high": high,
+                "interval": basis,
             }
         )
     return pd.DataFrame(rows, columns=SEED_SUMMARY_COLUMNS)
@@ -652,3 +668,21 @@ def flag_runs(
                     f"accuracy {value:.1%} against a median of {median:.1%} over {len(group)} seeds"
                 )
     return table.assign(flags=table["flags"].map(",".join), reasons=table["reasons"].map("; ".join))
+
+
+def describe_contingency(table: pd.DataFrame) -> list[str]:
+    """One plain-language Markdown line per row of `table` (contingency rows of one criterion)."""
+    lines = []
+    for row in table.to_dict(orient="records"):
+        cell = f"**{row['condition']}** ({row['student']}, seed {row['seed']})"
+        opening = f"{cell}: the trace is right on {row['trace_accuracy']:.0%} of {row['n']} items"
+        if math.isnan(row["phi"]):
+            lines.append(f"{opening}; phi is undefined, since every trace or every answer is on one side.")
+            continue
+        lines.append(
+            f"{opening}. The answer is right {row['p_answer_given_trace_right']:.0%} of the time after a "
+            f"right trace and {row['p_answer_given_trace_wrong']:.0%} after a wrong one: phi "
+            f"{row['phi']:+.2f} [{row['phi_ci_low']:+.2f}, {row['phi_ci_high']:+.2f}], Fisher p "
+            f"{row['fisher_p']:.2g}."
+        )
+    return lines

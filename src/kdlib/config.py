@@ -432,11 +432,43 @@ class EvaluationParams(Schema):
 
 
 class CorrelationParams(Schema):
-    """05_correlation: trace correctness against answer correctness."""
+    """05_correlation: trace against answer, conditions against each other, and the published results."""
 
     trace_criterion: Literal["both_steps", "classification", "retrieval"] = Field(
-        "both_steps", description="Which steps must be right for a trace to count as correct."
+        "both_steps", description="Headline criterion: which steps must be right for a trace to be correct."
     )
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Level of every confidence interval.")
+    bootstrap_resamples: int = Field(
+        2000, ge=100, description="Resamples of each percentile bootstrap over items."
+    )
+    baseline_condition: str | None = Field(
+        None, description="Compare each condition with this one (McNemar, paired bootstrap); null: all pairs."
+    )
+    min_parse_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="Flag a cell whose answers are readable less often than this."
+    )
+    collapse_share: float = Field(
+        0.9, gt=0.0, le=1.0, description="Flag a cell giving one answer for at least this share of items."
+    )
+    seed_outlier_gap: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Flag a seed this far (and 3.5 robust z) from its condition's median.",
+    )
+    reference_results: str | None = Field(
+        None, description="Published-results table (YAML, see kdlib/reference_results.yaml); null: packaged."
+    )
+
+    @field_validator("reference_results")
+    @classmethod
+    def _readable_reference(cls, value: str | None) -> str | None:
+        if value is not None:
+            from kdlib.paths import resolve_repo_path
+            from kdlib.reference import load_reference
+
+            load_reference(resolve_repo_path(value))
+        return value
 
 
 SECTIONS: dict[str, type[Schema]] = {

@@ -165,6 +165,20 @@ def _rate_with_interval(name: str, hits: pd.Series | None) -> dict[str, float]:
     return {name: hits.mean(), f"{name}_ci_low": low, f"{name}_ci_high": high}
 
 
+METRIC_COLUMNS = [  # the headline columns of metrics.csv
+    *CELL_KEYS,
+    "n",
+    "accuracy",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+    "answer_parse_rate",
+    "trace_accuracy",
+    "label_first_acc",
+    "label_first_acc_ci_low",
+    "label_first_acc_ci_high",
+]
+
+
 def summarise(
     predictions: pd.DataFrame, samples: pd.DataFrame | None = None, choice_scores: pd.DataFrame | None = None
 ) -> pd.DataFrame:

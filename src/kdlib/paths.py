@@ -93,6 +93,10 @@ class RunLayout:
         return self.root / "decomposition" / "verifier_check.csv"
 
     @property
+    def verifier_summary(self) -> Path:
+        return self.root / "decomposition" / "verifier_summary.csv"
+
+    @property
     def trace_statistics(self) -> Path:
         return self.root / "decomposition" / "trace_statistics.csv"
 
@@ -185,5 +189,41 @@ class RunLayout:
         return self.root / "correlation" / "contingency.csv"
 
     @property
-    def contingency_figure(self) -> Path:
-        return self.root / "correlation" / "trace_vs_answer.html"
+    def point_biserial(self) -> Path:
+        return self.root / "correlation" / "point_biserial.csv"
+
+    @property
+    def outcomes(self) -> Path:
+        return self.root / "correlation" / "outcomes.parquet"
+
+    @property
+    def cell_summary(self) -> Path:
+        return self.root / "correlation" / "cell_summary.csv"
+
+    @property
+    def seed_summary(self) -> Path:
+        return self.root / "correlation" / "seed_summary.csv"
+
+    @property
+    def paired_tests(self) -> Path:
+        return self.root / "correlation" / "paired_tests.csv"
+
+    @property
+    def cochran_q(self) -> Path:
+        return self.root / "correlation" / "cochran_q.csv"
+
+    def group_tests(self, units: str, part: str) -> Path:
+        """correlation/<units>_<part>.csv: units seed or rating, part omnibus or posthoc."""
+        return self.root / "correlation" / f"{units}_{part}.csv"
+
+    @property
+    def run_flags(self) -> Path:
+        return self.root / "correlation" / "run_flags.csv"
+
+    @property
+    def reference_comparison(self) -> Path:
+        return self.root / "correlation" / "reference_comparison.csv"
+
+    @property
+    def published_results(self) -> Path:
+        return self.root / "correlation" / "published_results.csv"

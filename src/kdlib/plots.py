@@ -18,12 +18,47 @@ def use_offline_renderer() -> None:
     pio.renderers.default = "plotly_mimetype+notebook"
 
 
-def save_figure(figure: go.Figure, path) -> None:
-    """Standalone HTML with plotly.js placed once beside it (no CDN)."""
-    from kdlib.io import atomic_path
+FIGURES_FOLDER = "figures"
 
-    with atomic_path(path) as tmp:
-        figure.write_html(tmp, include_plotlyjs="directory", full_html=True)
+
+def _png_writer():
+    """figure -> PNG bytes through kaleido, or None with the reason when kaleido cannot run here."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return None, "kaleido is not installed"
+    return (lambda figure: figure.to_image(format="png", scale=1)), None
+
+
+def save_figures(stage_dir, figures: dict[str, go.Figure]) -> dict[str, list[str]]:
+    """Write each figure under <stage_dir>/figures/: <name>.json (Plotly JSON, which the run report
+    embeds), <name>.html (standalone, with plotly.min.js placed once beside it, no CDN) and <name>.png
+    where kaleido can render it. Returns {name: [written paths relative to stage_dir]}."""
+    from pathlib import Path
+
+    from kdlib.io import atomic_path, write_text
+
+    folder = Path(stage_dir) / FIGURES_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    png, png_unavailable = _png_writer()
+    written = {}
+    for name, figure in figures.items():
+        write_text(folder / f"{name}.json", figure.to_json())
+        with atomic_path(folder / f"{name}.html") as tmp:
+            figure.write_html(tmp, include_plotlyjs="directory", full_html=True)
+        written[name] = [f"{FIGURES_FOLDER}/{name}.json", f"{FIGURES_FOLDER}/{name}.html"]
+        if png is not None:
+            try:
+                image = png(figure)
+            except Exception as error:  # kaleido present but no browser for it: keep going without PNGs
+                png, png_unavailable = None, f"kaleido failed: {type(error).__name__}: {error}"
+            else:
+                with atomic_path(folder / f"{name}.png") as tmp:
+                    tmp.write_bytes(image)
+                written[name].append(f"{FIGURES_FOLDER}/{name}.png")
+    if png_unavailable:
+        print(f"figures saved as JSON and HTML only (no PNG: {png_unavailable})")
+    return written
 
 
 def cell_labels(frame: pd.DataFrame) -> pd.Series:
@@ -85,7 +120,8 @@ def parse_failure_bars(metrics: pd.DataFrame) -> go.Figure:
 
 
 def contingency_figure(table: pd.DataFrame) -> go.Figure:
-    """Left: P(answer right | trace right/wrong) per cell. Right: phi per cell."""
+    """Left: P(answer right | trace right / wrong) per cell with Wilson intervals. Right: phi per cell with
+    its bootstrap interval (`table`: analysis.contingency rows of one criterion)."""
     labels = cell_labels(table)
     figure = make_subplots(
         rows=1, cols=2, subplot_titles=("P(answer right | trace)", "phi(trace right, answer right)")
@@ -94,15 +130,110 @@ def contingency_figure(table: pd.DataFrame) -> go.Figure:
         ("p_answer_given_trace_right", "trace right"),
         ("p_answer_given_trace_wrong", "trace wrong"),
     ):
-        figure.add_trace(go.Bar(x=labels, y=table[column], name=name), row=1, col=1)
+        figure.add_trace(_bar_with_interval(labels, table, column, name), row=1, col=1)
     figure.add_trace(
-        go.Bar(x=labels, y=table["phi"], name="phi", marker_color="gray", showlegend=False),
+        go.Bar(
+            x=labels,
+            y=table["phi"],
+            name="phi",
+            marker_color="gray",
+            showlegend=False,
+            error_y=_error_bars(table["phi"], table["phi_ci_low"], table["phi_ci_high"]),
+        ),
         row=1,
         col=2,
     )
     figure.update_yaxes(range=[0, 1], row=1, col=1)
     figure.update_yaxes(range=[-1, 1], row=1, col=2)
-    figure.update_layout(barmode="group", height=400, title="Does a correct trace go with a correct answer?")
+    criterion = table["criterion"].iloc[0] if len(table) else ""
+    figure.update_layout(
+        barmode="group", height=420, title=f"Does a correct trace go with a correct answer? ({criterion})"
+    )
+    return figure
+
+
+def condition_accuracy(cells: pd.DataFrame, seeds: pd.DataFrame, metric: str = "accuracy") -> go.Figure:
+    """Per student and condition: each seed's value (dots) and the mean over seeds with its interval
+    (`cells`, `seeds` from analysis.cell_summary / seed_summary)."""
+    cells, seeds = cells[cells["metric"] == metric], seeds[seeds["metric"] == metric]
+    figure = go.Figure()
+    for student, rows in seeds.groupby("student", sort=False):
+        figure.add_trace(
+            go.Scatter(
+                x=rows["condition"],
+                y=rows["mean"],
+                mode="markers",
+                marker={"size": 12, "symbol": "diamond"},
+                name=f"{student}: mean",
+                error_y=_error_bars(rows["mean"], rows["ci_low"], rows["ci_high"]),
+            )
+        )
+        seed_rows = cells[cells["student"] == student]
+        figure.add_trace(
+            go.Scatter(
+                x=seed_rows["condition"],
+                y=seed_rows["value"],
+                mode="markers",
+                marker={"size": 6, "opacity": 0.6},
+                name=f"{student}: seeds",
+                text="seed " + seed_rows["seed"].astype(str),
+            )
+        )
+    figure.update_layout(title=f"{metric} per condition (seeds and their mean)", yaxis_title=metric)
+    return figure
+
+
+def paired_differences(paired: pd.DataFrame, metric: str = "accuracy") -> go.Figure:
+    """Forest plot: difference a - b on shared items for each pair of conditions, with its paired
+    bootstrap interval; hover shows McNemar's Holm-adjusted p (`paired` from analysis.paired_comparisons)."""
+    rows = paired[paired["metric"] == metric]
+    labels = (
+        rows["condition_a"] + " − " + rows["condition_b"] + " · " + cell_labels(rows.assign(condition=""))
+    )
+    figure = go.Figure(
+        go.Scatter(
+            x=rows["difference"],
+            y=labels,
+            mode="markers",
+            marker={"size": 9},
+            error_x=_error_bars(rows["difference"], rows["difference_ci_low"], rows["difference_ci_high"]),
+            customdata=rows[["p_holm", "n_items"]].to_numpy(),
+            hovertemplate="%{y}: %{x:.3f}<br>McNemar p (Holm) %{customdata[0]:.3g}, n=%{customdata[1]}"
+            "<extra></extra>",
+        )
+    )
+    figure.add_vline(x=0, line_dash="dot")
+    figure.update_layout(
+        title=f"Paired differences in {metric} (same items)",
+        xaxis_title="difference",
+        height=200 + 30 * len(rows),
+    )
+    return figure
+
+
+def reference_forest(comparison: pd.DataFrame) -> go.Figure:
+    """The run's estimate and interval for every finding it could test, coloured by verdict (`comparison`
+    from reference.compare_with_reference)."""
+    tested = comparison[(comparison["kind"] == "finding") & (comparison["verdict"] != "not comparable")]
+    colours = {"replicated": "seagreen", "not replicated": "firebrick"}
+    figure = go.Figure()
+    for verdict, rows in tested.groupby("verdict", sort=False):
+        figure.add_trace(
+            go.Scatter(
+                x=rows["estimate"],
+                y=rows["id"] + " · " + rows["student"],
+                mode="markers",
+                name=verdict,
+                marker={"size": 10, "color": colours.get(verdict)},
+                error_x=_error_bars(rows["estimate"], rows["ci_low"], rows["ci_high"]),
+                text=rows["reason"],
+                hovertemplate="%{y}<br>%{text}<extra></extra>",
+            )
+        )
+    figure.update_layout(
+        title="Published findings re-tested on this run (estimate and interval; units as in the table)",
+        height=220 + 30 * len(tested),
+    )
     return figure
 
 

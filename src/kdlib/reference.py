@@ -17,9 +17,8 @@ from typing import Literal
 import pandas as pd
 from pydantic import ValidationError, model_validator
 
-from kdlib.analysis import paired_comparisons, t_interval, wilson_interval
-from kdlib.config import ConditionSpec, Schema, format_errors
-from kdlib.explanations import DIMENSIONS
+from kdlib.analysis import cell_summary, paired_comparisons, pool_seeds, wilson_interval
+from kdlib.config import ConditionSpec, Schema, SftParams, format_errors
 from kdlib.io import read_yaml
 from kdlib.paths import PACKAGE_DIR
 
@@ -185,13 +184,8 @@ class Estimate:
 
 
 def combine_seeds(per_seed: pd.DataFrame, confidence: float) -> Estimate:
-    """One estimate from per-seed rows (value, low, high): with one seed its own interval, with more the
-    mean and a t interval over seeds."""
-    if len(per_seed) == 1:
-        row = per_seed.iloc[0]
-        return Estimate(row["value"], row["low"], row["high"], "1 seed, bootstrap over items")
-    low, high = t_interval(per_seed["value"], confidence)
-    return Estimate(per_seed["value"].mean(), low, high, f"{len(per_seed)} seeds, t interval over seeds")
+    """One estimate from per-seed rows (value, low, high): analysis.pool_seeds."""
+    return Estimate(*pool_seeds(per_seed["value"], per_seed["low"], per_seed["high"], confidence))
 
 
 REFERENCE_COLUMNS = [
@@ -230,6 +224,8 @@ def _condition(facts: RunFacts, selector: Selector) -> str:
 def _rating_metric(metric: str, outcomes: pd.DataFrame) -> tuple[str, str]:
     """A finding's metric as an outcome metric: a rating dimension is read from human ratings where the
     run has them, else from the LLM judge's. Returns (metric, note)."""
+    from kdlib.explanations import DIMENSIONS  # imports the model stack: only when a run is compared
+
     if metric not in DIMENSIONS:
         return metric, ""
     if (outcomes["metric"] == f"human_{metric}").any():
@@ -246,8 +242,6 @@ def _scaled(metric: str, estimate: Estimate) -> Estimate:
 def _metric_estimate(
     outcomes: pd.DataFrame, student: str, condition: str, metric: str, settings: dict
 ) -> Estimate:
-    from kdlib.analysis import cell_summary
-
     rows = outcomes[
         (outcomes["student"] == student)
         & (outcomes["condition"] == condition)
@@ -453,11 +447,29 @@ def compare_with_reference(
 
 def run_facts(items: pd.DataFrame, sft_params: dict) -> RunFacts:
     """RunFacts from a run's items.parquet (dataset, role) and the sft params it trained with."""
-    from kdlib.config import SftParams
-
     return RunFacts(
         dataset="+".join(sorted(items["dataset"].unique())),
         n_train=int((items["role"] == "train").sum()),
         n_eval=int((items["role"] == "eval").sum()),
         conditions=tuple(SftParams.model_validate(sft_params).condition_specs()),
     )
+
+
+def describe_findings(comparison: pd.DataFrame) -> list[str]:
+    """Markdown lines: each finding the run could test, with its verdict and why, then a count of the
+    findings and published numbers it could not be compared with."""
+    lines = []
+    tested = comparison[comparison["verdict"] != "not comparable"]
+    for row in tested.to_dict(orient="records"):
+        lines.append(
+            f"- **{row['verdict']}** ({row['student']}): {row['claim']} Ours: {row['reason']} "
+            f"({row['basis']}; {row['scope']})."
+        )
+    untested = comparison[comparison["verdict"] == "not comparable"]
+    if len(untested):
+        kinds = untested["kind"].value_counts()
+        lines.append(
+            f"- not comparable: {kinds.get('finding', 0)} findings and {kinds.get('published', 0)} published "
+            "numbers (missing conditions, or another dataset, student or data size; see the table)."
+        )
+    return lines

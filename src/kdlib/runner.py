@@ -1,9 +1,8 @@
 """Execute the notebook chain with papermill: validate params, run 01..05 into the run folder,
-export HTML copies, and write the run's index.html, run.log and run.json."""
+export HTML copies, and write the run's run.log, run.json and report (kdlib.report)."""
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 from kdlib import io
 from kdlib.config import NOTEBOOKS, ExperimentParams, dump_params, load_params
 from kdlib.paths import NOTEBOOKS_DIR, default_run_dir
+from kdlib.report import write_report
 
 log = logging.getLogger("kdlib.run")
 
@@ -141,7 +141,7 @@ def run(
             finally:
                 entry["seconds"] = round(time.perf_counter() - started, 1)
                 io.write_json(run_dir / "run.json", record)
-                write_index(run_dir, record, params)
+                write_report(run_dir, record, params)
             log.info("%s done in %.1f s", name, entry["seconds"])
     finally:
         for name in ("kdlib", "papermill"):
@@ -156,32 +156,3 @@ def _read_record(run_dir: Path) -> dict:
     record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     record.setdefault("notebooks", {})
     return record
-
-
-def write_index(run_dir: Path, record: dict, params: ExperimentParams) -> Path:
-    """The run's index.html: one row per notebook with status, wall time and links, then the params."""
-    rows = []
-    for name in NOTEBOOKS:
-        entry = record["notebooks"].get(name)
-        if entry is None:
-            rows.append(f"<tr><td>{name}</td><td>not run</td><td></td><td></td></tr>")
-            continue
-        links = f'<a href="notebooks/{name}.html">HTML</a> · <a href="notebooks/{name}.ipynb">ipynb</a>'
-        error = f"<br><code>{html.escape(entry['error'])}</code>" if entry.get("error") else ""
-        rows.append(
-            f"<tr><td>{name}</td><td>{entry['status']}{error}</td>"
-            f"<td>{entry.get('seconds', '')}</td><td>{links}</td></tr>"
-        )
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>kdlib run {html.escape(params.common.run_name)}</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
-td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}</style></head>
-<body><h1>kdlib run: {html.escape(params.common.run_name)}</h1>
-<p>params file: <code>{html.escape(str(record.get("params_file")))}</code> ·
-git SHA: <code>{html.escape(str(record.get("git_sha")))}</code> · kernel: {html.escape(record["kernel"])}</p>
-<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>executed copy</th></tr>
-{"".join(rows)}</table>
-<h2>Resolved params</h2><pre>{html.escape(dump_params(params))}</pre>
-<p><a href="run.log">run.log</a></p></body></html>
-"""
-    return io.write_text(run_dir / "index.html", page)
