@@ -187,9 +187,10 @@ def paired_differences(paired: pd.DataFrame, metric: str = "accuracy") -> go.Fig
     """Forest plot: difference a - b on shared items for each pair of conditions, with its paired
     bootstrap interval; hover shows McNemar's Holm-adjusted p (`paired` from analysis.paired_comparisons)."""
     rows = paired[paired["metric"] == metric]
-    labels = (
-        rows["condition_a"] + " − " + rows["condition_b"] + " · " + cell_labels(rows.assign(condition=""))
-    )
+    labels = rows["condition_a"] + " − " + rows["condition_b"]
+    for key in ("student", "seed"):
+        if rows[key].nunique() > 1:
+            labels = labels + f" · {key} " + rows[key].astype(str)
     figure = go.Figure(
         go.Scatter(
             x=rows["difference"],
@@ -212,27 +213,34 @@ def paired_differences(paired: pd.DataFrame, metric: str = "accuracy") -> go.Fig
 
 
 def reference_forest(comparison: pd.DataFrame) -> go.Figure:
-    """The run's estimate and interval for every finding it could test, coloured by verdict (`comparison`
-    from reference.compare_with_reference)."""
+    """The run's estimate and interval for every finding it could test, coloured by verdict, one panel per
+    unit (`comparison` from reference.compare_with_reference)."""
     tested = comparison[(comparison["kind"] == "finding") & (comparison["verdict"] != "not comparable")]
+    tested = tested.assign(unit=tested["unit"].fillna("").replace("", "phi"))
+    units = list(dict.fromkeys(tested["unit"])) or [""]
+    figure = make_subplots(rows=len(units), cols=1, subplot_titles=units, vertical_spacing=0.12)
     colours = {"replicated": "seagreen", "not replicated": "firebrick"}
-    figure = go.Figure()
-    for verdict, rows in tested.groupby("verdict", sort=False):
-        figure.add_trace(
-            go.Scatter(
-                x=rows["estimate"],
-                y=rows["id"] + " · " + rows["student"],
-                mode="markers",
-                name=verdict,
-                marker={"size": 10, "color": colours.get(verdict)},
-                error_x=_error_bars(rows["estimate"], rows["ci_low"], rows["ci_high"]),
-                text=rows["reason"],
-                hovertemplate="%{y}<br>%{text}<extra></extra>",
+    for row, unit in enumerate(units, start=1):
+        for verdict, rows in tested[tested["unit"] == unit].groupby("verdict", sort=False):
+            figure.add_trace(
+                go.Scatter(
+                    x=rows["estimate"],
+                    y=rows["id"] + " · " + rows["student"],
+                    mode="markers",
+                    name=verdict,
+                    legendgroup=verdict,
+                    showlegend=verdict not in {t.name for t in figure.data},
+                    marker={"size": 10, "color": colours.get(verdict)},
+                    error_x=_error_bars(rows["estimate"], rows["ci_low"], rows["ci_high"]),
+                    text=rows["reason"],
+                    hovertemplate="%{y}<br>%{text}<extra></extra>",
+                ),
+                row=row,
+                col=1,
             )
-        )
     figure.update_layout(
-        title="Published findings re-tested on this run (estimate and interval; units as in the table)",
-        height=220 + 30 * len(tested),
+        title="Published findings re-tested on this run (estimate and interval)",
+        height=200 + 40 * len(tested) + 60 * len(units),
     )
     return figure
 
