@@ -106,6 +106,13 @@ def test_notebook_defaults_equal_demo_params():
             "teacher_traces.generation.top_p",
             "less than or equal",
         ),
+        ("correlation: {confidence: 1.5}", "correlation.confidence", "less than 1"),
+        ("correlation: {bootstrap_resamples: 10}", "correlation.bootstrap_resamples", "greater than or equal"),
+        (
+            "correlation: {reference_results: nowhere/published.yaml}",
+            "correlation.reference_results",
+            "nowhere/published.yaml",
+        ),
     ],
 )
 def test_bad_params_name_file_and_key(tmp_path, text, key, message):

@@ -128,13 +128,55 @@ def test_evaluation_and_correlation_metrics_are_sane(run_dir):
     words = pd.read_parquet(run_dir / "evaluation" / "attributions.parquet")
     assert list(words.columns[:4]) == ["item_id", "word_index", "word", "attribution"]
     assert words["item_id"].nunique() == 4 and words["attribution"].abs().sum() > 0
-    table = pd.read_csv(run_dir / "correlation" / "contingency.csv")
-    assert len(table) == 2 * 2  # the checkable-trace cells of both students
+
+
+def test_correlation_statistics_cover_every_cell(run_dir):
+    n_eval = SMOKE.teacher_traces.dataset.n_eval
+    n_cells = len(grid_cells(SMOKE.sft))
+    folder = run_dir / "correlation"
+    table = pd.read_csv(folder / "contingency.csv")
+    assert len(table) == 2 * 2 * 3  # the checkable-trace cells of both students, three criteria each
+    assert set(table["criterion"]) == {"both_steps", "classification", "retrieval"}
     counts = table.filter(like="trace_").filter(like="answer_").sum(axis=1)
     assert (counts == n_eval).all()
     assert all(math.isnan(phi) or -1 <= phi <= 1 for phi in table["phi"])
-    assert (run_dir / "correlation" / "trace_vs_answer.html").stat().st_size > 0
-    assert (run_dir / "correlation" / "plotly.min.js").exists()
+    assert table["fisher_p"].between(0, 1).all()
+    outcomes = pd.read_parquet(folder / "outcomes.parquet")
+    assert set(outcomes["metric"]) >= {"accuracy", "label_first_acc"}
+    paired = pd.read_csv(folder / "paired_tests.csv")
+    n_conditions = len(SMOKE.sft.conditions)
+    pairs = n_conditions * (n_conditions - 1) // 2
+    assert len(paired) == 2 * 2 * pairs  # students x metrics x condition pairs
+    assert paired["n_items"].eq(n_eval).all() and paired["mcnemar_p"].between(0, 1).all()
+    assert len(pd.read_csv(folder / "cochran_q.csv")) == 2 * 2
+    seeds = pd.read_csv(folder / "seed_omnibus.csv")
+    assert seeds["note"].str.contains("2\\+ observations").all()  # one seed: nothing to test, and it says so
+    assert len(pd.read_csv(folder / "run_flags.csv")) == n_cells
+    comparison = pd.read_csv(folder / "reference_comparison.csv")
+    assert set(comparison["verdict"]) <= {"replicated", "not replicated", "not comparable"}
+    tested = comparison[comparison["id"] == "bhambri.traces_do_not_help"]
+    assert len(tested) == 2 and tested["estimate"].notna().all()  # no_trace and correct_trace: tested
+    assert json.loads((folder / "meta.json").read_text())["reference"]["version"] >= 1
+
+
+def test_report_gathers_tables_and_figures_offline(run_dir):
+    index = (run_dir / "index.html").read_text()
+    assert (run_dir / "plotly.min.js").stat().st_size > 1_000_000
+    assert '<script src="plotly.min.js"></script>' in index and "cdn.plot.ly" not in index
+    for title in ("Held-out accuracy per cell", "Trace against answer", "Against the published results"):
+        assert title in index
+    stages = ["teacher_traces", "decomposition", "sft", "evaluation", "correlation"]
+    for stage in stages:
+        meta = json.loads((run_dir / stage / "meta.json").read_text())
+        for name, files in meta["report"]["figures"].items():
+            for file in files:
+                assert (run_dir / stage / file).stat().st_size > 0, file
+            standalone = (run_dir / stage / "figures" / f"{name}.html").read_text()
+            assert "cdn.plot.ly" not in standalone and 'src="plotly.min.js"' in standalone
+        assert meta["report"]["figures"], stage
+    assert index.count('class="plotly-graph-div"') == sum(
+        len(json.loads((run_dir / s / "meta.json").read_text())["report"]["figures"]) for s in stages
+    )
 
 
 def test_lens_artifacts_cover_every_cell_and_layer(run_dir):
