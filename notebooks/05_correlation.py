@@ -311,5 +311,5 @@ io.write_meta(
         saved,
     ),
     reference=reference.reference_id(reference_path),
-    phi={row["condition"]: row["phi"] for row in headline_rows.to_dict(orient="records")},
+    phi=dict(zip(plots.cell_labels(headline_rows), headline_rows["phi"], strict=True)),
 )

@@ -107,7 +107,11 @@ def test_notebook_defaults_equal_demo_params():
             "less than or equal",
         ),
         ("correlation: {confidence: 1.5}", "correlation.confidence", "less than 1"),
-        ("correlation: {bootstrap_resamples: 10}", "correlation.bootstrap_resamples", "greater than or equal"),
+        (
+            "correlation: {bootstrap_resamples: 10}",
+            "correlation.bootstrap_resamples",
+            "greater than or equal",
+        ),
         (
             "correlation: {reference_results: nowhere/published.yaml}",
             "correlation.reference_results",

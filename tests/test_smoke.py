@@ -137,8 +137,8 @@ def test_correlation_statistics_cover_every_cell(run_dir):
     table = pd.read_csv(folder / "contingency.csv")
     assert len(table) == 2 * 2 * 3  # the checkable-trace cells of both students, three criteria each
     assert set(table["criterion"]) == {"both_steps", "classification", "retrieval"}
-    counts = table.filter(like="trace_").filter(like="answer_").sum(axis=1)
-    assert (counts == n_eval).all()
+    counts = table[[f"trace_{t}_answer_{a}" for t in ("right", "wrong") for a in ("right", "wrong")]]
+    assert (counts.sum(axis=1) == n_eval).all() and (table["n"] == n_eval).all()
     assert all(math.isnan(phi) or -1 <= phi <= 1 for phi in table["phi"])
     assert table["fisher_p"].between(0, 1).all()
     outcomes = pd.read_parquet(folder / "outcomes.parquet")
