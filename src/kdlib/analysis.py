@@ -619,8 +619,9 @@ def flag_runs(
 
     - unparseable: fewer than `min_parse_rate` of the answers could be read;
     - constant_answer: one answer for at least `collapse_share` of the items, where gold is more varied;
-    - seed_outlier: with 3+ seeds of a student and condition, accuracy further than `seed_gap` and than
-      3.5 robust z (scaled median absolute deviation) from the median over seeds;
+    - seed_outlier: with 3+ seeds of a student and condition, accuracy further from the median over
+      seeds than `seed_gap`, than 3 binomial standard errors (item sampling alone), and, where the seeds
+      vary, than 3.5 robust z (scaled median absolute deviation);
     - training_failed: sft/summary.csv gives a non-finite final loss.
     `flags` is a comma-separated list ("" for none) and `reasons` says why, in numbers."""
     losses = {} if sft_summary is None else sft_summary.set_index(list(CELL_KEYS))["final_loss"].to_dict()
@@ -654,15 +655,17 @@ def flag_runs(
             row["reasons"].append(f"final training loss {loss}")
         rows.append(row)
     table = pd.DataFrame(rows, columns=FLAG_COLUMNS)
+    n_items = predictions.groupby(list(CELL_KEYS), sort=False).size().to_numpy()
     for _, group in table.groupby(["student", "condition"], sort=False):
         if len(group) < 3:
             continue
         accuracy = group["accuracy"].to_numpy(dtype=float)
         median = np.median(accuracy)
         mad = 1.4826 * np.median(np.abs(accuracy - median))
+        sampling = 3 * math.sqrt(median * (1 - median) / n_items[group.index].min())
         for index, value in zip(group.index, accuracy, strict=True):
             gap = abs(value - median)
-            if gap > seed_gap and (mad == 0 or gap / mad > 3.5):
+            if gap > max(seed_gap, sampling) and (mad == 0 or gap / mad > 3.5):
                 table.at[index, "flags"].append("seed_outlier")
                 table.at[index, "reasons"].append(
                     f"accuracy {value:.1%} against a median of {median:.1%} over {len(group)} seeds"

@@ -1,0 +1,105 @@
+"""Notebook 05 alone, on a fabricated three-seed run: the seed-level tests and flags that the one-seed
+smoke run cannot reach."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdlib import io
+from kdlib.config import SftParams
+from kdlib.data import load_train_eval
+from kdlib.data.schema import items_to_frame
+from kdlib.paths import REPO_ROOT, RunLayout
+
+pytestmark = pytest.mark.slow
+CONDITIONS = {"no_trace": 0.55, "correct_trace": 0.7, "incorrect_trace": 0.6}
+
+
+def _fabricate(run: RunLayout) -> None:
+    train, evaluation = load_train_eval(
+        "generated", "train", "test", 16, 60, seed=0, data_dir=None, options={}
+    )
+    items = pd.concat(
+        [items_to_frame(train).assign(role="train"), items_to_frame(evaluation).assign(role="eval")],
+        ignore_index=True,
+    )
+    io.write_parquet(run.items, items)
+    sft = SftParams(students=["tiny-llama"], conditions=list(CONDITIONS), seeds=[0, 1, 2])
+    io.write_meta(run.stage("sft"), params={"sft": sft.model_dump()}, artifacts=[])
+    rng = np.random.default_rng(0)
+    rows, summary = [], []
+    for condition, accuracy in CONDITIONS.items():
+        for seed in (0, 1, 2):
+            collapsed = condition == "correct_trace" and seed == 2
+            for item in evaluation:
+                right = bool(rng.random() < accuracy) and not collapsed
+                answer = item.answer if right else "nobody"
+                if collapsed:
+                    answer = "nobody"
+                trace = condition != "no_trace" and bool(rng.random() < 0.5)
+                rows.append(
+                    {
+                        "student": "tiny-llama",
+                        "condition": condition,
+                        "seed": seed,
+                        "transform": condition,
+                        "item_id": item.id,
+                        "read_answer": answer,
+                        "answer_parsed": True,
+                        "answer_correct": right,
+                        "trace_correct": trace,
+                        "class_correct": trace or bool(rng.random() < 0.5),
+                        "retrieval_exact": trace,
+                        "retrieval_recall": 1.0 if trace else float(rng.random()),
+                        "retrieval_precision": 1.0 if trace else float(rng.random()),
+                    }
+                )
+            summary.append({"student": "tiny-llama", "condition": condition, "seed": seed, "final_loss": 0.1})
+    io.write_csv(run.sft_summary, pd.DataFrame(summary))
+    io.write_parquet(run.predictions, pd.DataFrame(rows))
+    io.write_parquet(run.choice_scores, pd.DataFrame())
+
+
+def test_notebook_05_tests_seeds_and_flags_a_collapsed_seed(tmp_path):
+    run = RunLayout(tmp_path)
+    _fabricate(run)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kdlib",
+            "run",
+            "params/smoke.yaml",
+            "--only",
+            "05",
+            "--run-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seeds = pd.read_csv(run.seed_summary).set_index(["condition", "metric"])
+    assert (seeds["n_seeds"] == 3).all() and seeds["interval"].str.startswith("3 seeds").all()
+    omnibus = pd.read_csv(run.group_tests("seed", "omnibus"))
+    (row,) = omnibus.to_dict(orient="records")
+    assert (
+        row["family"] == "tiny-llama / accuracy" and 0 <= row["anova_p"] <= 1 and 0 <= row["kruskal_p"] <= 1
+    )
+    assert len(pd.read_csv(run.group_tests("seed", "posthoc"))) == 3
+    flags = pd.read_csv(run.run_flags, keep_default_na=False).set_index(["condition", "seed"])["flags"]
+    assert flags[("correct_trace", 2)] == "constant_answer,seed_outlier"
+    assert (flags.drop(("correct_trace", 2)) == "").all()
+    comparison = pd.read_csv(run.reference_comparison).set_index("id")
+    assert comparison.loc["bhambri.traces_do_not_help", "basis"] == "3 seeds, t interval over seeds"
+    meta = json.loads((tmp_path / "correlation" / "meta.json").read_text())
+    assert set(meta["phi"]) == {
+        f"{c} / seed {s}" for c in ("correct_trace", "incorrect_trace") for s in (0, 1, 2)
+    }
+    assert "Means over seeds" in (tmp_path / "index.html").read_text()
