@@ -96,22 +96,7 @@ print(
 display(Markdown("\n".join(f"- {line}" for line in analysis.describe_contingency(headline_rows))))
 
 # %%
-CONTINGENCY_VIEW = [
-    "condition",
-    "seed",
-    "criterion",
-    "n",
-    "trace_accuracy",
-    "answer_accuracy",
-    "p_answer_given_trace_right",
-    "p_answer_given_trace_wrong",
-    "phi",
-    "phi_ci_low",
-    "phi_ci_high",
-    "chi2_p",
-    "fisher_p",
-]
-tables["contingency"][CONTINGENCY_VIEW]
+tables["contingency"][analysis.CONTINGENCY_HEADLINE]
 
 # %%
 figures["trace_vs_answer"] = plots.contingency_figure(headline_rows)
@@ -153,22 +138,8 @@ figures["condition_accuracy"]
 tables["paired_tests"] = analysis.paired_comparisons(outcomes, baseline=cfg.baseline_condition, **statistics)
 tables["cochran_q"] = analysis.cochran_q(outcomes)
 display(tables["cochran_q"])
-PAIRED_VIEW = [
-    "student",
-    "seed",
-    "metric",
-    "condition_a",
-    "condition_b",
-    "n_items",
-    "difference",
-    "difference_ci_low",
-    "difference_ci_high",
-    "a_right_b_wrong",
-    "a_wrong_b_right",
-    "mcnemar_p",
-    "p_holm",
-]
-tables["paired_tests"][tables["paired_tests"]["metric"].isin(["accuracy", "label_first_acc"])][PAIRED_VIEW]
+accuracy_pairs = tables["paired_tests"]["metric"].isin(["accuracy", "label_first_acc"])
+tables["paired_tests"][accuracy_pairs][analysis.PAIRED_HEADLINE]
 
 # %%
 figures["paired_differences"] = plots.paired_differences(tables["paired_tests"])
@@ -239,20 +210,8 @@ print(f"reference table version {published.version}; this run: {facts.dataset}, 
 display(Markdown("\n".join(reference.describe_findings(tables["reference_comparison"]))))
 
 # %%
-REFERENCE_VIEW = [
-    "kind",
-    "id",
-    "student",
-    "estimate",
-    "ci_low",
-    "ci_high",
-    "unit",
-    "paper",
-    "verdict",
-    "reason",
-]
 comparison = tables["reference_comparison"]
-comparison[comparison["kind"] == "finding"][REFERENCE_VIEW]
+comparison[comparison["kind"] == "finding"][reference.COMPARISON_HEADLINE]
 
 # %%
 figures["reference_findings"] = plots.reference_forest(comparison)
@@ -285,18 +244,21 @@ for name, path in files.items():
     io.write_csv(path, tables[name])
 io.write_parquet(run.outcomes, outcomes)
 saved = plots.save_figures(stage, figures)
-findings_view = [c for c in REFERENCE_VIEW if c != "kind"] + ["conclusive"]
 io.write_meta(
     stage,
     params={"common": common.model_dump(), "correlation": cfg.model_dump()},
     artifacts=[*(path.name for path in files.values()), run.outcomes.name, "figures/"],
     report=headline(
         [
-            {"file": run.contingency.name, "title": "Trace against answer", "columns": CONTINGENCY_VIEW},
+            {
+                "file": run.contingency.name,
+                "title": "Trace against answer",
+                "columns": analysis.CONTINGENCY_HEADLINE,
+            },
             {
                 "file": run.paired_tests.name,
                 "title": "Conditions compared on the same items",
-                "columns": PAIRED_VIEW,
+                "columns": analysis.PAIRED_HEADLINE,
                 "rows": "metric in ['accuracy', 'label_first_acc']",
             },
             {"file": run.seed_summary.name, "title": "Means over seeds"},
@@ -304,7 +266,7 @@ io.write_meta(
             {
                 "file": run.reference_comparison.name,
                 "title": "Against the published results",
-                "columns": findings_view,
+                "columns": reference.COMPARISON_HEADLINE,
                 "rows": "kind == 'finding' or verdict != 'not comparable'",
             },
         ],

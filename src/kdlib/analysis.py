@@ -138,6 +138,22 @@ CONTINGENCY_COLUMNS = [
     "p_difference",
 ]
 
+CONTINGENCY_HEADLINE = [  # the columns a reader looks at first
+    "condition",
+    "seed",
+    "criterion",
+    "n",
+    "trace_accuracy",
+    "answer_accuracy",
+    "p_answer_given_trace_right",
+    "p_answer_given_trace_wrong",
+    "phi",
+    "phi_ci_low",
+    "phi_ci_high",
+    "chi2_p",
+    "fisher_p",
+]
+
 
 def contingency(
     predictions: pd.DataFrame,
@@ -394,6 +410,22 @@ PAIRED_COLUMNS = [
     "mcnemar_statistic",
     "mcnemar_p",
     "mcnemar_exact",
+    "p_holm",
+]
+
+PAIRED_HEADLINE = [  # the columns a reader looks at first
+    "student",
+    "seed",
+    "metric",
+    "condition_a",
+    "condition_b",
+    "n_items",
+    "difference",
+    "difference_ci_low",
+    "difference_ci_high",
+    "a_right_b_wrong",
+    "a_wrong_b_right",
+    "mcnemar_p",
     "p_holm",
 ]
 

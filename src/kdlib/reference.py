@@ -207,6 +207,19 @@ REFERENCE_COLUMNS = [
     "source",
 ]
 
+COMPARISON_HEADLINE = [
+    "id",
+    "student",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "unit",
+    "paper",
+    "verdict",
+    "conclusive",
+    "reason",
+]
+
 
 class _NotComparable(Exception):
     """Raised inside the comparison of one row; its message is the reason."""
