@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -21,43 +23,48 @@ def use_offline_renderer() -> None:
 FIGURES_FOLDER = "figures"
 
 
-def _png_writer():
-    """figure -> PNG bytes through kaleido, or None with the reason when kaleido cannot run here."""
+def write_pngs(figures: list[go.Figure], paths: list) -> str | None:
+    """Render figures to PNG files with kaleido, one browser for all; None, or why no PNG was written
+    (kaleido missing, or no Chromium for it)."""
+    import os
+
     try:
         import kaleido  # noqa: F401
     except ImportError:
-        return None, "kaleido is not installed"
-    return (lambda figure: figure.to_image(format="png", scale=1)), None
+        return "kaleido is not installed"
+    temporary = [Path(path).with_name(f".{Path(path).name}.tmp") for path in paths]
+    try:
+        pio.write_images(figures, temporary, format="png")
+    except Exception as error:  # kaleido present but no browser for it: keep the JSON and HTML
+        for tmp in temporary:
+            tmp.unlink(missing_ok=True)
+        return f"kaleido failed: {type(error).__name__}: {error}".splitlines()[0]
+    for tmp, path in zip(temporary, paths, strict=True):
+        os.replace(tmp, path)
+    return None
 
 
 def save_figures(stage_dir, figures: dict[str, go.Figure]) -> dict[str, list[str]]:
     """Write each figure under <stage_dir>/figures/: <name>.json (Plotly JSON, which the run report
     embeds), <name>.html (standalone, with plotly.min.js placed once beside it, no CDN) and <name>.png
     where kaleido can render it. Returns {name: [written paths relative to stage_dir]}."""
-    from pathlib import Path
-
     from kdlib.io import atomic_path, write_text
 
     folder = Path(stage_dir) / FIGURES_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    png, png_unavailable = _png_writer()
     written = {}
     for name, figure in figures.items():
         write_text(folder / f"{name}.json", figure.to_json())
         with atomic_path(folder / f"{name}.html") as tmp:
             figure.write_html(tmp, include_plotlyjs="directory", full_html=True)
         written[name] = [f"{FIGURES_FOLDER}/{name}.json", f"{FIGURES_FOLDER}/{name}.html"]
-        if png is not None:
-            try:
-                image = png(figure)
-            except Exception as error:  # kaleido present but no browser for it: keep going without PNGs
-                png, png_unavailable = None, f"kaleido failed: {type(error).__name__}: {error}"
-            else:
-                with atomic_path(folder / f"{name}.png") as tmp:
-                    tmp.write_bytes(image)
+    if figures:
+        no_png = write_pngs(list(figures.values()), [folder / f"{name}.png" for name in figures])
+        if no_png:
+            print(f"figures saved as JSON and HTML only (no PNG: {no_png})")
+        else:
+            for name in figures:
                 written[name].append(f"{FIGURES_FOLDER}/{name}.png")
-    if png_unavailable:
-        print(f"figures saved as JSON and HTML only (no PNG: {png_unavailable})")
     return written
 
 
