@@ -38,7 +38,7 @@ def write_pngs(figures: list[go.Figure], paths: list) -> str | None:
     except Exception as error:  # kaleido present but no browser for it: keep the JSON and HTML
         for tmp in temporary:
             tmp.unlink(missing_ok=True)
-        return f"kaleido failed: {type(error).__name__}: {error}".splitlines()[0]
+        return f"kaleido failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}"
     for tmp, path in zip(temporary, paths, strict=True):
         os.replace(tmp, path)
     return None
