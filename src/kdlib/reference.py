@@ -207,17 +207,8 @@ REFERENCE_COLUMNS = [
     "source",
 ]
 
-COMPARISON_HEADLINE = [
-    "id",
-    "student",
-    "estimate",
-    "ci_low",
-    "ci_high",
-    "unit",
-    "paper",
-    "verdict",
-    "conclusive",
-    "reason",
+COMPARISON_HEADLINE = [  # the columns a reader looks at first
+    c for c in REFERENCE_COLUMNS if c not in ("kind", "study", "claim", "scope", "basis", "source")
 ]
 
 
