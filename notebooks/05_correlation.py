@@ -69,11 +69,6 @@ predictions = io.read_parquet(run.predictions, produced_by="04_evaluation")
 choice_scores = io.read_parquet(run.choice_scores, produced_by="04_evaluation")
 ratings = [io.read_parquet(p) for p in (run.judge_ratings, run.human_ratings) if p.exists()]
 explanations = io.read_parquet(run.explanations) if run.explanations.exists() else None
-conditions = list(dict.fromkeys(predictions["condition"]))
-if cfg.baseline_condition is not None and cfg.baseline_condition not in conditions:
-    raise ValueError(
-        f"baseline_condition {cfg.baseline_condition!r} is not a condition of this run: {conditions}"
-    )
 print(f"{len(predictions)} greedy predictions: {predictions.groupby(list(analysis.CELL_KEYS)).ngroups} cells")
 
 # %% [markdown]

@@ -350,3 +350,10 @@ def test_flag_runs_catches_collapsed_unparseable_outlier_and_failed_runs():
         flag_runs(predictions, same_gold).set_index(["condition", "seed"])["flags"][("ok", 2)]
         == "seed_outlier"
     )
+
+
+def test_an_unknown_baseline_is_an_error_naming_the_conditions():
+    with pytest.raises(
+        ValueError, match=r"baseline_condition 'zz' is not a condition of this run: \['a', 'b'\]"
+    ):
+        paired_comparisons(_outcomes({"a": [1], "b": [0]}), baseline="zz", n_resamples=10)

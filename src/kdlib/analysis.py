@@ -121,6 +121,8 @@ CONTINGENCY_COLUMNS = [
     "trace_wrong_answer_right",
     "trace_wrong_answer_wrong",
     "trace_accuracy",
+    "trace_accuracy_ci_low",
+    "trace_accuracy_ci_high",
     "answer_accuracy",
     "phi",
     "phi_ci_low",
@@ -165,7 +167,8 @@ def contingency(
 ) -> pd.DataFrame:
     """Per cell and trace criterion (TRACE_CRITERIA): the 2x2 counts, phi with a bootstrap interval,
     Pearson chi-square (1 df, uncorrected, so chi2 = n phi^2) and Fisher exact p (two-sided), and
-    P(answer right | trace right / wrong) with Wilson intervals. Undefined statistics are NaN."""
+    the trace accuracy and P(answer right | trace right / wrong) with Wilson intervals. Undefined
+    statistics are NaN."""
     rows = []
     for keys, group in predictions.groupby(list(CELL_KEYS), sort=False):
         answer = group["answer_correct"].to_numpy(dtype=bool)
@@ -186,7 +189,7 @@ def contingency(
                     "trace_right_answer_wrong": b,
                     "trace_wrong_answer_right": c,
                     "trace_wrong_answer_wrong": d,
-                    "trace_accuracy": (a + b) / n if n else math.nan,
+                    **_rate("trace_accuracy", a + b, n),
                     "answer_accuracy": (a + c) / n if n else math.nan,
                     "phi": phi,
                     **dict(
@@ -437,6 +440,9 @@ def paired_comparisons(
     correction; statsmodels). p_holm adjusts the McNemar p-values within each student, seed and metric."""
     from statsmodels.stats.contingency_tables import mcnemar
 
+    known = list(dict.fromkeys(outcomes["condition"]))
+    if baseline is not None and baseline not in known:
+        raise ValueError(f"baseline_condition {baseline!r} is not a condition of this run: {known}")
     rows = []
     for (student, seed_, metric), group in outcomes.groupby(["student", "seed", "metric"], sort=False):
         conditions = list(dict.fromkeys(group["condition"]))

@@ -17,7 +17,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import ValidationError, model_validator
 
-from kdlib.analysis import cell_summary, paired_comparisons, pool_seeds, wilson_interval
+from kdlib.analysis import cell_summary, paired_comparisons, pool_seeds
 from kdlib.config import ConditionSpec, Schema, SftParams, format_errors
 from kdlib.io import read_yaml
 from kdlib.paths import PACKAGE_DIR
@@ -281,16 +281,11 @@ def _statistic_estimate(contingency: pd.DataFrame, student: str, condition: str,
     ]
     if rows.empty:
         raise _NotComparable(f"no checkable traces for {condition}")
-    if statistic == "trace_accuracy":
-        right = rows["trace_right_answer_right"] + rows["trace_right_answer_wrong"]
-        intervals = [wilson_interval(int(k), int(n)) for k, n in zip(right, rows["n"], strict=True)]
-    else:
-        intervals = list(zip(rows[f"{statistic}_ci_low"], rows[f"{statistic}_ci_high"], strict=True))
     per_seed = pd.DataFrame(
         {
             "value": rows[statistic].to_numpy(),
-            "low": [i[0] for i in intervals],
-            "high": [i[1] for i in intervals],
+            "low": rows[f"{statistic}_ci_low"].to_numpy(),
+            "high": rows[f"{statistic}_ci_high"].to_numpy(),
         }
     ).dropna(subset=["value"])
     if per_seed.empty:
@@ -444,9 +439,10 @@ def compare_with_reference(
         for published in reference.published:
             rows.append(_published_row(published, student, facts, outcomes, contingency, settings))
     table = pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
-    sources = {**reference.sources}
-    study_of = {entry.id: entry.source for entry in [*reference.published, *reference.findings]}
-    return table.assign(source=table["id"].map(lambda i: sources[study_of[i]]))
+    source_of = {
+        entry.id: reference.sources[entry.source] for entry in [*reference.published, *reference.findings]
+    }
+    return table.assign(source=table["id"].map(source_of))
 
 
 def run_facts(items: pd.DataFrame, sft_params: dict) -> RunFacts:
