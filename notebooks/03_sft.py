@@ -24,6 +24,12 @@
 # A finished cell is skipped when the notebook is rerun with the same params; an interrupted one resumes
 # from its last checkpoint. `num_processes > 1` trains each cell data-parallel under `accelerate launch`
 # (DDP; one process per GPU, or gloo on CPU) with the same results as one process.
+#
+# `key_tokens_after_label` cells are trained last. Their words come from integrated gradients
+# (`kdlib.attribution`, Captum) under the first causal cell of `key_tokens.condition`, trained first:
+# the gold answer's log-probability is attributed to the words of each training rationale, and the top
+# `top_k` (or `fraction`) words are kept in order. The files are `sft/attributions.parquet` (words),
+# `sft/token_attributions.parquet` and `sft/attributions.json` (what they came from; reused on a rerun).
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"
@@ -40,7 +46,15 @@ counterfactual_recipe = "counterfactual"
 incorrect_perturbation = "both"
 multitask_alpha = 1.0
 multitask_beta = 1.0
-key_tokens = {"attributions": None, "top_k": None, "fraction": 0.2}
+key_tokens = {
+    "attributions": None,
+    "condition": "rationale_after_label",
+    "n_items": None,
+    "n_steps": 32,
+    "internal_batch_size": 8,
+    "top_k": None,
+    "fraction": 0.2,
+}
 finetune = "lora"
 lora = {
     "r": 16,
@@ -60,13 +74,14 @@ num_processes = 1
 
 # %%
 import plotly.express as px
+from IPython.display import HTML, display
 
 from kdlib import config, io, plots
 from kdlib.data.schema import frame_to_items
 from kdlib.decomposition import steps_by_item
 from kdlib.paths import RunLayout
 from kdlib.report import headline
-from kdlib.sft import TraceSources, load_key_words, train_grid, training_logs
+from kdlib.sft import TraceSources, train_grid, training_logs
 
 common, cfg = config.notebook_params("03_sft", globals())
 run = RunLayout(run_dir)
@@ -77,7 +92,6 @@ decomposed = io.read_parquet(run.decomposed, produced_by="02_decomposition")
 sources = TraceSources(
     traces=io.read_parquet(run.traces, produced_by="01_teacher_traces"),
     steps=steps_by_item(decomposed),
-    key_words=load_key_words(cfg, run.attributions),
 )
 trace_format = str(decomposed["trace_format"].iloc[0])
 print(f"{len(train_items)} training items, trace format {trace_format!r}")
@@ -86,6 +100,20 @@ print(f"grid: {len(cfg.students)} student(s) x {len(cfg.conditions)} condition(s
 # %%
 summary = train_grid(run, train_items, sources, sft=cfg, common=common, fmt=trace_format)
 summary[["student", "condition", "seed", "status", "examples", "skipped_items", "steps", "final_loss"]]
+
+# %% [markdown]
+# ## Integrated gradients over rationale words (key-token cells)
+# Example rationales shaded by attribution (green raises the gold answer's log-probability, red lowers it).
+
+# %%
+key_token_cells = summary["transform"] == "key_tokens_after_label"
+if key_token_cells.any() and run.attributions.exists():
+    word_attributions = io.read_parquet(run.attributions)
+    attributed_cell = io.read_json(run.attribution_record)["cell"]
+    print(f"{word_attributions['item_id'].nunique()} rationales attributed under {attributed_cell}")
+    display(HTML(plots.attribution_highlights(word_attributions)))
+else:
+    print("no key-token cell in the grid, or its words come from key_tokens.attributions")
 
 # %% [markdown]
 # ## Loss curves (target tokens only)
@@ -147,6 +175,8 @@ columns = [
     "seconds",
     "tokens_per_second",
 ]
+attribution_files = [run.attributions, run.token_attributions, run.attribution_record]
+attribution_files = [path.name for path in attribution_files if path.exists()]
 io.write_meta(
     run.stage("sft"),
     params={"common": common.model_dump(), "sft": cfg.model_dump()},
@@ -154,6 +184,7 @@ io.write_meta(
         run.sft_summary.name,
         "figures/",
         *sorted({f"{cell.split('/')[0]}/" for cell in summary["cell"]}),
+        *attribution_files,
     ],
     report=headline([{"file": run.sft_summary.name, "title": "Trained cells", "columns": columns}], saved),
 )

@@ -22,11 +22,6 @@
 # lm-evaluation-harness defines them. It also scores students trained with the trace after the label at
 # the point where they state it.
 #
-# **Integrated gradients** (Captum, layer IG on the embeddings) attribute the gold answer's
-# log-probability under the `attribution.condition` student to the words of the teacher rationale of
-# each training item. The word file is what the `key_tokens_after_label` condition of notebook 03 reads:
-# rerun 03 with that condition to close the loop.
-#
 # **Logit lens and tuned lens** decode every layer's residual stream through the student's own
 # unembedding, at the label-first answer positions, and show from which layer on the gold answer is
 # top-ranked. The tuned lens (one affine translator per layer, fitted per cell on training items) corrects
@@ -39,11 +34,10 @@
 # `explanations.human_ratings` and rerun to import them and measure judge-human agreement.
 #
 # Writes `evaluation/predictions.parquet` (greedy), `samples.parquet`, `choice_scores.parquet`,
-# `metrics.csv`, with attribution `attributions.parquet` (words) and `token_attributions.parquet`, and
-# with the lenses `lens_ranks.parquet`, `lens_summary.csv`, `lens_emergence.csv`, `lens_training.csv` and
-# `tuned_lens/<cell>.safetensors`, and with explanations `explanations.parquet`, `judge_ratings.parquet`,
-# `explanation_scores.csv`, `rating_sheet.csv`, `rating_form.html` (and with human ratings
-# `human_ratings.parquet`, `rating_agreement.csv`).
+# `metrics.csv`, and with the lenses `lens_ranks.parquet`, `lens_summary.csv`, `lens_emergence.csv`,
+# `lens_training.csv` and `tuned_lens/<cell>.safetensors`, and with explanations `explanations.parquet`,
+# `judge_ratings.parquet`, `explanation_scores.csv`, `rating_sheet.csv`, `rating_form.html` (and with
+# human ratings `human_ratings.parquet`, `rating_agreement.csv`).
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"
@@ -55,7 +49,6 @@ max_new_tokens = 96
 batch_size = 16
 label_first = True
 generation = {"samples": 0, "temperature": 0.7, "top_p": 0.95}
-attribution = {"condition": "rationale_after_label", "n_items": 32, "n_steps": 32, "internal_batch_size": 8}
 lens = {
     "enabled": True,
     "tuned": True,
@@ -86,11 +79,10 @@ explanations = {
 
 # %%
 import pandas as pd
-from IPython.display import HTML, display
+from IPython.display import display
 
 from kdlib import config, io, plots
 from kdlib.analysis import CELL_KEYS
-from kdlib.attribution import attribute_condition
 from kdlib.data.schema import frame_to_items
 from kdlib.evaluation import METRIC_COLUMNS, evaluate_cells, summarise
 from kdlib.explanations import assess_explanations
@@ -134,26 +126,6 @@ pd.set_option("display.max_colwidth", 200)
 predictions.groupby(["student", "condition", "seed"]).head(2)[
     ["student", "condition", "seed", "item_id", "output", "answer_correct", "trace_correct"]
 ]
-
-# %% [markdown]
-# ## Integrated gradients over rationale words
-
-# %%
-attributed = attribute_condition(
-    run,
-    cells,
-    train_items,
-    io.read_parquet(run.traces, produced_by="01_teacher_traces"),
-    device=resolve_device(common.device),
-    seed=common.seed,
-    params=cfg.attribution,
-)
-if attributed is None:
-    print(f"no attribution: no causal student of condition {cfg.attribution.condition!r} in the grid")
-else:
-    word_attributions, token_attributions, attributed_cell = attributed
-    print(f"attributed under {attributed_cell['cell']}: {word_attributions['item_id'].nunique()} items")
-    display(HTML(plots.attribution_highlights(word_attributions)))
 
 # %% [markdown]
 # ## Where the answer emerges: logit lens and tuned lens
@@ -209,10 +181,6 @@ elif cfg.explanations.enabled:
 
 # %%
 artifacts = [run.predictions.name, run.samples.name, run.choice_scores.name, run.metrics.name]
-if attributed is not None:
-    io.write_parquet(run.attributions, word_attributions)
-    io.write_parquet(run.token_attributions, token_attributions)
-    artifacts += [run.attributions.name, run.token_attributions.name]
 if cfg.lens.enabled:
     io.write_parquet(run.lens_ranks, lens_frames["ranks"])
     io.write_csv(run.lens_summary, layer_summary)

@@ -82,6 +82,11 @@ def test_notebook_defaults_equal_demo_params():
             "exactly one of top_k and fraction",
         ),
         (
+            "sft: {conditions: [no_trace, key_tokens_after_label]}",
+            "sft",
+            "key_tokens.condition 'rationale_after_label' is not a condition of the grid",
+        ),
+        (
             "teacher_traces: {dataset: {n_train: 3, shuffle: yes}}",
             "teacher_traces.dataset.shuffle",
             "unknown key",

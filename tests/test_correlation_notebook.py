@@ -64,9 +64,13 @@ def _fabricate(run: RunLayout) -> None:
     io.write_parquet(run.choice_scores, pd.DataFrame())
 
 
-def test_notebook_05_tests_seeds_and_flags_a_collapsed_seed(tmp_path):
-    run = RunLayout(tmp_path)
-    _fabricate(run)
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """An outputs folder holding the fabricated run as `smoke` (the run name of params/smoke.yaml),
+    after notebook 05."""
+    outputs = tmp_path_factory.mktemp("outputs")
+    run_dir = outputs / "smoke"
+    _fabricate(RunLayout(run_dir))
     result = subprocess.run(
         [
             sys.executable,
@@ -77,7 +81,7 @@ def test_notebook_05_tests_seeds_and_flags_a_collapsed_seed(tmp_path):
             "--only",
             "05",
             "--run-dir",
-            str(tmp_path),
+            str(run_dir),
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -85,6 +89,12 @@ def test_notebook_05_tests_seeds_and_flags_a_collapsed_seed(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return outputs
+
+
+def test_notebook_05_tests_seeds_and_flags_a_collapsed_seed(outputs):
+    tmp_path = outputs / "smoke"
+    run = RunLayout(tmp_path)
     seeds = pd.read_csv(run.seed_summary).set_index(["condition", "metric"])
     assert (seeds["n_seeds"] == 3).all() and seeds["interval"].str.startswith("3 seeds").all()
     omnibus = pd.read_csv(run.group_tests("seed", "omnibus"))
@@ -103,3 +113,31 @@ def test_notebook_05_tests_seeds_and_flags_a_collapsed_seed(tmp_path):
         f"{c} / seed {s}" for c in ("correct_trace", "incorrect_trace") for s in (0, 1, 2)
     }
     assert "Means over seeds" in (tmp_path / "index.html").read_text()
+
+
+def test_results_document_is_rendered_from_the_run_files(outputs, tmp_path):
+    """docs/results.md: every number comes from the run's CSV files; an unfinished run says how to finish."""
+    from kdlib.results import FIGURES, StudyRuns, with_interval, write_results
+
+    run = RunLayout(outputs / "smoke")
+    study = StudyRuns("bhambri2025", "Interpretable traces", ("params/smoke.yaml", "params/demo.yaml"))
+    text = write_results(outputs, tmp_path, studies=(study,)).read_text()
+    assert "## Interpretable traces: Bhambri, Biswas, Kambhampati" in text
+    assert "- Command: `kdlib run params/smoke.yaml`, then `kdlib results`" in text
+    comparison = pd.read_csv(run.reference_comparison).set_index("id")
+    finding = comparison.loc["bhambri.traces_do_not_help"]
+    ours = with_interval(finding["estimate"], finding["ci_low"], finding["ci_high"], digits=2)
+    assert f"| bhambri.traces_do_not_help | {finding['claim']} | tiny-llama |" in text and ours in text
+    seeds = pd.read_csv(run.seed_summary).set_index(["condition", "metric"])
+    accuracy = seeds.loc[("correct_trace", "accuracy")]
+    assert with_interval(accuracy["mean"], accuracy["ci_low"], accuracy["ci_high"], scale=100.0) in text
+    assert "| tiny-llama | correct_trace | 2 | constant_answer,seed_outlier |" in text
+    contingency = pd.read_csv(run.contingency).query("criterion == 'both_steps'")
+    assert text.count("| tiny-llama | correct_trace | ") >= 3 and len(contingency) == 6
+    for png in [run.stage(stage) / "figures" / f"{name}.png" for stage, name, _ in FIGURES]:
+        if not png.exists():  # no PNG without a Chromium for kaleido
+            continue
+        assert (tmp_path / "figures" / "smoke" / png.name).read_bytes() == png.read_bytes()
+        assert f"](figures/smoke/{png.name})" in text
+    assert "### generated: `params/demo.yaml`" in text
+    assert "Not finished: notebooks done none. Complete it with `kdlib run params/demo.yaml`" in text

@@ -223,6 +223,7 @@ def test_published_numbers_are_compared_only_in_the_same_setup():
     assert (
         other_student["verdict"] == "not comparable" and "student Qwen/Qwen3-1.7B" in other_student["reason"]
     )
+    assert other_student["estimate"] == pytest.approx(100 * 0.58, abs=3)  # shown beside the paper's, unjudged
     assert "dataset cotempqa (paper: babi)" in rows.loc["bhambri.babi.qwen1.7b.no_trace", "reason"]
     correlation = table.set_index("id").loc["bhambri.trace_answer_correlation_is_low"]
     assert correlation["verdict"] == "replicated"  # independent trace and answer: phi near 0

@@ -90,7 +90,7 @@ def test_sft_grid_cells(run_dir):
     summary = pd.read_csv(run_dir / "sft" / "summary.csv")
     cells = [(c.student, c.condition.name, c.seed) for c in grid_cells(SMOKE.sft)]
     assert list(zip(summary["student"], summary["condition"], summary["seed"], strict=True)) == cells
-    assert len(cells) == 2 * 5
+    assert len(cells) == 2 * 6
     for row in summary.itertuples():
         cell = run_dir / "sft" / row.cell
         assert (cell / "adapter" / "adapter_model.safetensors").stat().st_size > 0
@@ -125,9 +125,6 @@ def test_evaluation_and_correlation_metrics_are_sane(run_dir):
     assert len(scores) == n_eval * n_cells and scores["choice_logprobs"].map(len).ge(2).all()
     for column in ("sample_accuracy", "label_first_acc", "label_first_acc_norm"):
         assert metrics[column].between(0, 1).all(), column
-    words = pd.read_parquet(run_dir / "evaluation" / "attributions.parquet")
-    assert list(words.columns[:4]) == ["item_id", "word_index", "word", "attribution"]
-    assert words["item_id"].nunique() == 4 and words["attribution"].abs().sum() > 0
 
 
 def test_correlation_statistics_cover_every_cell(run_dir):
@@ -252,38 +249,51 @@ def test_bad_params_exit_2_before_any_output(tmp_path):
     assert not out.exists()
 
 
-def test_attributions_feed_the_key_token_condition(run_dir, tmp_path):
-    """The loop of Wadhwa et al.: notebook 04's IG word file trains a key_tokens_after_label cell of 03,
-    whose targets keep only the top-attributed rationale words, in rationale order."""
+def test_key_token_cells_train_on_integrated_gradients_words(run_dir):
+    """The loop of Wadhwa et al. in one run: notebook 03 trains rationale_after_label first, attributes
+    its rationales by IG, then trains key_tokens_after_label on the top words, in rationale order; a
+    second attribution with the same cell and settings reuses the files."""
     from kdlib import io
-    from kdlib.config import CommonParams
+    from kdlib.attribution import attribute_run
     from kdlib.data.schema import frame_to_items
     from kdlib.decomposition import steps_by_item
     from kdlib.paths import RunLayout
-    from kdlib.sft import TraceSources, cell_text_examples, load_key_words, train_grid
+    from kdlib.sft import TraceSources, cell_text_examples, key_words_for
 
     run = RunLayout(run_dir)
-    sft = SMOKE.sft.model_validate(
-        {
-            **SMOKE.sft.model_dump(),
-            "students": ["tiny-llama"],
-            "conditions": ["key_tokens_after_label"],
-            "epochs": 1,
-            "key_tokens": {"top_k": 2, "fraction": None},
-        }
+    words = pd.read_parquet(run.attributions)
+    assert list(words.columns[:4]) == ["item_id", "word_index", "word", "attribution"]
+    assert words["item_id"].nunique() == 4 and words["attribution"].abs().sum() > 0
+    assert io.read_json(run.attribution_record)["cell"] == "tiny-llama/rationale_after_label/seed0"
+    assert {"attributions.parquet", "attributions.json"} <= set(
+        io.read_json(run_dir / "sft" / "meta.json")["artifacts"]
     )
+
+    summary = pd.read_csv(run.sft_summary)
+    key_cells = summary[summary["condition"] == "key_tokens_after_label"]
+    assert len(key_cells) == 2 and (key_cells["examples"] == 4).all()  # both students, the 4 attributed items
     items = frame_to_items(io.read_parquet(run.items), role="train")
-    key_words = load_key_words(sft, run.attributions)
     sources = TraceSources(
-        traces=io.read_parquet(run.traces),
-        steps=steps_by_item(io.read_parquet(run.decomposed)),
-        key_words=key_words,
+        traces=io.read_parquet(run.traces), steps=steps_by_item(io.read_parquet(run.decomposed))
     )
-    texts, skipped = cell_text_examples(sft.condition_specs()[0], items, sources, sft, "tagged", seed=0)
-    assert len(texts) == 4 and len(skipped) == len(items) - 4  # the 4 attributed items
+    stamp = run.attributions.stat().st_mtime_ns
+    key_words = key_words_for(run, summary, items, sources, sft=SMOKE.sft, common=SMOKE.common)
+    assert run.attributions.stat().st_mtime_ns == stamp  # reused, not recomputed
+    assert all(len(words) == 2 for words in key_words.values())  # key_tokens.top_k
+    spec = next(s for s in SMOKE.sft.condition_specs() if s.transform == "key_tokens_after_label")
+    with_words = TraceSources(sources.traces, sources.steps, key_words)
+    texts, skipped = cell_text_examples(spec, items, with_words, SMOKE.sft, "tagged", seed=0)
+    assert len(texts) == 4 and len(skipped) == len(items) - 4
     for text in texts:
         assert " ".join(key_words[text.item_id]) in text.target
-    summary = train_grid(
-        RunLayout(tmp_path), items, sources, sft=sft, common=CommonParams(device="cpu"), fmt="tagged"
-    )
-    assert list(summary["status"]) == ["trained"] and summary["examples"].iloc[0] == 4
+    other = SMOKE.sft.key_tokens.model_copy(update={"n_steps": 8})
+    with pytest.raises(ValueError, match="no trained causal"):
+        attribute_run(
+            run,
+            summary[summary["student"] == "tiny-t5"],
+            items,
+            sources.traces,
+            device="cpu",
+            seed=0,
+            params=other,
+        )

@@ -4,7 +4,7 @@ For each training item the student reads its question, the teacher rationale and
 and IG attributes the log-probability of the gold answer to the rationale tokens: the baseline replaces
 only the rationale tokens by the pad token, so every other token's attribution is exactly zero. Token
 attributions are summed into the rationale's whitespace words, which is the file (ATTRIBUTION_COLUMNS)
-that the key_tokens_after_label condition of notebook 03 reads.
+that the key_tokens_after_label condition reads; notebook 03 writes it before training those cells.
 
 The rationale is placed before the answer even for a student trained with it after the label: in a
 causal LM only that order lets the answer depend on the rationale's tokens.
@@ -118,29 +118,36 @@ def integrated_gradients(
     return word_frame, token_frame
 
 
-def attribute_condition(
-    run,
-    cells: pd.DataFrame,
-    items: list[QAItem],
-    traces: pd.DataFrame,
-    *,
-    device,
-    seed,
-    params,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict] | None:
-    """IG under the first causal cell of `params.condition` (AttributionParams; rows of sft/summary.csv),
-    over `items` with that cell's rationales (its recipe and source, from traces.parquet). Returns
-    (word frame, token frame, the cell's summary row), or None when no causal cell has that condition."""
+def attribute_run(
+    run, cells: pd.DataFrame, items: list[QAItem], traces: pd.DataFrame, *, device, seed, params
+):
+    """IG under the first causal cell of `params.condition` (KeyTokenParams; `cells` are summary rows of
+    trained cells), over `items` with that cell's rationales (its recipe and source, from traces.parquet).
+
+    Writes run.attributions (words), run.token_attributions and, last, run.attribution_record naming
+    what they came from; a record that matches (same cell params, IG settings and items) is reused.
+    Returns the cell's summary row."""
     from kdlib import io
     from kdlib.conditions import pick_rationales
     from kdlib.sft import load_trained
 
+    attributed = items[: params.n_items]
     for cell in cells[cells["condition"] == params.condition].to_dict(orient="records"):
         cell_dir = run.root / "sft" / cell["cell"]
         model, tokenizer = load_trained(cell_dir, device=device, seed=seed)
         if is_seq2seq(model):
             continue
         meta = io.read_json(cell_dir / "meta.json")["params"]
+        record = {
+            "cell": cell["cell"],
+            "cell_params": meta,
+            "n_steps": params.n_steps,
+            "internal_batch_size": params.internal_batch_size,
+            "items": [item.id for item in attributed],
+        }
+        if run.attribution_record.exists() and io.read_json(run.attribution_record) == record:
+            print(f"attributions of {cell['cell']} computed earlier: {run.attributions}")
+            return cell
         spec = meta["condition"]
         rationales = pick_rationales(traces, spec["rationale_recipe"], spec["rationale_source"])
         words, tokens = integrated_gradients(
@@ -148,10 +155,17 @@ def attribute_condition(
             tokenizer,
             cell["transform"],
             meta["trace_format"],
-            items[: params.n_items],
+            attributed,
             rationales,
             n_steps=params.n_steps,
             internal_batch_size=params.internal_batch_size,
         )
-        return words, tokens, cell
-    return None
+        run.attribution_record.unlink(missing_ok=True)
+        io.write_parquet(run.attributions, words)
+        io.write_parquet(run.token_attributions, tokens)
+        io.write_json(run.attribution_record, record)
+        return cell
+    raise ValueError(
+        f"sft.key_tokens.condition {params.condition!r}: no trained causal (decoder-only) cell to attribute "
+        "under; integrated gradients needs one"
+    )

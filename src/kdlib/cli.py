@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--to", dest="stop_after", metavar="NOTEBOOK", help="stop after this notebook")
     run.add_argument("--kernel", help="Jupyter kernel name (default: kdlib if registered, else python3)")
 
+    results = commands.add_parser(
+        "results", help="write docs/results.md (and docs/figures/) from the study runs under outputs/"
+    )
+    results.add_argument("--outputs", help="folder holding the run folders (default: outputs/)")
+    results.add_argument("--docs", help="folder for results.md and figures/ (default: docs/)")
+
     validate = commands.add_parser("validate", help="check params files against the schema; no compute")
     validate.add_argument("params", nargs="+")
 
@@ -95,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             for path in args.params:
                 load_params(path)
                 print(f"{path}: ok")
+        elif args.command == "results":
+            from kdlib.results import write_results
+
+            print(write_results(args.outputs, args.docs))
         elif args.command == "check-traces":
             _check_traces(args)
         elif args.command == "prepare-model":

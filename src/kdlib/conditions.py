@@ -6,7 +6,7 @@ and masks every example the same way, so cells differ only in what the transform
 
 * Wadhwa et al. 2024: `no_trace` (label only), the teacher's rationale before or after the label, the
   rationale's words shuffled after the label, random words of the same length after the label, and
-  only the key words (top attributions, from the file notebook 04 writes) after the label.
+  only the key words (top integrated-gradients attributions, notebook 03) after the label.
 * Hendriks et al. 2025 / distilling step-by-step: `multitask` ([predict] -> answer, weight alpha;
   [explain] -> rationale, weight beta), `counterfactual` (a rationale written for a wrong choice, then
   that choice) and `multitask_counterfactual`; the rationale set (original or revised) is a spec field.
@@ -319,7 +319,7 @@ def read_key_words(
     """
     from kdlib import io
 
-    frame = io.read_parquet(path, produced_by="04_evaluation (attributions)")
+    frame = io.read_parquet(path, produced_by="03_sft (integrated gradients)")
     missing = [c for c in ATTRIBUTION_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(

@@ -235,11 +235,23 @@ class ConditionSpec(Schema):
 
 
 class KeyTokenParams(Schema):
+    """key_tokens_after_label: where its words come from, and how many are kept."""
+
     attributions: str | None = Field(
         None,
-        description="Attributions parquet (item_id, word_index, word, attribution); null: this run's "
-        "evaluation/attributions.parquet.",
+        description="Attributions parquet (item_id, word_index, word, attribution); null: integrated "
+        "gradients in this run, under the `condition` cell, written to sft/attributions.parquet.",
     )
+    condition: str = Field(
+        "rationale_after_label",
+        description="Grid condition whose first causal cell is attributed (trained before the key-token "
+        "cells).",
+    )
+    n_items: int | None = Field(
+        None, gt=0, description="Training items attributed (null: all; the others get no key-token example)."
+    )
+    n_steps: int = Field(32, gt=0, description="Integration steps (Riemann, Gauss-Legendre by Captum).")
+    internal_batch_size: int = Field(8, gt=0, description="Interpolated inputs per forward pass.")
     top_k: int | None = Field(None, gt=0, description="Keep this many words per rationale ...")
     fraction: float | None = Field(0.2, gt=0.0, le=1.0, description="... or this share of them (ceil).")
 
@@ -322,6 +334,20 @@ class SftParams(Schema):
             raise ValueError(f"condition names {repeated} appear more than once")
         return value
 
+    @model_validator(mode="after")
+    def _key_tokens_have_a_source(self) -> SftParams:
+        specs = self.condition_specs()
+        if self.key_tokens.attributions or not any(s.transform == "key_tokens_after_label" for s in specs):
+            return self
+        rationale_conditions = [s.name for s in specs if s.transform != "key_tokens_after_label"]
+        if self.key_tokens.condition not in rationale_conditions:
+            raise ValueError(
+                f"key_tokens.condition {self.key_tokens.condition!r} is not a condition of the grid "
+                f"{rationale_conditions}; the key-token words are attributed under it (or set "
+                "key_tokens.attributions)"
+            )
+        return self
+
     @field_validator("students", "seeds")
     @classmethod
     def _no_repeats(cls, value: list) -> list:
@@ -353,19 +379,6 @@ class SamplingParams(Schema):
     )
     temperature: float = Field(0.7, gt=0, description="Sampling temperature.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
-
-
-class AttributionParams(Schema):
-    """Integrated gradients over teacher rationale tokens in 04_evaluation (the key-token file for 03)."""
-
-    condition: str | None = Field(
-        "rationale_after_label",
-        description="Grid condition whose (first causal) student is attributed; null: no attribution. "
-        "Skipped with a note when the grid has no such condition.",
-    )
-    n_items: int = Field(32, gt=0, description="Training items attributed (those with a rationale).")
-    n_steps: int = Field(32, gt=0, description="Integration steps (Riemann, Gauss-Legendre by Captum).")
-    internal_batch_size: int = Field(8, gt=0, description="Interpolated inputs per forward pass.")
 
 
 class LensParams(Schema):
@@ -421,9 +434,6 @@ class EvaluationParams(Schema):
     )
     generation: SamplingParams = Field(
         default_factory=SamplingParams, description="Sampled outputs besides the greedy one."
-    )
-    attribution: AttributionParams = Field(
-        default_factory=AttributionParams, description="Integrated gradients over rationale tokens."
     )
     lens: LensParams = Field(default_factory=LensParams, description="Logit and tuned lens per cell.")
     explanations: ExplanationParams = Field(

@@ -130,11 +130,16 @@ class RunLayout:
 
     @property
     def attributions(self) -> Path:
-        return self.root / "evaluation" / "attributions.parquet"
+        return self.root / "sft" / "attributions.parquet"
 
     @property
     def token_attributions(self) -> Path:
-        return self.root / "evaluation" / "token_attributions.parquet"
+        return self.root / "sft" / "token_attributions.parquet"
+
+    @property
+    def attribution_record(self) -> Path:
+        """What the attribution files were computed from (cell params, IG settings, items)."""
+        return self.root / "sft" / "attributions.json"
 
     @property
     def lens_ranks(self) -> Path:

@@ -356,22 +356,31 @@ def _published_row(p: Published, student: str, facts: RunFacts, outcomes, contin
             mismatches.append(f"{ours} {name} items (paper: {theirs})")
     row["scope"] = "same setup" if not mismatches else "other setup"
     try:
-        if mismatches:
-            raise _NotComparable("; ".join(mismatches))
         condition = _condition(facts, p.condition)
         if p.metric in CONTINGENCY_STATISTICS:
             e = _statistic_estimate(contingency, student, condition, p.metric, settings["confidence"])
         else:
             e = _metric_estimate(outcomes, student, condition, p.metric, settings)
     except _NotComparable as reason:
-        return {**row, "verdict": "not comparable", "conclusive": False, "reason": str(reason)}
+        return {
+            **row,
+            "verdict": "not comparable",
+            "conclusive": False,
+            "reason": "; ".join([*mismatches, str(reason)]),
+        }
+    estimate = {"estimate": e.value, "ci_low": e.low, "ci_high": e.high, "basis": e.basis}
+    if mismatches:  # ours is shown beside the paper's, but not judged against it
+        return {
+            **row,
+            **estimate,
+            "verdict": "not comparable",
+            "conclusive": False,
+            "reason": "; ".join(mismatches),
+        }
     inside = e.low - p.tolerance <= p.value <= e.high + p.tolerance
     return {
         **row,
-        "estimate": e.value,
-        "ci_low": e.low,
-        "ci_high": e.high,
-        "basis": e.basis,
+        **estimate,
         "verdict": "replicated" if inside else "not replicated",
         "conclusive": True,
         "reason": f"ours {e.value:.2f} [{e.low:.2f}, {e.high:.2f}] {'is' if inside else 'is not'} within "

@@ -71,14 +71,6 @@ class TraceSources:
     key_words: dict[str, tuple[str, ...]] | None = None
 
 
-def load_key_words(sft: SftParams, default_path: Path) -> dict[str, tuple[str, ...]] | None:
-    """Key words when a key_tokens condition is in the grid, else None."""
-    if not any(spec.transform == "key_tokens_after_label" for spec in sft.condition_specs()):
-        return None
-    path = Path(sft.key_tokens.attributions) if sft.key_tokens.attributions else default_path
-    return read_key_words(path, top_k=sft.key_tokens.top_k, fraction=sft.key_tokens.fraction)
-
-
 def cell_text_examples(
     spec: ConditionSpec, items: list[QAItem], sources: TraceSources, sft: SftParams, fmt: str, seed: int
 ) -> tuple[list[TextExample], list[str]]:
@@ -377,24 +369,45 @@ def train_cell(
     return {**io.read_json(meta_path)["summary"], "status": "resumed" if resumed else "trained"}
 
 
+def needs_key_words(cell: Cell) -> bool:
+    return "key_words" in TRANSFORMS[cell.condition.transform].needs
+
+
+def key_words_for(
+    run, trained: pd.DataFrame, items: list[QAItem], sources: TraceSources, *, sft: SftParams, common
+) -> dict[str, tuple[str, ...]]:
+    """The key-token words: from sft.key_tokens.attributions, else attributed under a `trained` cell."""
+    from kdlib.attribution import attribute_run
+
+    path = sft.key_tokens.attributions
+    if path is None:
+        device = resolve_device(common.device)
+        attribute_run(
+            run, trained, items, sources.traces, device=device, seed=common.seed, params=sft.key_tokens
+        )
+        path = run.attributions
+    return read_key_words(path, top_k=sft.key_tokens.top_k, fraction=sft.key_tokens.fraction)
+
+
 def train_grid(
     run, items: list[QAItem], sources: TraceSources, *, sft: SftParams, common: CommonParams, fmt: str
 ) -> pd.DataFrame:
-    """Train (or skip) every cell of the grid, in order; one summary row per cell. `run` is a RunLayout."""
-    return pd.DataFrame(
-        [
-            train_cell(
-                run.sft_cell(c.student, c.condition.name, c.seed),
-                c,
-                items,
-                sources,
-                sft=sft,
-                common=common,
-                fmt=fmt,
-            )
-            for c in grid_cells(sft)
-        ]
-    )
+    """Train (or skip) every cell of the grid; one summary row per cell, in grid order. `run` is a
+    RunLayout. Key-token cells come last, once their words are known (key_words_for)."""
+    cells = grid_cells(sft)
+
+    def fit(cell: Cell, cell_sources: TraceSources) -> dict:
+        cell_dir = run.sft_cell(cell.student, cell.condition.name, cell.seed)
+        return train_cell(cell_dir, cell, items, cell_sources, sft=sft, common=common, fmt=fmt)
+
+    rows = {n: fit(cell, sources) for n, cell in enumerate(cells) if not needs_key_words(cell)}
+    later = [n for n, cell in enumerate(cells) if needs_key_words(cell)]
+    if later:
+        trained = pd.DataFrame(rows.values())
+        key_words = key_words_for(run, trained, items, sources, sft=sft, common=common)
+        with_words = TraceSources(sources.traces, sources.steps, key_words)
+        rows.update({n: fit(cells[n], with_words) for n in later})
+    return pd.DataFrame([rows[n] for n in range(len(cells))])
 
 
 def training_logs(run, summary: pd.DataFrame) -> pd.DataFrame:

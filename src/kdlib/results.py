@@ -1,0 +1,319 @@
+"""docs/results.md from the study runs: each finding beside the paper's, every number read from run files.
+
+`kdlib results` reads `outputs/<run_name>/` of each study params file in STUDY_RUNS, copies the run's PNG
+figures to `docs/figures/<run_name>/` and writes `docs/results.md`. A run whose notebook 05 has not
+finished is listed with the notebooks done and the command that completes it. Nothing is typed in: every
+table is rendered from the CSV files that notebooks 04 and 05 wrote (reference_comparison.csv,
+seed_summary.csv, contingency.csv, lens_emergence.csv, run_flags.csv) and from run.json.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from kdlib import io
+from kdlib.config import NOTEBOOKS, load_params
+from kdlib.paths import OUTPUTS_DIR, REPO_ROOT, RunLayout
+from kdlib.reference import PERCENT_METRICS, load_reference
+
+
+@dataclass(frozen=True)
+class StudyRuns:
+    study: str  # a study id of kdlib/reference_results.yaml
+    title: str
+    params_files: tuple[str, ...]  # relative to the repository root
+
+
+STUDY_RUNS = (
+    StudyRuns("wadhwa2024", "CoT-augmented distillation", ("params/wadhwa2024_csqa.yaml",)),
+    StudyRuns("hendriks2025", "Distillation methods and explainability", ("params/hendriks2025_csqa.yaml",)),
+    StudyRuns(
+        "bhambri2025",
+        "Interpretable traces",
+        ("params/bhambri2025_babi.yaml", "params/bhambri2025_cotempqa.yaml"),
+    ),
+)
+FIGURES = (  # (stage, figure name, caption) copied and shown when the run has the PNG
+    ("correlation", "reference_findings", "Findings: our estimate and interval against each claim"),
+    ("correlation", "condition_accuracy", "Accuracy per condition, mean over seeds"),
+    ("correlation", "trace_vs_answer", "Trace correctness against answer correctness"),
+    ("correlation", "paired_differences", "Paired differences between conditions (bootstrap intervals)"),
+    ("evaluation", "lens_gold_top", "Logit lens: share of items whose gold answer is top-ranked per layer"),
+    ("evaluation", "explanation_quality", "Judge ratings of the students' explanations"),
+)
+
+
+def markdown_table(frame: pd.DataFrame) -> list[str]:
+    """A GitHub markdown table of `frame` (values as strings; '|' escaped)."""
+
+    def cell(value) -> str:
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+    header = [str(c) for c in frame.columns]
+    rows = [
+        [cell(v).replace("|", "\\|").replace("\n", " ") for v in row] for row in frame.itertuples(index=False)
+    ]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def with_interval(value: float, low: float, high: float, scale: float = 1.0, digits: int = 1) -> str:
+    """'61.2 [55.0, 67.3]', or '' for a missing value; the interval is left out when it is missing."""
+    if value is None or math.isnan(value):
+        return ""
+    text = f"{value * scale:.{digits}f}"
+    if low is not None and high is not None and not (math.isnan(low) or math.isnan(high)):
+        text += f" [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+    return text
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.exists() else None
+
+
+def run_facts_lines(params_file: str, run_dir: Path) -> list[str]:
+    """Command, git SHA, sizes and wall times of one run."""
+    params = load_params(run_dir / "params.yaml")
+    record = io.read_json(run_dir / "run.json")
+    data, sft = params.teacher_traces.dataset, params.sft
+    times = [(nb, record["notebooks"][nb]) for nb in NOTEBOOKS if nb in record["notebooks"]]
+    total = sum(entry.get("seconds", 0.0) for _, entry in times)
+    return [
+        f"- Command: `kdlib run {params_file}`, then `kdlib results`",
+        f"- Run: git {record['git_sha'][:10]}, started {times[0][1]['started_at'] if times else '?'}; "
+        f"wall time {total / 60:.0f} min ("
+        + ", ".join(f"{nb} {entry.get('seconds', 0.0) / 60:.1f}" for nb, entry in times)
+        + " min) on this 2-core CPU",
+        f"- Data: {data.name}, {data.n_train} training items ({data.train_split}), {data.n_eval} evaluation "
+        f"items ({data.eval_split})",
+        f"- Grid: students {', '.join(sft.students)}; conditions "
+        f"{', '.join(spec.name for spec in sft.condition_specs())}; seeds {', '.join(map(str, sft.seeds))}; "
+        f"{sft.finetune}, {sft.epochs} epochs, lr {sft.learning_rate:g}",
+    ]
+
+
+def findings_table(comparison: pd.DataFrame, study: str) -> pd.DataFrame:
+    rows = comparison[(comparison["kind"] == "finding") & (comparison["study"] == study)]
+    return pd.DataFrame(
+        {
+            "finding": rows["id"],
+            "claim": rows["claim"],
+            "student": rows["student"],
+            "paper": rows["paper"],
+            "ours (95 % CI)": [
+                f"{with_interval(r.estimate, r.ci_low, r.ci_high, digits=2)} {r.unit}".strip()
+                if not pd.isna(r.estimate)
+                else ""
+                for r in rows.itertuples()
+            ],
+            "verdict": [
+                r.verdict + (" (conclusive)" if r.conclusive and r.verdict == "not replicated" else "")
+                for r in rows.itertuples()
+            ],
+            "why": rows["reason"],
+        }
+    )
+
+
+def published_table(
+    comparison: pd.DataFrame, published: pd.DataFrame, study: str, dataset: str
+) -> pd.DataFrame:
+    """The paper's numbers for this dataset beside ours for the same condition and metric."""
+    on_dataset = set(published.loc[(published["study"] == study) & (published["dataset"] == dataset), "id"])
+    rows = comparison[(comparison["kind"] == "published") & comparison["id"].isin(on_dataset)]
+    rows = rows[rows["estimate"].notna() | (rows["scope"] == "same setup")]
+    paper = published.set_index("id")
+    return pd.DataFrame(
+        {
+            "published": rows["id"],
+            "paper": [f"{r.paper:g} {r.unit} ({paper.loc[r.id, 'student']})" for r in rows.itertuples()],
+            "ours": [
+                f"{with_interval(r.estimate, r.ci_low, r.ci_high)} {r.unit} ({r.student})"
+                for r in rows.itertuples()
+            ],
+            "verdict": rows["verdict"],
+            "why": rows["reason"],
+        }
+    )
+
+
+def metric_table(seed_summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds [interval] per student and condition, one column per metric (percent metrics x100)."""
+    frame = seed_summary.assign(
+        text=[
+            with_interval(r.mean, r.ci_low, r.ci_high, scale=100.0 if r.metric in PERCENT_METRICS else 1.0)
+            for r in seed_summary.itertuples()
+        ]
+    )
+    table = frame.pivot_table(
+        index=["student", "condition"], columns="metric", values="text", aggfunc="first", sort=False
+    )
+    seeds = frame.groupby(["student", "condition"], sort=False)["n_seeds"].max()
+    return table.assign(seeds=seeds).reset_index()
+
+
+def contingency_table(contingency: pd.DataFrame, criterion: str) -> pd.DataFrame:
+    rows = contingency[contingency["criterion"] == criterion]
+    return pd.DataFrame(
+        {
+            "student": rows["student"],
+            "condition": rows["condition"],
+            "seed": rows["seed"],
+            "n": rows["n"],
+            "trace right %": (100 * rows["trace_accuracy"]).round(1),
+            "answer right %": (100 * rows["answer_accuracy"]).round(1),
+            "phi [95 % CI]": [
+                with_interval(r.phi, r.phi_ci_low, r.phi_ci_high, digits=2) for r in rows.itertuples()
+            ],
+            "P(answer | trace right) %": [
+                with_interval(
+                    r.p_answer_given_trace_right,
+                    r.p_answer_given_trace_right_ci_low,
+                    r.p_answer_given_trace_right_ci_high,
+                    scale=100.0,
+                )
+                for r in rows.itertuples()
+            ],
+            "P(answer | trace wrong) %": [
+                with_interval(
+                    r.p_answer_given_trace_wrong,
+                    r.p_answer_given_trace_wrong_ci_low,
+                    r.p_answer_given_trace_wrong_ci_high,
+                    scale=100.0,
+                )
+                for r in rows.itertuples()
+            ],
+            "Fisher p": rows["fisher_p"].map(lambda p: f"{p:.3f}"),
+        }
+    )
+
+
+def emergence_table(emergence: pd.DataFrame) -> pd.DataFrame:
+    """Mean emergence depth (0 = embeddings, 1 = output) per student, condition and lens, over seeds."""
+    grouped = emergence.groupby(["student", "condition", "lens"], sort=False)
+    return (
+        grouped.agg(
+            seeds=("seed", "nunique"),
+            items=("n", "sum"),
+            top_at_output=("top_at_output", "mean"),
+            mean_emergence_depth=("mean_emergence_depth", "mean"),
+        )
+        .round(3)
+        .reset_index()
+    )
+
+
+def copy_figures(run: RunLayout, docs_dir: Path, run_name: str) -> list[str]:
+    """Copy the run's PNG figures to docs/figures/<run_name>/; markdown image lines."""
+    lines = []
+    for stage, name, caption in FIGURES:
+        source = run.stage(stage) / "figures" / f"{name}.png"
+        if not source.exists():
+            continue
+        target = docs_dir / "figures" / run_name / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        lines += [f"![{caption}](figures/{run_name}/{source.name})", ""]
+    return lines
+
+
+def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir: Path) -> list[str]:
+    params = load_params(REPO_ROOT / params_file)
+    run_dir = outputs_dir / params.common.run_name
+    run = RunLayout(run_dir)
+    lines = [f"### {params.teacher_traces.dataset.name}: `{params_file}`", ""]
+    record = io.read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {"notebooks": {}}
+    done = [nb for nb in NOTEBOOKS if record["notebooks"].get(nb, {}).get("status") == "ok"]
+    if "05_correlation" not in done:
+        return lines + [
+            f"Not finished: notebooks done {done or 'none'}. Complete it with `kdlib run {params_file}` "
+            "(finished cells are kept), then `kdlib results`.",
+            "",
+        ]
+    lines += [*run_facts_lines(params_file, run_dir), ""]
+    comparison = pd.read_csv(run.reference_comparison)
+    lines += ["#### Findings", "", *markdown_table(findings_table(comparison, study.study)), ""]
+    published = _read(run.published_results)
+    if published is not None:
+        table = published_table(comparison, published, study.study, params.teacher_traces.dataset.name)
+        if len(table):
+            lines += [
+                "#### Published numbers beside ours",
+                "",
+                "Ours are shown for the same condition and metric; a different student or data size makes "
+                "them not comparable, and the verdict says so.",
+                "",
+                *markdown_table(table),
+                "",
+            ]
+    lines += [
+        "#### Per condition (mean over seeds, 95 % t interval; accuracy in %)",
+        "",
+        *markdown_table(metric_table(pd.read_csv(run.seed_summary))),
+        "",
+    ]
+    contingency = _read(run.contingency)
+    if contingency is not None and len(contingency):
+        criterion = params.correlation.trace_criterion
+        lines += [
+            f"#### Trace against answer (criterion {criterion}, per cell)",
+            "",
+            *markdown_table(contingency_table(contingency, criterion)),
+            "",
+        ]
+    emergence = _read(run.lens_emergence)
+    if emergence is not None and len(emergence):
+        lines += [
+            "#### Where the answer emerges (lens; depth 0 = embeddings, 1 = output)",
+            "",
+            *markdown_table(emergence_table(emergence)),
+            "",
+        ]
+    flags = _read(run.run_flags)
+    if flags is not None:
+        flagged = flags[flags["flags"].notna() & (flags["flags"].astype(str) != "")]
+        lines += ["#### Run flags", ""]
+        lines += (
+            markdown_table(flagged[["student", "condition", "seed", "flags", "reasons"]])
+            if len(flagged)
+            else ["No cell was flagged (unparseable, collapsed, seed outlier or failed training)."]
+        )
+        lines.append("")
+    return lines + copy_figures(run, docs_dir, params.common.run_name)
+
+
+def write_results(
+    outputs_dir: Path | None = None, docs_dir: Path | None = None, studies: tuple[StudyRuns, ...] = STUDY_RUNS
+) -> Path:
+    """Write docs/results.md (and docs/figures/) from the study runs under `outputs_dir`."""
+    outputs_dir = Path(outputs_dir or OUTPUTS_DIR)
+    docs_dir = Path(docs_dir or REPO_ROOT / "docs")
+    reference = load_reference()
+    shutil.rmtree(docs_dir / "figures", ignore_errors=True)
+    lines = [
+        "# Results: the three studies re-tested on real data",
+        "",
+        "Generated by `kdlib results` from the run folders under `outputs/`; do not edit by hand. Each run "
+        "is a CPU-sized version of its study (two small students, LoRA, three seeds, tens of training "
+        "items): a verdict says whether our interval settles the paper's claim at that size, not whether "
+        "the paper is right. Each study's GPU-scale twin (`params/*_full.yaml`) has the papers' sizes.",
+        "",
+        "Verdicts: *replicated* when our interval settles the claim; *not replicated (conclusive)* when it "
+        "settles it against the paper; *not replicated* when it leaves it open; *not comparable* when the "
+        "run lacks what the claim needs (the reason says what).",
+        "",
+    ]
+    for study in studies:
+        source = reference.studies[study.study]
+        lines += [f"## {study.title}: {source['citation']}", "", f"<{source['url']}>", ""]
+        for params_file in study.params_files:
+            lines += run_section(study, params_file, outputs_dir, docs_dir)
+    return io.write_text(docs_dir / "results.md", "\n".join(lines).rstrip() + "\n")
