@@ -48,6 +48,7 @@ from kdlib.decomposition import (
     check_rationales,
     decompose,
     example_traces,
+    has_gold_steps,
     perturbation_coverage,
     summarise_verification,
     trace_statistics,
@@ -63,7 +64,11 @@ pd.set_option("display.max_colwidth", 400)
 
 items = frame_to_items(io.read_parquet(run.items, produced_by="01_teacher_traces"))
 teacher_traces = io.read_parquet(run.traces, produced_by="01_teacher_traces")
-print(f"{len(items)} items from {sorted({item.dataset for item in items})}")
+checkable_items = [item for item in items if has_gold_steps(item)]
+datasets = sorted({item.dataset for item in items})
+print(f"{len(items)} items from {datasets}; {len(checkable_items)} with gold steps")
+if not checkable_items:
+    print("no item has gold steps (class + supporting facts): the tables below are empty")
 
 # %% [markdown]
 # ## Decomposition and trace statistics
@@ -72,7 +77,7 @@ print(f"{len(items)} items from {sorted({item.dataset for item in items})}")
 # length in words, and how each gold step was found.
 
 # %%
-decomposed = decompose(items, cfg.trace_format, cfg.perturbations, seed=common.seed)
+decomposed = decompose(checkable_items, cfg.trace_format, cfg.perturbations, seed=common.seed)
 statistics = trace_statistics(decomposed)
 statistics
 
@@ -124,7 +129,7 @@ for item_id, rows in example_traces(decomposed).groupby("item_id", sort=False):
 # every perturbation.
 
 # %%
-check = verify_decomposition(items, decomposed, cfg.trace_format)
+check = verify_decomposition(checkable_items, decomposed, cfg.trace_format)
 verdicts = summarise_verification(check)
 verdicts
 

@@ -43,6 +43,7 @@ conditions = ["no_trace", "correct_trace", "incorrect_trace"]
 rationale_recipe = "rule"
 rationale_source = None
 counterfactual_recipe = "counterfactual"
+counterfactuals_per_item = 1
 incorrect_perturbation = "both"
 multitask_alpha = 1.0
 multitask_beta = 1.0
@@ -93,7 +94,8 @@ sources = TraceSources(
     traces=io.read_parquet(run.traces, produced_by="01_teacher_traces"),
     steps=steps_by_item(decomposed),
 )
-trace_format = str(decomposed["trace_format"].iloc[0])
+decomposition_meta = io.read_json(run.stage("decomposition") / "meta.json")
+trace_format = decomposition_meta["params"]["decomposition"]["trace_format"]
 print(f"{len(train_items)} training items, trace format {trace_format!r}")
 print(f"grid: {len(cfg.students)} student(s) x {len(cfg.conditions)} condition(s) x {len(cfg.seeds)} seed(s)")
 

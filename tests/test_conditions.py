@@ -160,6 +160,24 @@ def test_counterfactual_examples_argue_for_each_wrong_choice(generated_items, so
         assert example.target == f"<think>{rationale}</think><answer>{choice}</answer>"
 
 
+def test_counterfactuals_per_item_draws_wrong_choices_per_seed(generated_items, sources):
+    """Hendriks et al. train on one wrong-answer rationale per item: drawn per item and seed, repeatably."""
+    item = generated_items[0]
+    pairs = sources[item.id].counterfactuals
+    drawn = {}
+    for seed in range(8):
+        examples, _ = condition_examples(
+            "counterfactual", [item], sources, settings(seed=seed, counterfactuals_per_item=1)
+        )
+        assert [e.task for e in examples] == [PREDICT, COUNTERFACTUAL]
+        again, _ = condition_examples(
+            "counterfactual", [item], sources, settings(seed=seed, counterfactuals_per_item=1)
+        )
+        assert again == examples
+        drawn[seed] = examples[1].target
+    assert set(drawn.values()) == {f"<think>{r}</think><answer>{c}</answer>" for c, r in pairs}  # both drawn
+
+
 def test_items_without_the_needed_trace_are_skipped_and_named(generated_items, sources):
     partial = dict(sources)
     first = generated_items[0].id

@@ -66,6 +66,7 @@ class TransformSettings:
     alpha: float = 1.0
     beta: float = 1.0
     random_vocabulary: tuple[str, ...] = ()
+    counterfactuals_per_item: int | None = None  # None: every wrong choice with a rationale
 
 
 def student_question(item: QAItem) -> str:
@@ -140,6 +141,9 @@ def _multitask(item, traces, s):
 
 
 def _counterfactual(item, traces, s):
+    pairs = list(traces.counterfactuals)
+    if s.counterfactuals_per_item is not None and len(pairs) > s.counterfactuals_per_item:
+        pairs = item_rng(s, item, "counterfactual").sample(pairs, s.counterfactuals_per_item)
     return [
         TextExample(
             item.id,
@@ -147,7 +151,7 @@ def _counterfactual(item, traces, s):
             task_prompt(COUNTERFACTUAL, item, choice),
             join_target(s.fmt, format_rationale(rationale, s.fmt), format_answer(choice, s.fmt)),
         )
-        for choice, rationale in traces.counterfactuals
+        for choice, rationale in pairs
     ]
 
 

@@ -291,6 +291,12 @@ class SftParams(Schema):
         "counterfactual",
         description="Recipe of the rationales for wrong choices (counterfactual conditions).",
     )
+    counterfactuals_per_item: int | None = Field(
+        1,
+        gt=0,
+        description="Counterfactual examples per item; the wrong choices are drawn per item and seed "
+        "(Hendriks et al.: 1). null: one per wrong choice.",
+    )
     incorrect_perturbation: Literal["class", "retrieval", "both", "shuffled"] = Field(
         "both", description="Which perturbed trace the incorrect_trace condition trains on."
     )

@@ -64,9 +64,14 @@ class ParsedOutput:
     raw: str = field(repr=False, default="")
 
 
+def has_gold_steps(item: QAItem) -> bool:
+    """Whether the item's metadata holds a gold class and supporting facts (open-book datasets)."""
+    return item.question_type is not None and item.supporting_facts is not None
+
+
 def gold_steps(item: QAItem) -> Steps:
     """The rule decomposition: the gold class and supporting facts (in context order) from metadata."""
-    if item.question_type is None or item.supporting_facts is None:
+    if not has_gold_steps(item):
         raise ValueError(
             f"item {item.id}: no gold question_type/supporting_facts in metadata to decompose; dataset "
             f"{item.dataset!r} has no checkable steps (use an open-book dataset: babi, cotempqa, "
@@ -285,6 +290,23 @@ def class_inventory(dataset: str, observed: set[str]) -> tuple[str, ...]:
     return tuple(sorted(observed))
 
 
+DECOMPOSED_COLUMNS = [
+    "item_id",
+    "dataset",
+    "split",
+    "variant",
+    "question_type",
+    "fact_ids",
+    "trace",
+    "trace_format",
+    "class_source",
+    "facts_source",
+    "n_context",
+    "n_facts",
+    "trace_words",
+]
+
+
 def decompose(items: list[QAItem], fmt: str, perturbations: list[str], seed: int) -> pd.DataFrame:
     """One row per item and variant (correct, then each perturbation that applies) with its steps.
 
@@ -323,7 +345,7 @@ def decompose(items: list[QAItem], fmt: str, perturbations: list[str], seed: int
                     "trace_words": len(trace.split()),
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=DECOMPOSED_COLUMNS)
 
 
 def steps_from_row(row) -> Steps:
@@ -338,18 +360,34 @@ def steps_by_item(decomposed: pd.DataFrame) -> dict[str, dict[str, Steps]]:
     return table
 
 
+VERIFIER_COLUMNS = [
+    "item_id",
+    "dataset",
+    "variant",
+    "trace_parsed",
+    "class_correct",
+    "retrieval_precision",
+    "retrieval_recall",
+    "retrieval_exact",
+    "retrieval_ordered",
+    "trace_correct",
+    "errors",
+    "detected",
+]
+
+
 def verify_decomposition(items: list[QAItem], decomposed: pd.DataFrame, fmt: str) -> pd.DataFrame:
     """Run the verifier on every decomposed trace, written out in `fmt` with the gold answer appended.
 
     One row per trace: its scores, `errors` (the steps the verifier finds wrong) and `detected`: whether
     those are exactly the steps its variant perturbed (none for a correct trace).
     """
-    by_id = {item.id: (item, gold_steps(item)) for item in items}
+    by_id = {item.id: item for item in items}
     rows = []
     for row in decomposed.itertuples(index=False):
-        item, gold = by_id[row.item_id]
+        item = by_id[row.item_id]
         parsed = parse_output(format_target(steps_from_row(row), item, item.answer, fmt))
-        scores = score_trace(parsed, item, gold)
+        scores = score_trace(parsed, item, gold_steps(item))
         errors = step_errors(scores)
         rows.append(
             {
@@ -361,7 +399,7 @@ def verify_decomposition(items: list[QAItem], decomposed: pd.DataFrame, fmt: str
                 "detected": errors == EXPECTED_ERRORS[row.variant],
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=VERIFIER_COLUMNS)
 
 
 def summarise_verification(check: pd.DataFrame) -> pd.DataFrame:
@@ -405,7 +443,7 @@ def perturbation_coverage(decomposed: pd.DataFrame, perturbations: list[str]) ->
     fact, or draw a distractor from a context that is all gold)."""
     per_item = decomposed.groupby(["dataset", "variant"]).size().unstack(fill_value=0)
     applied = per_item.reindex(columns=perturbations, fill_value=0)
-    return applied.div(per_item[CORRECT], axis=0)
+    return applied.div(per_item.reindex(columns=[CORRECT], fill_value=0)[CORRECT], axis=0)
 
 
 def example_traces(decomposed: pd.DataFrame) -> pd.DataFrame:
@@ -415,7 +453,7 @@ def example_traces(decomposed: pd.DataFrame) -> pd.DataFrame:
     for _, rows in decomposed.groupby("dataset", sort=False):
         variants_per_item = rows.groupby("item_id", sort=False)["variant"].nunique()
         picked.append(rows[rows["item_id"] == variants_per_item.idxmax()])
-    return pd.concat(picked, ignore_index=True)
+    return pd.concat(picked, ignore_index=True) if picked else decomposed
 
 
 def check_rationales(items: list[QAItem], traces: pd.DataFrame) -> pd.DataFrame:

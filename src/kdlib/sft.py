@@ -117,6 +117,7 @@ def cell_text_examples(
         incorrect_perturbation=sft.incorrect_perturbation,
         alpha=sft.multitask_alpha,
         beta=sft.multitask_beta,
+        counterfactuals_per_item=sft.counterfactuals_per_item,
         random_vocabulary=tuple(sorted({w for r in rationales.values() for w in r.split()})),
     )
     return condition_examples(spec.transform, items, traces, settings)
