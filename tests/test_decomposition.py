@@ -234,3 +234,28 @@ def test_plain_and_tagged_verdicts_agree(generated_items):
         for fmt in ("tagged", "plain")
     ]
     pd.testing.assert_series_equal(verdicts[0]["errors"], verdicts[1]["errors"])
+
+
+def test_a_dataset_without_gold_steps_gives_empty_tables():
+    """CommonsenseQA has no class or supporting facts: notebook 02 decomposes none of its items, and every
+    table it writes is empty with its columns, so a Wadhwa or Hendriks run passes through."""
+    from kdlib.decomposition import (
+        DECOMPOSED_COLUMNS,
+        VERIFIER_COLUMNS,
+        example_traces,
+        has_gold_steps,
+        perturbation_coverage,
+        summarise_verification,
+        trace_statistics,
+        verify_decomposition,
+    )
+
+    item = QAItem("csqa-1", "commonsenseqa", "train", "Where are cows?", "farm", choices=["farm", "sea"])
+    assert not has_gold_steps(item)
+    decomposed = decompose([], "tagged", ["class", "both"], seed=0)
+    assert list(decomposed.columns) == DECOMPOSED_COLUMNS and decomposed.empty
+    check = verify_decomposition([item], decomposed, "tagged")
+    assert list(check.columns) == VERIFIER_COLUMNS and check["detected"].all()
+    assert summarise_verification(check).empty and trace_statistics(decomposed).empty
+    assert list(perturbation_coverage(decomposed, ["class", "both"]).columns) == ["class", "both"]
+    assert example_traces(decomposed).empty
