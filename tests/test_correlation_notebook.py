@@ -120,7 +120,14 @@ def test_results_document_is_rendered_from_the_run_files(outputs, tmp_path):
     from kdlib.results import FIGURES, StudyRuns, with_interval, write_results
 
     run = RunLayout(outputs / "smoke")
-    study = StudyRuns("bhambri2025", "Interpretable traces", ("params/smoke.yaml", "params/demo.yaml"))
+    study = StudyRuns(
+        "bhambri2025",
+        "Interpretable traces",
+        ("params/smoke.yaml", "params/demo.yaml", "params/bhambri2025_babi.yaml"),
+    )
+    stale = outputs / "bhambri2025_babi"
+    stale.mkdir(exist_ok=True)
+    (stale / "params.yaml").write_text((outputs / "smoke" / "params.yaml").read_text())
     text = write_results(outputs, tmp_path, studies=(study,)).read_text()
     assert "## Interpretable traces: Bhambri, Biswas, Kambhampati" in text
     assert "- Command: `kdlib run params/smoke.yaml`, then `kdlib results`" in text
@@ -141,3 +148,4 @@ def test_results_document_is_rendered_from_the_run_files(outputs, tmp_path):
         assert f"](figures/smoke/{png.name})" in text
     assert "### generated: `params/demo.yaml`" in text
     assert "Not finished: notebooks done none. Complete it with `kdlib run params/demo.yaml`" in text
+    assert "Not current: the run folder holds another run (its params differ in common, " in text

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdlib import io
-from kdlib.config import NOTEBOOKS, load_params
+from kdlib.config import NOTEBOOKS, ExperimentParams, ParamsError, load_params
 from kdlib.paths import OUTPUTS_DIR, REPO_ROOT, RunLayout
 from kdlib.reference import PERCENT_METRICS, load_reference
 
@@ -225,6 +225,19 @@ def copy_figures(run: RunLayout, docs_dir: Path, run_name: str) -> list[str]:
     return lines
 
 
+def stale_reason(params: ExperimentParams, run_dir: Path) -> str | None:
+    """Why the run folder does not hold a run of `params` (None when it does, or holds none yet)."""
+    saved = run_dir / "params.yaml"
+    if not saved.exists():
+        return None
+    try:
+        ran = load_params(saved)
+    except ParamsError:
+        return "its params.yaml does not validate against today's schema"
+    changed = [name for name in ExperimentParams.model_fields if getattr(ran, name) != getattr(params, name)]
+    return f"its params differ in {', '.join(changed)}" if changed else None
+
+
 def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir: Path) -> list[str]:
     params = load_params(REPO_ROOT / params_file)
     run_dir = outputs_dir / params.common.run_name
@@ -232,6 +245,13 @@ def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir:
     lines = [f"### {params.teacher_traces.dataset.name}: `{params_file}`", ""]
     record = io.read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {"notebooks": {}}
     done = [nb for nb in NOTEBOOKS if record["notebooks"].get(nb, {}).get("status") == "ok"]
+    stale = stale_reason(params, run_dir)
+    if stale:
+        return lines + [
+            f"Not current: the run folder holds another run ({stale}). Rerun with `kdlib run {params_file}`, "
+            "then `kdlib results`.",
+            "",
+        ]
     if "05_correlation" not in done:
         return lines + [
             f"Not finished: notebooks done {done or 'none'}. Complete it with `kdlib run {params_file}` "
