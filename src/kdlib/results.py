@@ -162,6 +162,11 @@ def metric_table(seed_summary: pd.DataFrame) -> pd.DataFrame:
 
 def contingency_table(contingency: pd.DataFrame, criterion: str) -> pd.DataFrame:
     rows = contingency[contingency["criterion"] == criterion]
+
+    def rate(column: str) -> list[str]:
+        bounds = zip(rows[column], rows[f"{column}_ci_low"], rows[f"{column}_ci_high"], strict=True)
+        return [with_interval(value, low, high, scale=100.0) for value, low, high in bounds]
+
     return pd.DataFrame(
         {
             "student": rows["student"],
@@ -173,24 +178,8 @@ def contingency_table(contingency: pd.DataFrame, criterion: str) -> pd.DataFrame
             "phi [95 % CI]": [
                 with_interval(r.phi, r.phi_ci_low, r.phi_ci_high, digits=2) for r in rows.itertuples()
             ],
-            "P(answer | trace right) %": [
-                with_interval(
-                    r.p_answer_given_trace_right,
-                    r.p_answer_given_trace_right_ci_low,
-                    r.p_answer_given_trace_right_ci_high,
-                    scale=100.0,
-                )
-                for r in rows.itertuples()
-            ],
-            "P(answer | trace wrong) %": [
-                with_interval(
-                    r.p_answer_given_trace_wrong,
-                    r.p_answer_given_trace_wrong_ci_low,
-                    r.p_answer_given_trace_wrong_ci_high,
-                    scale=100.0,
-                )
-                for r in rows.itertuples()
-            ],
+            "P(answer | trace right) %": rate("p_answer_given_trace_right"),
+            "P(answer | trace wrong) %": rate("p_answer_given_trace_wrong"),
             "Fisher p": rows["fisher_p"].map(lambda p: f"{p:.3f}"),
         }
     )
