@@ -120,7 +120,7 @@ def integrated_gradients(
 
 def attribute_run(
     run, cells: pd.DataFrame, items: list[QAItem], traces: pd.DataFrame, *, device, seed, params
-):
+) -> dict:
     """IG under the first causal cell of `params.condition` (KeyTokenParams; `cells` are summary rows of
     trained cells), over `items` with that cell's rationales (its recipe and source, from traces.parquet).
 

@@ -239,8 +239,9 @@ class KeyTokenParams(Schema):
 
     attributions: str | None = Field(
         None,
-        description="Attributions parquet (item_id, word_index, word, attribution); null: integrated "
-        "gradients in this run, under the `condition` cell, written to sft/attributions.parquet.",
+        description="Attributions parquet (item_id, word_index, word, attribution), relative to the "
+        "repository root; null: integrated gradients in this run under the `condition` cell "
+        "(sft/attributions.parquet).",
     )
     condition: str = Field(
         "rationale_after_label",

@@ -379,8 +379,9 @@ def key_words_for(
 ) -> dict[str, tuple[str, ...]]:
     """The key-token words: from sft.key_tokens.attributions, else attributed under a `trained` cell."""
     from kdlib.attribution import attribute_run
+    from kdlib.paths import resolve_repo_path
 
-    path = sft.key_tokens.attributions
+    path = sft.key_tokens.attributions and resolve_repo_path(sft.key_tokens.attributions)
     if path is None:
         device = resolve_device(common.device)
         attribute_run(
