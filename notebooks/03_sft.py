@@ -177,8 +177,6 @@ columns = [
     "seconds",
     "tokens_per_second",
 ]
-attribution_files = [run.attributions, run.token_attributions, run.attribution_record]
-attribution_files = [path.name for path in attribution_files if path.exists()]
 io.write_meta(
     run.stage("sft"),
     params={"common": common.model_dump(), "sft": cfg.model_dump()},
@@ -186,7 +184,7 @@ io.write_meta(
         run.sft_summary.name,
         "figures/",
         *sorted({f"{cell.split('/')[0]}/" for cell in summary["cell"]}),
-        *attribution_files,
+        *[path.name for path in run.attribution_files if path.exists()],
     ],
     report=headline([{"file": run.sft_summary.name, "title": "Trained cells", "columns": columns}], saved),
 )

@@ -142,6 +142,10 @@ class RunLayout:
         return self.root / "sft" / "attributions.json"
 
     @property
+    def attribution_files(self) -> list[Path]:
+        return [self.attributions, self.token_attributions, self.attribution_record]
+
+    @property
     def lens_ranks(self) -> Path:
         return self.root / "evaluation" / "lens_ranks.parquet"
 

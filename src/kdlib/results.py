@@ -79,10 +79,8 @@ def _read(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def run_facts_lines(params_file: str, run_dir: Path) -> list[str]:
-    """Command, git SHA, sizes and wall times of one run."""
-    params = load_params(run_dir / "params.yaml")
-    record = io.read_json(run_dir / "run.json")
+def run_facts_lines(params_file: str, params: ExperimentParams, record: dict) -> list[str]:
+    """Command, git SHA, sizes and wall times of one run (`record`: its run.json)."""
     data, sft = params.teacher_traces.dataset, params.sft
     times = [(nb, record["notebooks"][nb]) for nb in NOTEBOOKS if nb in record["notebooks"]]
     total = sum(entry.get("seconds", 0.0) for _, entry in times)
@@ -247,7 +245,7 @@ def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir:
             "(finished cells are kept), then `kdlib results`.",
             "",
         ]
-    lines += [*run_facts_lines(params_file, run_dir), ""]
+    lines += [*run_facts_lines(params_file, params, record), ""]
     comparison = pd.read_csv(run.reference_comparison)
     lines += ["#### Findings", "", *markdown_table(findings_table(comparison, study.study)), ""]
     published = _read(run.published_results)
