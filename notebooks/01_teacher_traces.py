@@ -45,6 +45,7 @@ teacher = {
     "backend": "transformers",
     "model": "smollm2-135m-instruct",
     "revision": None,
+    "trust_remote_code": False,
     "endpoint": "chat",
     "base_url": None,
     "api_key_env": None,
@@ -72,7 +73,12 @@ generation = {
     ],
 }
 imports = []
-filters = {"keep_label_correct": False, "drop_duplicates": True, "drop_leaking": False}
+filters = {
+    "drop_unparseable": True,
+    "keep_label_correct": False,
+    "drop_duplicates": True,
+    "drop_leaking": False,
+}
 cache_path = None
 
 # %%
@@ -130,7 +136,11 @@ summary
 
 # %% [markdown]
 # ## Filters
-# Rows in and rows each filter dropped, per source and recipe.
+# Teacher outputs that are empty, too long, not valid UTF-8 or without an answer are recorded as
+# unparseable (why, per source and recipe, below); then the rows in and the rows each filter dropped.
+
+# %%
+traces.dropna(subset=["unparseable"]).groupby(["source", "recipe", "unparseable"]).size().rename("rows")
 
 # %%
 kept, filter_report = filter_traces(traces, **cfg.filters.model_dump())

@@ -72,6 +72,7 @@ bf16 = True
 compile = False
 checkpoint_every = 50
 num_processes = 1
+trust_remote_code = False
 
 # %%
 import plotly.express as px

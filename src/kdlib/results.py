@@ -206,8 +206,8 @@ def copy_figures(run: RunLayout, docs_dir: Path, run_name: str) -> list[str]:
         if not source.exists():
             continue
         target = docs_dir / "figures" / run_name / source.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        with io.atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
         lines += [f"![{caption}](figures/{run_name}/{source.name})", ""]
     return lines
 

@@ -119,9 +119,17 @@ def run(
     params = load_params(params_path)
     notebooks = select_notebooks(only, start_from, stop_after)
     run_dir = Path(run_dir).expanduser().resolve() if run_dir else default_run_dir(params.common.run_name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    io.write_text(run_dir / "params.yaml", dump_params(params))
     kernel = kernel or default_kernel()
+    with io.run_lock(run_dir):
+        io.write_text(run_dir / "params.yaml", dump_params(params))
+        _run_locked(params, notebooks, run_dir, params_path, kernel)
+    return run_dir
+
+
+def _run_locked(
+    params: ExperimentParams, notebooks: list[str], run_dir: Path, params_path: str | Path, kernel: str
+) -> None:
+    """Execute `notebooks` in order, recording each in run.json and the report as it ends."""
     handler = _attach_log_file(run_dir / "run.log")
     record = _read_record(run_dir)
     record.update({"params_file": str(params_path), "git_sha": io.git_sha(), "kernel": kernel})
@@ -147,7 +155,6 @@ def run(
         for name in ("kdlib", "papermill"):
             logging.getLogger(name).removeHandler(handler)
         handler.close()
-    return run_dir
 
 
 def _read_record(run_dir: Path) -> dict:

@@ -148,10 +148,19 @@ def prepare_student(student: str, sft: SftParams, *, device: torch.device, seed:
         from peft import prepare_model_for_kbit_training
 
         compute = torch.bfloat16 if bf16 else torch.float32
-        model, tokenizer = load_model(student, device=device, dtype=compute, seed=seed, quantize_4bit=True)
+        model, tokenizer = load_model(
+            student,
+            device=device,
+            dtype=compute,
+            seed=seed,
+            quantize_4bit=True,
+            trust_remote_code=sft.trust_remote_code,
+        )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
-        model, tokenizer = load_model(student, device=device, seed=seed)
+        model, tokenizer = load_model(
+            student, device=device, seed=seed, trust_remote_code=sft.trust_remote_code
+        )
     if sft.finetune == "full":
         model.requires_grad_(True)
         return model, tokenizer
@@ -170,16 +179,21 @@ def weights_folder(finetune: str) -> str:
 
 
 def load_trained(cell_dir: Path, *, device: torch.device, seed: int = 0):
-    """The student of one finished cell in eval mode: base + adapter, or the fully fine-tuned model."""
+    """The student of one finished cell in eval mode: base + adapter, or the fully fine-tuned model.
+    Weights load from safetensors only."""
     meta = io.read_json(io.require(cell_dir / "meta.json", produced_by="03_sft"))
     student, finetune = meta["params"]["student"], meta["params"]["training"]["finetune"]
+    trust = meta["params"].get("trust_remote_code", False)
     if finetune == "full":
-        model, tokenizer = load_model(str(cell_dir / "model"), device=device, seed=seed)
+        model, tokenizer = load_model(
+            str(cell_dir / "model"), device=device, seed=seed, trust_remote_code=trust
+        )
     else:
         from peft import PeftModel
 
-        base, tokenizer = load_model(student, device=device, seed=seed)
-        model = PeftModel.from_pretrained(base, cell_dir / "adapter")
+        adapter = io.require(cell_dir / "adapter" / "adapter_model.safetensors", produced_by="03_sft")
+        base, tokenizer = load_model(student, device=device, seed=seed, trust_remote_code=trust)
+        model = PeftModel.from_pretrained(base, adapter.parent)
     model.eval()
     return model, tokenizer
 
@@ -201,7 +215,7 @@ def cell_params(cell: Cell, sft: SftParams, fmt: str, digest: str) -> dict:
     training = {k: getattr(sft, k) for k in TRAINING_KEYS}
     if sft.finetune != "full":
         training["lora"] = sft.lora.model_dump()
-    return {
+    params = {
         "student": cell.student,
         "condition": cell.condition.model_dump(),
         "seed": cell.seed,
@@ -209,6 +223,7 @@ def cell_params(cell: Cell, sft: SftParams, fmt: str, digest: str) -> dict:
         "training": training,
         "texts_sha256": digest,
     }
+    return {**params, "trust_remote_code": True} if sft.trust_remote_code else params
 
 
 @dataclass(frozen=True)

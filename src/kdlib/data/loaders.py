@@ -845,14 +845,18 @@ def _dataset(name: str) -> _Dataset:
     return _DATASETS[name]
 
 
-def _check_split(name: str, dataset: _Dataset, split: str) -> None:
+def check_split(name: str, split: str) -> None:
+    """Raise ValueError unless `split` is a split of dataset `name` with answers."""
+    dataset = _dataset(name)
     if split in dataset.refused_splits:
         raise ValueError(f"split {split!r} of {name} is not supported: {dataset.refused_splits[split]}")
     if split not in dataset.splits:
         raise ValueError(f"unknown split {split!r} for {name}; valid splits: {', '.join(dataset.splits)}")
 
 
-def _check_options(name: str, dataset: _Dataset, options: Mapping[str, Any]) -> Options:
+def check_options(name: str, options: Mapping[str, Any]) -> Options:
+    """Every loader option of dataset `name`, checked: the given ones, and defaults for the rest."""
+    dataset = _dataset(name)
     unknown = sorted(set(options) - set(dataset.options))
     if unknown:
         valid = ", ".join(dataset.options) or "none"
@@ -880,8 +884,8 @@ def load_items(
     when present and the hub otherwise.
     """
     dataset = _dataset(name)
-    _check_split(name, dataset, split)
-    chosen = _check_options(name, dataset, options)
+    check_split(name, split)
+    chosen = check_options(name, options)
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; valid sources: {', '.join(SOURCES)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):

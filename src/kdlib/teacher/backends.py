@@ -60,6 +60,12 @@ def flatten_messages(messages: list[Message]) -> str:
     return "\n\n".join([*lines, "Assistant:"])
 
 
+def valid_utf8(text: str) -> str:
+    """`text` with lone surrogates (undecodable bytes smuggled through JSON) as U+FFFD, so that it can be
+    stored; the teacher stage then records the row as unparseable."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 class Backend(ABC):
     """Generates completions for requests; `calls` counts the completions it actually produced."""
 
@@ -80,7 +86,7 @@ class Backend(ABC):
     def stream(self, requests: list[Request], decoding: Decoding) -> Iterator[list[tuple[int, str]]]:
         for chunk in self._stream(requests, decoding):
             self.calls += len(chunk)
-            yield chunk
+            yield [(index, valid_utf8(text or "")) for index, text in chunk]
 
     def close(self) -> None:  # noqa: B027 (optional hook: backends without resources keep the no-op)
         """Free the model or connection (a later request loads it again)."""
@@ -101,10 +107,12 @@ class TransformersBackend(Backend):
         batch_size: int = 8,
         revision: str | None = None,
         seed: int = 0,
+        trust_remote_code: bool = False,
     ) -> None:
         super().__init__(endpoint)
         self.model_name, self.device, self.dtype_name = model, device, dtype
         self.batch_size, self.revision, self.seed = batch_size, revision, seed
+        self.trust_remote_code = trust_remote_code
         self._loaded: tuple[Any, Any] | None = None
         self._identity: dict[str, Any] | None = None
 
@@ -127,7 +135,11 @@ class TransformersBackend(Backend):
         if self._loaded is None:
             device = resolve_device(self.device)
             self._loaded = load_model(
-                self.model_name, device=device, dtype=preferred_dtype(device, self.dtype_name), seed=self.seed
+                self.model_name,
+                device=device,
+                dtype=preferred_dtype(device, self.dtype_name),
+                seed=self.seed,
+                trust_remote_code=self.trust_remote_code,
             )
         return self._loaded
 
@@ -265,10 +277,11 @@ class VLLMBackend(Backend):
         seed: int = 0,
         chunk_size: int = 256,
         dtype: str = "auto",
+        trust_remote_code: bool = False,
     ) -> None:
         super().__init__(endpoint)
         self.model_name, self.revision, self.seed = model, revision, seed
-        self.chunk_size, self.dtype = chunk_size, dtype
+        self.chunk_size, self.dtype, self.trust_remote_code = chunk_size, dtype, trust_remote_code
         self._llm: Any = None
 
     def identity(self) -> dict[str, Any]:
@@ -296,6 +309,8 @@ class VLLMBackend(Backend):
                 revision=self.revision,
                 seed=self.seed,
                 dtype=self.dtype,
+                load_format="safetensors",
+                trust_remote_code=self.trust_remote_code,
             )
         return self._llm
 

@@ -9,7 +9,9 @@ Every rationale, generated or imported, is one row of TRACE_COLUMNS:
 * `target_label` is that conditioning label (None for free CoT); `gold_label` the dataset's answer;
 * `critique` is the last critique a critique_revision rationale was revised after (None elsewhere);
 * `leak_spans` are [start, end) character spans of `rationale` that state the label (its text or its
-  choice letter), so conditions that must not see the label can drop the row or mask the spans.
+  choice letter), so conditions that must not see the label can drop the row or mask the spans;
+* `unparseable` says why a teacher output cannot be used (empty, too long, not valid UTF-8, no answer),
+  else None. Such rows are kept in the table, so that they are counted, and dropped by the filters.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ TRACE_COLUMNS = [
     "leaks_label",
     "leak_spans",
     "critique",
+    "unparseable",
 ]
 RULE_SOURCE = "rule"
+MAX_COMPLETION_CHARS = 16_000  # about 4k tokens: longer teacher outputs are runaway generations
 LETTERS = string.ascii_lowercase
 
 _YES_NO = re.compile(r"Is (.+) in the (.+)\?")
@@ -108,6 +112,9 @@ def trace_row(
     sample: int = 0,
     critique: str | None = None,
 ) -> dict:
+    problem = unparseable_reason(completion, parsed_label, label_source)
+    if problem and problem.startswith("too long"):
+        rationale, completion, parsed_label = "", completion[:MAX_COMPLETION_CHARS], None
     spans = leak_spans(rationale, parsed_label, item.choices) if parsed_label else []
     return {
         "item_id": item.id,
@@ -127,7 +134,22 @@ def trace_row(
         "leaks_label": bool(spans),
         "leak_spans": [list(span) for span in spans],
         "critique": critique,
+        "unparseable": problem,
     }
+
+
+def unparseable_reason(completion: str, parsed_label: str | None, label_source: str) -> str | None:
+    """Why a teacher output is unusable, or None: empty, too long, not valid UTF-8 (replacement
+    characters), or, for free reasoning whose label is parsed from the text, no answer found."""
+    if not completion.strip():
+        return "empty"
+    if len(completion) > MAX_COMPLETION_CHARS:
+        return f"too long ({len(completion)} characters > {MAX_COMPLETION_CHARS})"
+    if "\ufffd" in completion:
+        return "not valid UTF-8"
+    if label_source == "parsed" and parsed_label is None:
+        return "no answer"
+    return None
 
 
 def labels_match(a: str, b: str) -> bool:
@@ -232,7 +254,12 @@ def mask_leaks(rationale: str, spans: list[list[int]] | list[tuple[int, int]], m
 
 
 def filter_traces(
-    traces: pd.DataFrame, *, keep_label_correct: bool, drop_duplicates: bool, drop_leaking: bool
+    traces: pd.DataFrame,
+    *,
+    drop_unparseable: bool,
+    keep_label_correct: bool,
+    drop_duplicates: bool,
+    drop_leaking: bool,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(kept rows, per-source/recipe counts of rows in and of rows each filter dropped).
 
@@ -242,6 +269,7 @@ def filter_traces(
     report = traces.groupby(groups).size().rename("rows_in").to_frame()
     kept = traces
     steps = [
+        ("dropped_unparseable", drop_unparseable, lambda t: t[t["unparseable"].isna()]),
         ("dropped_label_wrong", keep_label_correct, lambda t: t[t["label_correct"]]),
         (
             "dropped_duplicate",

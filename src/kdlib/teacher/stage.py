@@ -8,6 +8,7 @@ import pandas as pd
 
 from kdlib.config import GenerationParams, ImportParams, TeacherParams, TeacherTracesParams
 from kdlib.data.schema import QAItem
+from kdlib.paths import resolve_repo_path
 from kdlib.teacher import importers
 from kdlib.teacher.backends import Backend, Decoding, OpenAIBackend, TransformersBackend, VLLMBackend
 from kdlib.teacher.cache import GenerationCache
@@ -31,7 +32,13 @@ def make_backend(params: TeacherParams, *, device: str, seed: int) -> Backend:
             revision=params.revision,
         )
     if params.backend == "vllm":
-        return VLLMBackend(params.model, endpoint=params.endpoint, revision=params.revision, seed=seed)
+        return VLLMBackend(
+            params.model,
+            endpoint=params.endpoint,
+            revision=params.revision,
+            seed=seed,
+            trust_remote_code=params.trust_remote_code,
+        )
     return TransformersBackend(
         params.model,
         endpoint=params.endpoint,
@@ -40,6 +47,7 @@ def make_backend(params: TeacherParams, *, device: str, seed: int) -> Backend:
         batch_size=params.batch_size,
         revision=params.revision,
         seed=seed,
+        trust_remote_code=params.trust_remote_code,
     )
 
 
@@ -88,7 +96,10 @@ def collect_rationales(
     gen = cfg.generation
     if gen.recipes and gen.n_items:
         if gen.exemplars_file:
-            exemplars, asked = load_exemplars(gen.exemplars_file)[: gen.n_shots], train_items[: gen.n_items]
+            exemplars, asked = (
+                load_exemplars(resolve_repo_path(gen.exemplars_file))[: gen.n_shots],
+                train_items[: gen.n_items],
+            )
         else:
             shots = train_items[: gen.n_shots]
             exemplars, asked = (
