@@ -197,3 +197,65 @@ def test_missing_rationales_are_an_error_naming_the_recipe(tmp_path, generated_i
     )
     with pytest.raises(ValueError, match=r"no rationale of recipe 'critique_revision'.*\('rule', 'rule'\)"):
         train_grid(RunLayout(tmp_path), generated_items[:8], sources, sft=sft, common=COMMON, fmt="tagged")
+
+
+SLOW_TRAIN_CELL = """
+import sys, time
+import kdlib.sft
+from kdlib.sft import CellJob, fit_cell
+
+real_train = kdlib.sft.train
+# slow each step down, so that the parent's kill lands at a chosen point of a known step
+kdlib.sft.train = lambda *a, **k: real_train(*a, **k, on_step=lambda row: time.sleep(0.2))
+fit_cell(CellJob.read(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sigkilled_training_resumes_to_the_uninterrupted_result(tmp_path, generated_items, sources, seed):
+    """A cell trained in a real subprocess, SIGKILLed at a random point (mid-step or mid-checkpoint), then
+    resumed, ends with the weights and losses of an uninterrupted run."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from kdlib import io
+    from kdlib.sft import cell_job, fit_cell
+
+    sft = grid(students=["tiny-llama"], conditions=["correct_trace"], epochs=2)  # 8 steps, 1 checkpoint each
+    (cell,) = grid_cells(sft)
+    items = generated_items[:16]
+    jobs = {
+        name: cell_job(tmp_path / name, cell, items, sources, sft=sft, common=COMMON, fmt="tagged")
+        for name in ("whole", "killed")
+    }
+    fit_cell(jobs["whole"])
+    rng = random.Random(seed)
+    kill_after_step, delay = rng.randint(1, 6), rng.uniform(0.0, 0.25)
+    job_path = io.write_json(tmp_path / "killed" / "job.json", jobs["killed"].__dict__)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_TRAIN_CELL, str(job_path)], stderr=subprocess.DEVNULL
+    )
+    progress = tmp_path / "killed" / "checkpoint" / "progress.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.exists() and json.loads(progress.read_text())["step"] >= kill_after_step:
+            break
+        time.sleep(0.01)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the cell should be killed part-way"
+    assert not (tmp_path / "killed" / "meta.json").exists()
+    assert json.loads(progress.read_text())["step"] >= kill_after_step
+    fit_cell(jobs["killed"])  # resumes from the checkpoint the kill left
+    weights = [load_file(tmp_path / name / "adapter" / "adapter_model.safetensors") for name in jobs]
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        assert torch.equal(weights[1][name], value), name
+    logs = [pd.read_csv(tmp_path / name / "train_log.csv").drop(columns="seconds") for name in jobs]
+    pd.testing.assert_frame_equal(logs[0], logs[1])
+    assert not list((tmp_path / "killed").glob(".*"))  # no staging folder left behind

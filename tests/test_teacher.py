@@ -1,5 +1,6 @@
 """Teacher stage on the tiny model: backend batching, the generation cache, recipes, label parsing, leaks."""
 
+import contextlib
 import sqlite3
 
 import pytest
@@ -346,27 +347,40 @@ with GenerationCache(sys.argv[1]) as cache:
 """
 
 
-def test_sigkilled_run_keeps_committed_rows_and_resumes(tmp_path):
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sigkilled_run_keeps_committed_rows_and_resumes(tmp_path, seed):
+    """Generation in a real subprocess, SIGKILLed at a random point: the resumed cache holds each
+    completion once, and the texts equal those of an uninterrupted run."""
+    import random
     import signal
     import subprocess
     import sys
     import time
 
+    rng = random.Random(seed)
+    kill_after_rows, delay = rng.randint(1, 8), rng.uniform(0.0, 0.3)
     path = tmp_path / "c.sqlite"
     process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(path)], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     committed = 0
-    while committed < 3 and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-        if path.exists():
-            with sqlite3.connect(path, timeout=30) as db:
-                committed = db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+    while committed < kill_after_rows and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        if not path.exists():
+            continue
+        with contextlib.suppress(sqlite3.OperationalError), contextlib.closing(sqlite3.connect(path)) as db:
+            committed = db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]  # once the table is made
+    time.sleep(delay)
     process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert 3 <= committed < 40, "the run should be killed part-way"
+    assert process.wait() == -signal.SIGKILL, "the run should be killed part-way"
     requests = [Request.of([{"role": "user", "content": f"Question {i} is"}]) for i in range(40)]
+    decoding = Decoding(max_new_tokens=200)
     with GenerationCache(path) as cache:
         survived = len(cache)
+        assert kill_after_rows <= survived < 40
         backend = TransformersBackend("tiny-llama", device="cpu", batch_size=8, endpoint="completions")
-        texts = generate_cached(backend, cache, requests, Decoding(max_new_tokens=200))
+        texts = generate_cached(backend, cache, requests, decoding)
         assert backend.calls == 40 - survived and len(cache) == 40 and all(texts)
+    rows = sqlite3.connect(path).execute("SELECT key, sample FROM generations").fetchall()
+    assert len(rows) == len(set(rows)) == 40
+    with GenerationCache(tmp_path / "whole.sqlite") as cache:
+        assert generate_cached(tiny_backend(8), cache, requests, decoding) == texts

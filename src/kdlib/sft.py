@@ -348,6 +348,32 @@ def launch_cell(job: CellJob, num_processes: int) -> None:
     job_path.unlink()
 
 
+def cell_job(
+    cell_dir: Path,
+    cell: Cell,
+    items: list[QAItem],
+    sources: TraceSources,
+    *,
+    sft: SftParams,
+    common: CommonParams,
+    fmt: str,
+) -> CellJob:
+    """What training one cell takes: its texts, settings and the params a finished cell must match."""
+    texts, skipped = cell_text_examples(cell.condition, items, sources, sft, fmt, cell.seed)
+    return CellJob(
+        cell_dir=str(cell_dir),
+        student=cell.student,
+        condition=cell.condition.model_dump(),
+        seed=cell.seed,
+        texts=[asdict(t) for t in texts],
+        items=len(items) - len(skipped),
+        skipped_items=len(skipped),
+        params=cell_params(cell, sft, fmt, texts_digest(texts)),
+        sft=sft.model_dump(),
+        device=common.device,
+    )
+
+
 def train_cell(
     cell_dir: Path,
     cell: Cell,
@@ -360,23 +386,10 @@ def train_cell(
 ) -> dict:
     """Train one cell (or skip it when finished), in sft.num_processes processes, and return its
     summary row."""
-    texts, skipped = cell_text_examples(cell.condition, items, sources, sft, fmt, cell.seed)
-    params = cell_params(cell, sft, fmt, texts_digest(texts))
+    job = cell_job(cell_dir, cell, items, sources, sft=sft, common=common, fmt=fmt)
     meta_path = cell_dir / "meta.json"
-    if meta_path.exists() and io.read_json(meta_path)["params"] == params:
+    if meta_path.exists() and io.read_json(meta_path)["params"] == job.params:
         return {**io.read_json(meta_path)["summary"], "status": "finished earlier"}
-    job = CellJob(
-        cell_dir=str(cell_dir),
-        student=cell.student,
-        condition=cell.condition.model_dump(),
-        seed=cell.seed,
-        texts=[asdict(t) for t in texts],
-        items=len(items) - len(skipped),
-        skipped_items=len(skipped),
-        params=params,
-        sft=sft.model_dump(),
-        device=common.device,
-    )
     resumed = job.checkpoint().progress() is not None
     if sft.num_processes > 1:
         launch_cell(job, sft.num_processes)
