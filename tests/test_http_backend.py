@@ -132,8 +132,12 @@ def test_notebook_01_with_the_http_teacher(server_url, api_key, tmp_path):
     for expected_calls in (4, 0):
         done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=os.environ)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert SECRET not in done.stdout + done.stderr  # the command's log
         meta = yaml.safe_load((tmp_path / "run" / "teacher_traces" / "meta.json").read_text())
         assert meta["model_calls"] == expected_calls and meta["cache"]["misses"] == expected_calls
-    for path in (tmp_path / "run").rglob("*"):
-        if path.is_file():
-            assert SECRET.encode() not in path.read_bytes(), path
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]  # params, run folder, cache
+    assert {"params.yaml", "run.log", "meta.json", "01_teacher_traces.ipynb", "01_teacher_traces.html"} <= {
+        path.name for path in written
+    }
+    for path in written:
+        assert SECRET.encode() not in path.read_bytes(), path

@@ -64,7 +64,7 @@ def test_palm_errors_name_the_file(tmp_path):
         importers.palm_cot("cqa", "test", data_dir=tmp_path)
     lines = (root / "cqa_train.json").read_text().splitlines()
     (root / "cqa_train.json").write_text("\n".join([lines[0], "{not json", *lines[2:]]))
-    with pytest.raises(ValueError, match=r"cqa_train.json:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"cqa_train.json line 2: not valid JSON"):
         importers.palm_cot("cqa", "train", data_dir=tmp_path)
     (root / "cqa_train.json").write_text(json.dumps({"id": "x", "question": "q"}) + "\n")
     with pytest.raises(ValueError):

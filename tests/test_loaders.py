@@ -381,6 +381,23 @@ def test_unparseable_babi_line_names_file_and_line(tmp_path, lines, bad_line, me
     assert f"{path} line {bad_line}" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("dataset", "split", "relative", "options"),
+    [
+        ("commonsenseqa", "train", "commonsenseqa/train_rand_split.jsonl", {}),
+        ("strategyqa", "dev", "strategyqa/dev.json", {}),
+        ("babi", "train", "babi/tasks_1-20_v1-2/en/qa1_single-supporting-fact_train.txt", {"tasks": [1]}),
+    ],
+)
+def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path, dataset, split, relative, options):
+    path = tmp_path / relative
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"1 Mary went home.\n2 Caf\xe9 au lait.\n")  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match="not valid UTF-8") as error:
+        load_items(dataset, split, data_dir=tmp_path, source="local", **options)
+    assert f"{path} line 2: not valid UTF-8 (byte 0xe9 at column 6)" in str(error.value)
+
+
 def test_missing_file_names_path_and_how_to_point_at_the_data(tmp_path):
     with pytest.raises(FileNotFoundError, match="KDLIB_DATA_DIR") as error:
         load_items("gsm8k", "train", data_dir=tmp_path, source="local")

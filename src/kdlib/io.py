@@ -112,6 +112,26 @@ def _yaml_problem(problem) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {what}" + (f" ({context})" if context else "")
 
 
+def read_utf8(path: str | os.PathLike) -> str:
+    """A text file's content; bytes that are not UTF-8 raise ValueError naming the file and line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ValueError(
+            f"{path} line {line}: not valid UTF-8 (byte 0x{data[error.start]:02x} at column {column})"
+        ) from None
+
+
+def read_utf8_lines(path: str | os.PathLike) -> list[str]:
+    """A text file's lines without their line ends (as `open` in text mode reads them), checked UTF-8."""
+    lines = read_utf8(path).replace("\r\n", "\n").split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(require(path).read_text(encoding="utf-8"))
 

@@ -37,6 +37,7 @@ from kdlib.data.schema import (
     QAItem,
 )
 from kdlib.data.temporal import supporting_facts as temporal_supporting_facts
+from kdlib.io import read_utf8, read_utf8_lines
 from kdlib.paths import DATA_DIR_ENV, resolve_data_dir
 
 logger = logging.getLogger(__name__)
@@ -104,17 +105,16 @@ def _local_record(data: Any, path: Path, root: Path, line: int) -> _Record:
 
 def _jsonl_records(path: Path, root: Path) -> Iterator[_Record]:
     """The objects of a JSON Lines file (blank lines skipped)."""
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"{path} line {line_number}: bad JSON ({error.msg} at column {error.colno})"
-                ) from error
-            yield _local_record(data, path, root, line_number)
+    for line_number, line in enumerate(read_utf8_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path} line {line_number}: bad JSON ({error.msg} at column {error.colno})"
+            ) from error
+        yield _local_record(data, path, root, line_number)
 
 
 _WHITESPACE = re.compile(r"\s*")
@@ -122,7 +122,7 @@ _WHITESPACE = re.compile(r"\s*")
 
 def _json_array_records(path: Path, root: Path) -> Iterator[_Record]:
     """The objects of a file holding one JSON list, each with the line on which it starts."""
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     decoder = json.JSONDecoder()
     position = _WHITESPACE.match(text).end()
     if not text.startswith("[", position):
@@ -386,54 +386,48 @@ def _babi_items(path: Path, root: Path, task: int, split: str) -> Iterator[QAIte
     position_of: dict[int, int] = {}
     previous_id = 0
     question_count = 0
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, 1):
-            where = f"{path} line {line_number}"
-            line = line.rstrip("\n")
-            match = _BABI_LINE.fullmatch(line)
-            if not match:
-                raise ValueError(
-                    f"{where}: expected '<id> <sentence>' or '<id> <question>\\t<answer>\\t<ids>'"
-                )
-            line_id, text = int(match[1]), match[2]
-            if line_id == 1:
-                story, position_of = [], {}
-            elif line_id != previous_id + 1:
-                raise ValueError(f"{where}: line id {line_id} does not follow {previous_id}")
-            previous_id = line_id
-            if "\t" not in text:
-                position_of[line_id] = len(story)
-                story.append(text.strip())
-                continue
-            fields = [part.strip() for part in text.split("\t")]
-            if len(fields) != 3 or not all(fields):
-                raise ValueError(
-                    f"{where}: a question line needs 3 tab-separated fields: question, answer, ids"
-                )
-            question, answer, support = fields
-            if not _BABI_SUPPORT.fullmatch(support):
-                raise ValueError(f"{where}: supporting fact ids {support!r} are not line ids")
-            unknown = [int(s) for s in support.split() if int(s) not in position_of]
-            if unknown:
-                raise ValueError(f"{where}: supporting fact ids {unknown} name no statement of this story")
-            yield QAItem(
-                id=f"babi-qa{task}-{split}-{question_count}",
-                dataset="babi",
-                split=split,
-                question=question,
-                answer=answer,
-                context=list(story),
-                metadata={
-                    QUESTION_TYPE: BABI_TASKS[task],
-                    SUPPORTING_FACTS: [position_of[int(s)] for s in support.split()],
-                    CLASS_SOURCE: ANNOTATION,
-                    FACTS_SOURCE: ANNOTATION,
-                    "task": task,
-                    "source_file": path.relative_to(root).as_posix(),
-                    "source_line": line_number,
-                },
-            )
-            question_count += 1
+    for line_number, line in enumerate(read_utf8_lines(path), 1):
+        where = f"{path} line {line_number}"
+        match = _BABI_LINE.fullmatch(line)
+        if not match:
+            raise ValueError(f"{where}: expected '<id> <sentence>' or '<id> <question>\\t<answer>\\t<ids>'")
+        line_id, text = int(match[1]), match[2]
+        if line_id == 1:
+            story, position_of = [], {}
+        elif line_id != previous_id + 1:
+            raise ValueError(f"{where}: line id {line_id} does not follow {previous_id}")
+        previous_id = line_id
+        if "\t" not in text:
+            position_of[line_id] = len(story)
+            story.append(text.strip())
+            continue
+        fields = [part.strip() for part in text.split("\t")]
+        if len(fields) != 3 or not all(fields):
+            raise ValueError(f"{where}: a question line needs 3 tab-separated fields: question, answer, ids")
+        question, answer, support = fields
+        if not _BABI_SUPPORT.fullmatch(support):
+            raise ValueError(f"{where}: supporting fact ids {support!r} are not line ids")
+        unknown = [int(s) for s in support.split() if int(s) not in position_of]
+        if unknown:
+            raise ValueError(f"{where}: supporting fact ids {unknown} name no statement of this story")
+        yield QAItem(
+            id=f"babi-qa{task}-{split}-{question_count}",
+            dataset="babi",
+            split=split,
+            question=question,
+            answer=answer,
+            context=list(story),
+            metadata={
+                QUESTION_TYPE: BABI_TASKS[task],
+                SUPPORTING_FACTS: [position_of[int(s)] for s in support.split()],
+                CLASS_SOURCE: ANNOTATION,
+                FACTS_SOURCE: ANNOTATION,
+                "task": task,
+                "source_file": path.relative_to(root).as_posix(),
+                "source_line": line_number,
+            },
+        )
+        question_count += 1
 
 
 def _babi_files(root: Path, split: str, options: Options) -> list[Path]:

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from kdlib.data.retrieval import BM25Index
+from kdlib.io import read_utf8_lines
 
 RELATION_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(pattern, re.IGNORECASE))
@@ -82,7 +83,7 @@ class OpenBook:
     @classmethod
     def read(cls, path: Path) -> OpenBook:
         """openbook.txt: one quoted fact per line; quotes stripped, blank lines skipped."""
-        lines = [line.strip().strip('"').strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = [line.strip().strip('"').strip() for line in read_utf8_lines(path)]
         return cls([line for line in lines if line])
 
     def context(

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdlib.data.schema import QAItem
+from kdlib.io import read_utf8, read_utf8_lines
 from kdlib.paths import resolve_data_dir
 from kdlib.teacher.rationales import split_label_last, trace_row, traces_frame
 
@@ -52,13 +53,12 @@ def csqa_item_id(csqa_id: str) -> str:
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON: {error.msg}") from None
+    for line_no, line in enumerate(read_utf8_lines(path), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} line {line_no}: not valid JSON: {error.msg}") from None
     return rows
 
 
@@ -96,7 +96,7 @@ def palm_cot(dataset: str, split: str, data_dir: str | Path | None = None) -> pd
         raise FileNotFoundError(f"{inputs_path}: input file missing (see distilling_step_by_step/README.md)")
     inputs = _read_jsonl(inputs_path)
     output_files = sorted(root.glob(f"llm/{split}_CoT_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-    completions = [text for path in output_files for text in json.loads(path.read_text(encoding="utf-8"))]
+    completions = [text for path in output_files for text in json.loads(read_utf8(path))]
     if len(completions) != len(inputs):
         raise ValueError(
             f"{root}/llm/{split}_CoT_*.json: {len(completions)} completions "
