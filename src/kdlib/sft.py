@@ -374,25 +374,14 @@ def cell_job(
     )
 
 
-def train_cell(
-    cell_dir: Path,
-    cell: Cell,
-    items: list[QAItem],
-    sources: TraceSources,
-    *,
-    sft: SftParams,
-    common: CommonParams,
-    fmt: str,
-) -> dict:
-    """Train one cell (or skip it when finished), in sft.num_processes processes, and return its
-    summary row."""
-    job = cell_job(cell_dir, cell, items, sources, sft=sft, common=common, fmt=fmt)
-    meta_path = cell_dir / "meta.json"
+def train_cell(job: CellJob, num_processes: int = 1) -> dict:
+    """Train one cell (or skip it when finished), in `num_processes` processes; its summary row."""
+    meta_path = Path(job.cell_dir) / "meta.json"
     if meta_path.exists() and io.read_json(meta_path)["params"] == job.params:
         return {**io.read_json(meta_path)["summary"], "status": "finished earlier"}
     resumed = job.checkpoint().progress() is not None
-    if sft.num_processes > 1:
-        launch_cell(job, sft.num_processes)
+    if num_processes > 1:
+        launch_cell(job, num_processes)
     else:
         fit_cell(job)
     return {**io.read_json(meta_path)["summary"], "status": "resumed" if resumed else "trained"}
@@ -428,7 +417,8 @@ def train_grid(
 
     def fit(cell: Cell, cell_sources: TraceSources) -> dict:
         cell_dir = run.sft_cell(cell.student, cell.condition.name, cell.seed)
-        return train_cell(cell_dir, cell, items, cell_sources, sft=sft, common=common, fmt=fmt)
+        job = cell_job(cell_dir, cell, items, cell_sources, sft=sft, common=common, fmt=fmt)
+        return train_cell(job, sft.num_processes)
 
     rows = {n: fit(cell, sources) for n, cell in enumerate(cells) if not needs_key_words(cell)}
     later = [n for n, cell in enumerate(cells) if needs_key_words(cell)]
