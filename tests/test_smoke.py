@@ -54,6 +54,8 @@ def test_every_notebook_ran_and_was_exported(run_dir):
         assert f'href="notebooks/{nb}.html"' in index
     assert load_params(run_dir / "params.yaml") == SMOKE
     assert "05_correlation done" in (run_dir / "run.log").read_text()
+    hidden = [p.relative_to(run_dir) for p in run_dir.rglob(".*")]
+    assert hidden == [], "temp files, running notebooks or the lock left behind"
 
 
 @pytest.mark.parametrize("stage", ["teacher_traces", "decomposition", "sft", "evaluation", "correlation"])

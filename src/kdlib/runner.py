@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -78,11 +79,12 @@ def run_notebook(name: str, params: ExperimentParams, run_dir: Path, kernel: str
     from papermill.exceptions import PapermillExecutionError
 
     executed = run_dir / "notebooks" / f"{name}.ipynb"
+    running = executed.with_name(f".{name}.running.ipynb")  # papermill saves it as cells finish
     executed.parent.mkdir(parents=True, exist_ok=True)
     try:
         papermill.execute_notebook(
             load_notebook(name),
-            str(executed),
+            str(running),
             parameters=params.notebook_parameters(name, run_dir),
             kernel_name=kernel,
             cwd=str(NOTEBOOKS_DIR),
@@ -90,8 +92,10 @@ def run_notebook(name: str, params: ExperimentParams, run_dir: Path, kernel: str
             progress_bar=False,
         )
     except PapermillExecutionError as error:
+        os.replace(running, executed)
         export_html(executed)
         raise NotebookFailed(_failure_message(name, error, executed)) from None
+    os.replace(running, executed)
     export_html(executed)
     return executed
 
