@@ -259,3 +259,11 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_result(tmp_path, genera
     logs = [pd.read_csv(tmp_path / name / "train_log.csv").drop(columns="seconds") for name in jobs]
     pd.testing.assert_frame_equal(logs[0], logs[1])
     assert not list((tmp_path / "killed").glob(".*"))  # no staging folder left behind
+
+
+def test_trust_remote_code_is_off_unless_set_and_recorded_with_the_cell():
+    """Off by default, so existing cells keep their params; when set, load_trained reads it back."""
+    (cell,) = grid_cells(grid(students=["tiny-llama"], conditions=["no_trace"]))
+    assert "trust_remote_code" not in kdlib.sft.cell_params(cell, grid(), "tagged", "sha")
+    trusted = kdlib.sft.cell_params(cell, grid(trust_remote_code=True), "tagged", "sha")
+    assert trusted["trust_remote_code"] is True

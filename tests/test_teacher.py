@@ -384,3 +384,12 @@ def test_sigkilled_run_keeps_committed_rows_and_resumes(tmp_path, seed):
     assert len(rows) == len(set(rows)) == 40
     with GenerationCache(tmp_path / "whole.sqlite") as cache:
         assert generate_cached(tiny_backend(8), cache, requests, decoding) == texts
+
+
+def test_trust_remote_code_comes_only_from_the_params():
+    from kdlib.config import TeacherParams
+    from kdlib.teacher.stage import make_backend
+
+    assert make_backend(TeacherParams(), device="cpu", seed=0).trust_remote_code is False
+    trusted = TeacherParams(trust_remote_code=True)
+    assert make_backend(trusted, device="cpu", seed=0).trust_remote_code is True
