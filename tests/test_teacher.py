@@ -306,6 +306,7 @@ def test_bad_teacher_outputs_are_recorded_as_unparseable_and_filtered(tmp_path):
         "surrogate": "Bums sleep under bridges \udcff\udcfe. So the answer is bridge.",
         "replacement": "Bums sleep \ufffd there. So the answer is bridge.",
         "no_answer": "Bums sleep under bridges.",
+        "answer_only": "So the answer is bridge.",
         "good": "Bums sleep under bridges. So the answer is bridge.",
     }
     items = [QAItem(name, "commonsenseqa", "train", f"{MC_ITEM.question} ({name})", "bridge",
@@ -324,6 +325,7 @@ def test_bad_teacher_outputs_are_recorded_as_unparseable_and_filtered(tmp_path):
         "surrogate": "not valid UTF-8",
         "replacement": "not valid UTF-8",
         "no_answer": "no answer",
+        "answer_only": "no reasoning",
         "good": "usable",
     }
     huge_row = rows.set_index("item_id").loc["huge"]
@@ -333,7 +335,7 @@ def test_bad_teacher_outputs_are_recorded_as_unparseable_and_filtered(tmp_path):
         rows, drop_unparseable=True, keep_label_correct=False, drop_duplicates=True, drop_leaking=False
     )
     assert kept["item_id"].tolist() == ["good"]
-    assert report.iloc[0][["rows_in", "dropped_unparseable", "rows_kept"]].tolist() == [7, 6, 1]
+    assert report.iloc[0][["rows_in", "dropped_unparseable", "rows_kept"]].tolist() == [8, 7, 1]
 
 
 KILLED_RUN = """

@@ -10,8 +10,9 @@ Every rationale, generated or imported, is one row of TRACE_COLUMNS:
 * `critique` is the last critique a critique_revision rationale was revised after (None elsewhere);
 * `leak_spans` are [start, end) character spans of `rationale` that state the label (its text or its
   choice letter), so conditions that must not see the label can drop the row or mask the spans;
-* `unparseable` says why a teacher output cannot be used (empty, too long, not valid UTF-8, no answer),
-  else None. Such rows are kept in the table, so that they are counted, and dropped by the filters.
+* `unparseable` says why a teacher output cannot be used (empty, too long, not valid UTF-8, no answer,
+  no reasoning), else None. Such rows are kept in the table, so that they are counted, and dropped by
+  the filters.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def trace_row(
     sample: int = 0,
     critique: str | None = None,
 ) -> dict:
-    problem = unparseable_reason(completion, parsed_label, label_source)
+    problem = unparseable_reason(completion, rationale, parsed_label, label_source)
     if problem and problem.startswith("too long"):
         rationale, completion, parsed_label = "", completion[:MAX_COMPLETION_CHARS], None
     spans = leak_spans(rationale, parsed_label, item.choices) if parsed_label else []
@@ -138,9 +139,12 @@ def trace_row(
     }
 
 
-def unparseable_reason(completion: str, parsed_label: str | None, label_source: str) -> str | None:
+def unparseable_reason(
+    completion: str, rationale: str, parsed_label: str | None, label_source: str
+) -> str | None:
     """Why a teacher output is unusable, or None: empty, too long, not valid UTF-8 (replacement
-    characters), or, for free reasoning whose label is parsed from the text, no answer found."""
+    characters), no answer found (for free reasoning, whose label is parsed from the text), or an
+    answer with no reasoning beside it."""
     if not completion.strip():
         return "empty"
     if len(completion) > MAX_COMPLETION_CHARS:
@@ -149,6 +153,8 @@ def unparseable_reason(completion: str, parsed_label: str | None, label_source: 
         return "not valid UTF-8"
     if label_source == "parsed" and parsed_label is None:
         return "no answer"
+    if not rationale.strip():
+        return "no reasoning"
     return None
 
 
