@@ -90,7 +90,7 @@ from kdlib.data import load_train_eval
 from kdlib.data.schema import items_to_frame
 from kdlib.paths import RunLayout
 from kdlib.report import headline
-from kdlib.teacher.rationales import filter_traces, summarise_traces
+from kdlib.teacher.rationales import filter_traces, summarise_traces, unparseable_counts
 from kdlib.teacher.stage import collect_rationales
 
 common, cfg = config.notebook_params("01_teacher_traces", globals())
@@ -140,7 +140,7 @@ summary
 # unparseable (why, per source and recipe, below); then the rows in and the rows each filter dropped.
 
 # %%
-traces.dropna(subset=["unparseable"]).groupby(["source", "recipe", "unparseable"]).size().rename("rows")
+unparseable_counts(traces)
 
 # %%
 kept, filter_report = filter_traces(traces, **cfg.filters.model_dump())

@@ -21,6 +21,7 @@ from kdlib.analysis import (
     wilson_interval,
     with_graded_scores,
 )
+from tests.conftest import accuracy_outcomes
 
 
 def test_phi_matches_pearson_correlation_of_the_binary_variables():
@@ -169,30 +170,12 @@ def test_graded_scores_and_point_biserial_equal_pearson_r():
     assert math.isnan(constant.loc["retrieval_recall", "r"])
 
 
-def _outcomes(per_condition: dict[str, list[int]], seed=0, student="s"):
-    frames = []
-    for condition, values in per_condition.items():
-        frames.append(
-            pd.DataFrame(
-                {
-                    "student": student,
-                    "condition": condition,
-                    "seed": seed,
-                    "transform": condition,
-                    "metric": "accuracy",
-                    "item_id": [f"i{k}" for k in range(len(values))],
-                    "value": np.asarray(values, dtype=float),
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
-
-
 def test_mcnemar_exact_p_by_hand():
     # 10 items right only under a, 2 only under b, 3 right under both, 5 under neither
     a = [1] * 10 + [0] * 2 + [1] * 3 + [0] * 5
     b = [0] * 10 + [1] * 2 + [1] * 3 + [0] * 5
-    (row,) = paired_comparisons(_outcomes({"a": a, "b": b}), n_resamples=200).to_dict(orient="records")
+    outcomes = accuracy_outcomes({"a": a, "b": b})
+    (row,) = paired_comparisons(outcomes, n_resamples=200).to_dict(orient="records")
     assert (row["a_right_b_wrong"], row["a_wrong_b_right"]) == (10, 2)
     assert row["mcnemar_exact"]
     assert row["mcnemar_p"] == pytest.approx(2 * (1 + 12 + 66) / 4096)  # 2 P(X <= 2), X ~ Bin(12, 1/2)
@@ -201,7 +184,7 @@ def test_mcnemar_exact_p_by_hand():
 
 
 def test_paired_comparisons_pair_items_by_id_and_adjust_within_a_family():
-    outcomes = _outcomes({"x": [1, 1, 0, 0], "y": [1, 0, 0, 0], "z": [0, 0, 0, 1]})
+    outcomes = accuracy_outcomes({"x": [1, 1, 0, 0], "y": [1, 0, 0, 0], "z": [0, 0, 0, 1]})
     # y's items in reverse order: pairing must follow item_id, not row order
     outcomes = pd.concat(
         [outcomes[outcomes["condition"] != "y"], outcomes[outcomes["condition"] == "y"][::-1]]
@@ -216,7 +199,7 @@ def test_paired_comparisons_pair_items_by_id_and_adjust_within_a_family():
 
 
 def test_paired_comparisons_on_graded_metrics_skip_mcnemar():
-    outcomes = _outcomes({"a": [4, 5, 3], "b": [2, 2, 3]}).assign(metric="judge_plausibility")
+    outcomes = accuracy_outcomes({"a": [4, 5, 3], "b": [2, 2, 3]}).assign(metric="judge_plausibility")
     row = paired_comparisons(outcomes, n_resamples=100).iloc[0]
     assert row["difference"] == pytest.approx(5 / 3) and math.isnan(row["mcnemar_p"])
 
@@ -224,19 +207,18 @@ def test_paired_comparisons_on_graded_metrics_skip_mcnemar():
 def test_cochran_q_agrees_with_the_formula():
     rng = np.random.default_rng(6)
     x = (rng.random((40, 3)) < [0.3, 0.5, 0.8]).astype(int)
-    outcomes = _outcomes({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2]})
+    outcomes = accuracy_outcomes({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2]})
     (row,) = cochran_q(outcomes).to_dict(orient="records")
     k, column, row_totals = 3, x.sum(0), x.sum(1)
     q = (k - 1) * (k * (column**2).sum() - column.sum() ** 2) / (k * row_totals.sum() - (row_totals**2).sum())
     assert row["q"] == pytest.approx(q)
     assert row["p"] == pytest.approx(stats.chi2.sf(q, k - 1))
-    assert cochran_q(_outcomes({"a": [1, 0], "b": [0, 1]})).empty  # two conditions: McNemar's job
+    assert cochran_q(accuracy_outcomes({"a": [1, 0], "b": [0, 1]})).empty  # two conditions: McNemar's job
 
 
 def test_cell_and_seed_summaries():
-    outcomes = pd.concat(
-        [_outcomes({"a": [1, 1, 0, 0]}, seed=0), _outcomes({"a": [1, 1, 1, 0]}, seed=1)], ignore_index=True
-    )
+    seeds = [accuracy_outcomes({"a": [1, 1, 0, 0]}, seed=0), accuracy_outcomes({"a": [1, 1, 1, 0]}, seed=1)]
+    outcomes = pd.concat(seeds, ignore_index=True)
     cells = cell_summary(outcomes, n_resamples=200)
     assert cells["value"].tolist() == [0.5, 0.75]
     assert (cells["ci_low"] <= cells["value"]).all() and (cells["value"] <= cells["ci_high"]).all()
@@ -356,4 +338,4 @@ def test_an_unknown_baseline_is_an_error_naming_the_conditions():
     with pytest.raises(
         ValueError, match=r"baseline_condition 'zz' is not a condition of this run: \['a', 'b'\]"
     ):
-        paired_comparisons(_outcomes({"a": [1], "b": [0]}), baseline="zz", n_resamples=10)
+        paired_comparisons(accuracy_outcomes({"a": [1], "b": [0]}), baseline="zz", n_resamples=10)

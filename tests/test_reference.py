@@ -21,6 +21,7 @@ from kdlib.reference import (
     published_table,
     reference_id,
 )
+from tests.conftest import accuracy_outcomes
 
 
 def test_packaged_table_is_valid_and_names_only_known_conditions():
@@ -87,23 +88,11 @@ def test_combine_seeds_uses_a_t_interval_over_seeds():
 
 def _outcomes(student, accuracy_by_condition, n=200, seeds=(0,), rng=None):
     rng = rng or np.random.default_rng(0)
-    frames = []
-    for seed in seeds:
-        for condition, accuracy in accuracy_by_condition.items():
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "student": student,
-                        "condition": condition,
-                        "seed": seed,
-                        "transform": condition,
-                        "metric": "accuracy",
-                        "item_id": [f"i{k}" for k in range(n)],
-                        "value": (rng.random(n) < accuracy).astype(float),
-                    }
-                )
-            )
-    return pd.concat(frames, ignore_index=True)
+    per_seed = [
+        accuracy_outcomes({c: rng.random(n) < a for c, a in accuracy_by_condition.items()}, seed, student)
+        for seed in seeds
+    ]
+    return pd.concat(per_seed, ignore_index=True)
 
 
 def _no_traces():

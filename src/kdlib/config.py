@@ -126,29 +126,10 @@ class DatasetParams(Schema):
     @field_validator("options")
     @classmethod
     def _loader_accepts_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        name = info.data.get("name")
-        if name == "generated":
-            import inspect
+        if info.data.get("name") is not None:
+            from kdlib.data import check_options
 
-            from kdlib.data.generated import generate_items
-
-            valid = [
-                p for p in inspect.signature(generate_items).parameters if p not in ("n", "seed", "split")
-            ]
-            unknown = sorted(set(value) - set(valid))
-            if unknown:
-                raise ValueError(
-                    f"unknown option {unknown[0]!r} for generated; valid options: {', '.join(valid)}"
-                )
-        elif name is not None:  # a real dataset: its loader's options, plus where to read it from
-            from kdlib.data import loaders
-
-            if value.get("source", "auto") not in loaders.SOURCES:
-                raise ValueError(
-                    f"unknown source {value['source']!r}; valid sources: {', '.join(loaders.SOURCES)}"
-                )
-            options = {key: option for key, option in value.items() if key != "source"}
-            loaders.check_options(name, options)
+            check_options(info.data["name"], value)
         return value
 
 

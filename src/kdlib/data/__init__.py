@@ -8,16 +8,34 @@ from typing import Any
 from kdlib.data.schema import QAItem
 
 
-def _all_items(name: str, split: str, n: int, *, seed: int, data_dir: str | None, options: dict[str, Any]):
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Raise ValueError naming an option that dataset `name` does not take (real datasets also take
+    `source`: auto, local or hub)."""
     if name == "generated":
         import inspect
 
         from kdlib.data.generated import generate_items
 
+        valid = [p for p in inspect.signature(generate_items).parameters if p not in ("n", "seed", "split")]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            valid_names = ", ".join(valid)
+            raise ValueError(f"unknown option {unknown[0]!r} for generated; valid options: {valid_names}")
+        return
+    from kdlib.data import loaders
+
+    loaders.check_source(options.get("source", "auto"))
+    loaders.check_options(name, {key: value for key, value in options.items() if key != "source"})
+
+
+def _all_items(name: str, split: str, n: int, *, seed: int, data_dir: str | None, options: dict[str, Any]):
+    if name == "generated":
+        from kdlib.data.generated import generate_items
+
         try:
-            inspect.signature(generate_items).bind(n, seed=seed, split=split, **options)
-        except TypeError as error:
-            raise ValueError(f"dataset 'generated': bad option in dataset.options: {error}") from None
+            check_options(name, options)
+        except ValueError as error:
+            raise ValueError(f"dataset.options: {error}") from None
         return generate_items(n, seed=seed, split=split, **options)
     from kdlib.data.loaders import load_items
 

@@ -858,6 +858,11 @@ def check_options(name: str, options: Mapping[str, Any]) -> Options:
     return {option: check(options.get(option)) for option, check in dataset.options.items()}
 
 
+def check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; valid sources: {', '.join(SOURCES)}")
+
+
 def load_items(
     name: str,
     split: str,
@@ -880,8 +885,7 @@ def load_items(
     dataset = _dataset(name)
     check_split(name, split)
     chosen = check_options(name, options)
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; valid sources: {', '.join(SOURCES)}")
+    check_source(source)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be None or a non-negative int, got {limit!r}")
     try:

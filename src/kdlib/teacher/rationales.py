@@ -294,6 +294,12 @@ def filter_traces(
     return kept.reset_index(drop=True), report.reset_index()
 
 
+def unparseable_counts(traces: pd.DataFrame) -> pd.Series:
+    """Rows recorded as unparseable, per source, recipe and reason."""
+    unparseable = traces.dropna(subset=["unparseable"])
+    return unparseable.groupby(["source", "recipe", "unparseable"]).size().rename("rows")
+
+
 def summarise_traces(traces: pd.DataFrame) -> pd.DataFrame:
     """Per source and recipe: rows, items, label parse rate, agreement with gold, leak rate, mean words."""
     return (
