@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # llama-cpp-python (dev extra) compiles llama.cpp: build the library only, not its examples and tests.
 export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF
 
-.PHONY: venv demo test lint lab students studies results clean-outputs
+.PHONY: venv demo test lint browser lab students studies results clean-outputs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,11 +47,21 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+# tests/test_browser.py drives Debian's chromium: installed here when it is missing and apt-get can (as
+# root). Otherwise those tests are skipped, and pytest's summary says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium could not be installed: the browser tests will be skipped"
+
+test: lint browser
 	$(PY) -m pytest
 
+# JupyterLab on the repository, configured by jupyter-config/: notebooks/*.py open as notebooks (jupytext,
+# see jupytext.toml) on the kdlib kernel, and nothing is fetched from the internet (news, updates).
 lab: venv
-	$(VENV)/bin/jupyter lab --notebook-dir=.
+	JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter-config $(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean-outputs:
 	rm -rf outputs

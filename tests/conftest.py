@@ -1,8 +1,13 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from kdlib.data.generated import generate_items
+from kdlib.paths import REPO_ROOT
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +32,32 @@ def accuracy_outcomes(per_condition: dict, seed=0, student="s") -> pd.DataFrame:
         for condition, values in per_condition.items()
     ]
     return pd.concat(frames, ignore_index=True)
+
+
+def kdlib(*args, check=True, env=None):
+    """Run the kdlib command line in a subprocess from the repository root."""
+    result = subprocess.run(
+        [sys.executable, "-m", "kdlib", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"kdlib {' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def smoke_cache_env(tmp_path_factory):
+    """A private kdlib cache (teacher generations, fingerprints): the smoke run starts cold."""
+    return {**os.environ, "KDLIB_CACHE": str(tmp_path_factory.mktemp("kdlib-cache"))}
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, smoke_cache_env):
+    """The whole chain on params/smoke.yaml, once per test session (test_smoke, test_browser)."""
+    run_dir = tmp_path_factory.mktemp("smoke")
+    kdlib("run", "params/smoke.yaml", "--run-dir", str(run_dir), env=smoke_cache_env)
+    return run_dir

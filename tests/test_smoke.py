@@ -2,46 +2,28 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
+import re
 
 import pandas as pd
 import pytest
 
 from kdlib.config import NOTEBOOKS, load_params
-from kdlib.paths import PARAMS_DIR, REPO_ROOT
+from kdlib.paths import PARAMS_DIR
 from kdlib.sft import grid_cells
+from tests.conftest import kdlib
 
 SMOKE = load_params(PARAMS_DIR / "smoke.yaml")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def cache_env(tmp_path_factory):
-    """A private kdlib cache (teacher generations, fingerprints): the smoke run starts cold."""
-    return {**os.environ, "KDLIB_CACHE": str(tmp_path_factory.mktemp("kdlib-cache"))}
+@pytest.fixture
+def run_dir(smoke_run):
+    return smoke_run
 
 
-def kdlib(*args, check=True, env=None):
-    result = subprocess.run(
-        [sys.executable, "-m", "kdlib", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"kdlib {' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, cache_env):
-    run_dir = tmp_path_factory.mktemp("smoke")
-    kdlib("run", "params/smoke.yaml", "--run-dir", str(run_dir), env=cache_env)
-    return run_dir
+@pytest.fixture
+def cache_env(smoke_cache_env):
+    return smoke_cache_env
 
 
 def test_every_notebook_ran_and_was_exported(run_dir):
@@ -56,6 +38,29 @@ def test_every_notebook_ran_and_was_exported(run_dir):
     assert "05_correlation done" in (run_dir / "run.log").read_text()
     hidden = [p.relative_to(run_dir) for p in run_dir.rglob(".*")]
     assert hidden == [], "temp files, running notebooks or the lock left behind"
+
+
+def test_notebook_copies_embed_plotly_once_and_fetch_nothing(run_dir):
+    for nb in NOTEBOOKS:
+        page = (run_dir / "notebooks" / f"{nb}.html").read_text()
+        remote = [src for src in re.findall(r'<script[^>]*src="([^"]*)"', page) if "//" in src]
+        assert remote == [], (nb, remote)
+        assert page.count("* plotly.js v") == 1, nb
+        assert page.count('class="plotly-graph-div"') >= 1, nb
+
+
+def test_progress_bars_reach_the_log_and_the_notebook_as_their_last_frame(run_dir):
+    bar = "train tiny-llama/no_trace/seed0: 100%|"
+    log = (run_dir / "run.log").read_text()
+    assert bar in log and "\r" not in log
+    executed = json.loads((run_dir / "notebooks" / "03_sft.ipynb").read_text())
+    stderr = "".join(
+        "".join(output["text"])
+        for cell in executed["cells"]
+        for output in cell.get("outputs", [])
+        if output.get("name") == "stderr"
+    )
+    assert stderr.count("train tiny-llama/no_trace/seed0:") == 1 and bar in stderr and "\r" not in stderr
 
 
 @pytest.mark.parametrize("stage", ["teacher_traces", "decomposition", "sft", "evaluation", "correlation"])

@@ -16,12 +16,12 @@ from functools import partial
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from kdlib.conditions import ATTRIBUTION_COLUMNS, evaluation_prompt
 from kdlib.data.schema import QAItem
 from kdlib.decomposition import format_rationale
 from kdlib.models import is_seq2seq, pad_token_id, student_prompt
+from kdlib.progress import progress
 from kdlib.scoring import answer_opening, encode_pair
 
 
@@ -73,7 +73,9 @@ def integrated_gradients(
     pad_id = pad_token_id(tokenizer)
     model.eval()
     words, tokens = [], []
-    for item in tqdm([i for i in items if rationales.get(i.id)], desc="integrated gradients", unit="item"):
+    for item in progress(
+        [i for i in items if rationales.get(i.id)], desc="integrated gradients", unit="item"
+    ):
         prompt = student_prompt(model, tokenizer, evaluation_prompt(transform, item))
         rationale = rationales[item.id].strip()
         block = format_rationale(rationale, fmt)

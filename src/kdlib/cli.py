@@ -7,6 +7,7 @@ import logging
 import sys
 
 from kdlib.config import NOTEBOOKS, ParamsError, load_params
+from kdlib.progress import LogFormatter
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,7 +99,9 @@ def _check_traces(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    console = logging.StreamHandler()
+    console.setFormatter(LogFormatter("%(asctime)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[console])
     try:
         if args.command == "validate":
             for path in args.params:

@@ -28,10 +28,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from kdlib.data.schema import QAItem
 from kdlib.models import is_seq2seq
+from kdlib.progress import progress
 from kdlib.scoring import answer_context, continuation_spans
 
 FINAL_NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_layernorm")
@@ -240,7 +240,7 @@ def train_tuned_lens(
     optimiser = torch.optim.Adam(lens.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     history = []
-    for step in tqdm(range(steps), desc="tuned lens", unit="step"):
+    for step in progress(range(steps), desc="tuned lens", unit="step"):
         batch = states[
             torch.randint(len(states), (min(positions_per_step, len(states)),), generator=generator)
         ]

@@ -367,7 +367,7 @@ def iter_generate(
     prompt's sample depends on neither the batch size nor its neighbours. Texts are decoded without
     special tokens and cut at the first end-of-turn and at the first stop string.
     """
-    from tqdm.auto import tqdm
+    from kdlib.progress import progress
 
     tokenizer.padding_side = "left"
     encoded = [encode_prompt(model, tokenizer, p) for p in prompts]
@@ -375,7 +375,7 @@ def iter_generate(
     device = next(model.parameters()).device
     row_keys = [f"{s}:{p}" for s, p in zip(row_seeds or [seed] * len(prompts), prompts, strict=True)]
     model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+    for start in progress(range(0, len(order), batch_size), desc=desc, unit="batch"):
         batch = order[start : start + batch_size]
         padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
         # decoders start afresh (from their start token)

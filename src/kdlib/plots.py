@@ -7,17 +7,41 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.io.base_renderers import NotebookRenderer
 from plotly.subplots import make_subplots
 
 from kdlib.analysis import CELL_KEYS
 
 
-def use_offline_renderer() -> None:
-    """Render figures both as the Plotly mimetype (JupyterLab) and as self-contained HTML (exports).
+class _OfflineNotebookRenderer(NotebookRenderer):
+    """plotly's "notebook" renderer (plotly.js embedded once, when it becomes a default), but its figures
+    load no MathJax from a CDN."""
 
-    The HTML form embeds plotly.js once per notebook, so exported notebooks open with no network.
+    def __init__(self):
+        super().__init__(connected=False)
+
+    def to_mimebundle(self, fig_dict: dict) -> dict:
+        html = pio.to_html(
+            fig_dict,
+            include_plotlyjs=False,
+            include_mathjax=False,
+            full_html=False,
+            default_width="100%",
+            default_height=525,
+            validate=False,
+        )
+        return {"text/html": html}
+
+
+pio.renderers["kdlib_offline"] = _OfflineNotebookRenderer()
+
+
+def use_offline_renderer() -> None:
+    """Render figures both as the Plotly mimetype (JupyterLab) and as HTML that needs no network (exports).
+
+    The HTML form embeds plotly.js once per notebook, so exported notebooks open from disk offline.
     """
-    pio.renderers.default = "plotly_mimetype+notebook"
+    pio.renderers.default = "plotly_mimetype+kdlib_offline"
 
 
 FIGURES_FOLDER = "figures"

@@ -7,16 +7,22 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kdlib import io
 from kdlib.config import NOTEBOOKS, ExperimentParams, dump_params, load_params
 from kdlib.paths import NOTEBOOKS_DIR, default_run_dir
+from kdlib.progress import PROGRESS_ENV, LogFormatter
 from kdlib.report import write_report
 
 log = logging.getLogger("kdlib.run")
 
 KERNEL_NAME = "kdlib"
+# The kernels papermill starts draw kdlib's progress bars as text every 10 s (kdlib.progress), and the
+# hub's and transformers' bars not at all: as widgets they would reach the log only at 0%.
+KERNEL_ENVIRONMENT = {PROGRESS_ENV: "10", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 class NotebookFailed(RuntimeError):
@@ -59,11 +65,28 @@ def load_notebook(name: str):
     return jupytext.read(NOTEBOOKS_DIR / f"{name}.py")
 
 
+# nbconvert's lab template less the scripts it fetches from CDNs (require.js, MathJax, Mermaid, the widget
+# manager), so that an executed copy opens from disk with no network. Its figures need none of them: the
+# notebook itself carries plotly.js once (kdlib.plots.use_offline_renderer).
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{% block html_head_js_requirejs %}{% endblock %}
+{% block jupyter_widgets %}{% endblock %}
+{% block html_head_js_mathjax %}{% endblock %}
+{% block html_head_js_mermaidjs %}{% endblock %}
+"""
+
+
 def export_html(ipynb: Path) -> Path:
+    """Write the executed notebook `ipynb` as HTML beside it, with OFFLINE_TEMPLATE."""
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(ipynb, as_version=4))
+    exporter = HTMLExporter(
+        extra_loaders=[DictLoader({"kdlib_offline.html.j2": OFFLINE_TEMPLATE})],
+        template_file="kdlib_offline.html.j2",
+    )
+    body, _ = exporter.from_notebook_node(nbformat.read(ipynb, as_version=4))
     return io.write_text(ipynb.with_suffix(".html"), body)
 
 
@@ -74,6 +97,18 @@ def _failure_message(name: str, error, executed: Path) -> str:
     )
 
 
+@contextmanager
+def kernel_environment() -> Iterator[None]:
+    """Set KERNEL_ENVIRONMENT (where not set already) for the kernels started inside, then restore."""
+    added = {key: value for key, value in KERNEL_ENVIRONMENT.items() if key not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def run_notebook(name: str, params: ExperimentParams, run_dir: Path, kernel: str) -> Path:
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -82,15 +117,17 @@ def run_notebook(name: str, params: ExperimentParams, run_dir: Path, kernel: str
     running = executed.with_name(f".{name}.running.ipynb")  # papermill saves it as cells finish
     executed.parent.mkdir(parents=True, exist_ok=True)
     try:
-        papermill.execute_notebook(
-            load_notebook(name),
-            str(running),
-            parameters=params.notebook_parameters(name, run_dir),
-            kernel_name=kernel,
-            cwd=str(NOTEBOOKS_DIR),
-            log_output=True,
-            progress_bar=False,
-        )
+        with kernel_environment():
+            papermill.execute_notebook(
+                load_notebook(name),
+                str(running),
+                parameters=params.notebook_parameters(name, run_dir),
+                kernel_name=kernel,
+                cwd=str(NOTEBOOKS_DIR),
+                log_output=True,
+                progress_bar=False,
+                coalesce_streams=True,  # a cell's text keeps each progress bar's last frame only
+            )
     except PapermillExecutionError as error:
         os.replace(running, executed)
         export_html(executed)
@@ -102,7 +139,7 @@ def run_notebook(name: str, params: ExperimentParams, run_dir: Path, kernel: str
 
 def _attach_log_file(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.setFormatter(LogFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     for name in ("kdlib", "papermill"):
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)

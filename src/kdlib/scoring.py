@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from kdlib.conditions import evaluation_prompt
 from kdlib.data.schema import QAItem
 from kdlib.decomposition import format_answer
 from kdlib.models import encode_prompt, is_seq2seq, pad_token_id, student_prompt
+from kdlib.progress import progress
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def continuation_spans(
     pad_id = pad_token_id(tokenizer)
     spans = _seq2seq_spans if is_seq2seq(model) else _causal_spans
     model.eval()
-    for start in tqdm(range(0, len(contexts), batch_size), desc=desc, unit="batch"):
+    for start in progress(range(0, len(contexts), batch_size), desc=desc, unit="batch"):
         batch = contexts[start : start + batch_size]
         members = [(row, index) for row, context in enumerate(batch) for index in by_context[context]]
         values = spans(

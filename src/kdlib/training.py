@@ -25,11 +25,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from kdlib.conditions import TextExample
 from kdlib.io import atomic_folder
 from kdlib.models import encode_prompt, is_seq2seq, student_prompt
+from kdlib.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def train(
     seq2seq = is_seq2seq(model)
     model.train()
     started = time.perf_counter()
-    progress = tqdm(total=len(plan), initial=done, desc=desc, unit="step", disable=rank != 0)
+    bar = progress(total=len(plan), initial=done, desc=desc, unit="step", disable=rank != 0)
     for step in range(done, len(plan)):
         batches = [collate([examples[i] for i in ids], pad_token_id) for ids in plan[step]["batches"]]
         group_targets = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
@@ -312,8 +312,8 @@ def train(
             "seconds": seconds_before + time.perf_counter() - started,
         }
         rows.append(row)
-        progress.update(1)
-        progress.set_postfix(loss=f"{step_loss:.3f}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}")
         if checkpoint and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0:
             if rank == 0:
                 checkpoint.save(model, optimizer, scheduler, step + 1, rows)
@@ -321,7 +321,7 @@ def train(
                 accelerator.wait_for_everyone()
         if on_step:
             on_step(row)
-    progress.close()
+    bar.close()
     model.eval()
     return pd.DataFrame(rows)
 

@@ -244,12 +244,12 @@ class OpenAIBackend(Backend):
         return cut_at_stop(text, decoding.stop).strip()
 
     def _stream(self, requests: list[Request], decoding: Decoding) -> Iterator[list[tuple[int, str]]]:
-        from tqdm.auto import tqdm
+        from kdlib.progress import progress
 
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             futures = {pool.submit(self.complete, r, decoding): i for i, r in enumerate(requests)}
             try:
-                for future in tqdm(
+                for future in progress(
                     as_completed(futures), total=len(futures), desc=f"teacher {self.model_name}"
                 ):
                     yield [(futures[future], future.result())]
