@@ -193,6 +193,30 @@ def test_notebook_opens_runs_and_saves_in_jupyterlab(notebook, browser, lab, smo
         lab.shut_down_kernels()
 
 
+def test_progress_bars_are_widgets_in_jupyterlab(browser, lab):
+    """kdlib.progress by hand in JupyterLab: tqdm.auto's widget, drawn to the end."""
+    scratch = jupytext.reads(
+        "from kdlib.progress import progress\n\nfor _ in progress(range(3), desc='steps'):\n    pass\n",
+        fmt="py:percent",
+    )
+    scratch.metadata["kernelspec"] = {"name": "kdlib", "display_name": "kdlib", "language": "python"}
+    jupytext.write(scratch, lab.root / "progress.ipynb")
+    page = browser.new_page(viewport={"width": 1400, "height": 700})
+    try:
+        page.goto(lab.url("lab/tree/progress.ipynb?reset"))
+        page.locator(".jp-NotebookPanel .jp-CodeCell").first.wait_for(timeout=60_000)
+        page.get_by_text("kdlib | Idle").wait_for(timeout=120_000)
+        page.locator(".jp-NotebookPanel .jp-Cell").first.click(position={"x": 4, "y": 4})
+        page.keyboard.press("Shift+Enter")
+        bar = page.locator(".jp-OutputArea-output .widget-hbox:has(.widget-hprogress)")
+        bar.filter(has_text="3/3").wait_for(timeout=120_000)
+        assert "steps" in bar.inner_text() and "100%" in bar.inner_text()
+        page.screenshot(path=SCREENSHOTS / "jupyterlab_progress_widget.png")
+    finally:
+        page.close()
+        lab.shut_down_kernels()
+
+
 def _open_offline(browser, path, screenshot):
     """Open `path` from disk with every network request refused; return (page, problems), where
     problems lists console errors, page errors and the network requests tried."""
