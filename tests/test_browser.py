@@ -21,7 +21,17 @@ import pytest
 from kdlib.config import NOTEBOOKS
 from kdlib.paths import NOTEBOOKS_DIR, REPO_ROOT
 
-pytestmark = pytest.mark.slow
+# Checked here, so that a skip comes before the session's smoke run, not after it.
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright (dev extra) is not installed")
+CHROMIUM = shutil.which("chromium")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="Debian's chromium is not installed: `make test` installs it (apt-get install chromium) "
+        "when it runs as root on a machine with apt",
+    ),
+]
 
 SCREENSHOTS = REPO_ROOT / "test-artifacts" / "browser"
 # Headless, and no background connections: this machine's closed network refuses them.
@@ -49,18 +59,9 @@ FIRST_CELLS = {
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright (the dev extra) is not installed"
-    )
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.skip(
-            "Debian's chromium is not installed: `make test` installs it (apt-get install chromium) when it "
-            "runs as root on a machine with apt"
-        )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
