@@ -147,5 +147,5 @@ def test_results_document_is_rendered_from_the_run_files(outputs, tmp_path):
         assert (tmp_path / "figures" / "smoke" / png.name).read_bytes() == png.read_bytes()
         assert f"](figures/smoke/{png.name})" in text
     assert "### generated: `params/demo.yaml`" in text
-    assert "Not finished: notebooks done none. Complete it with `kdlib run params/demo.yaml`" in text
+    assert "Not finished: notebooks done: none. Complete it with `kdlib run params/demo.yaml`" in text
     assert "Not current: the run folder holds another run (its params differ in common, " in text

@@ -121,10 +121,16 @@ def findings_table(comparison: pd.DataFrame, study: str) -> pd.DataFrame:
     )
 
 
+def read_comparison(path: Path) -> pd.DataFrame:
+    """reference_comparison.csv, with no unit read as "" (phi and other unitless estimates), not NaN."""
+    return pd.read_csv(path).fillna({"unit": ""})
+
+
 def published_table(
     comparison: pd.DataFrame, published: pd.DataFrame, study: str, dataset: str
 ) -> pd.DataFrame:
-    """The paper's numbers for this dataset beside ours for the same condition and metric."""
+    """The paper's numbers for this dataset beside ours for the same condition and metric. `comparison` is
+    reference_comparison.csv as read back: its paper column is text, since findings quote the paper."""
     on_dataset = set(published.loc[(published["study"] == study) & (published["dataset"] == dataset), "id"])
     rows = comparison[(comparison["kind"] == "published") & comparison["id"].isin(on_dataset)]
     rows = rows[rows["estimate"].notna() | (rows["scope"] == "same setup")]
@@ -132,7 +138,9 @@ def published_table(
     return pd.DataFrame(
         {
             "published": rows["id"],
-            "paper": [f"{r.paper:g} {r.unit} ({paper.loc[r.id, 'student']})" for r in rows.itertuples()],
+            "paper": [
+                f"{float(r.paper):g} {r.unit} ({paper.loc[r.id, 'student']})" for r in rows.itertuples()
+            ],
             "ours": [
                 f"{with_interval(r.estimate, r.ci_low, r.ci_high)} {r.unit} ({r.student})"
                 for r in rows.itertuples()
@@ -241,12 +249,12 @@ def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir:
         ]
     if "05_correlation" not in done:
         return lines + [
-            f"Not finished: notebooks done {done or 'none'}. Complete it with `kdlib run {params_file}` "
-            "(finished cells are kept), then `kdlib results`.",
+            f"Not finished: notebooks done: {', '.join(done) or 'none'}. Complete it with "
+            f"`kdlib run {params_file}` (finished cells are kept), then `kdlib results`.",
             "",
         ]
     lines += [*run_facts_lines(params_file, params, record), ""]
-    comparison = pd.read_csv(run.reference_comparison)
+    comparison = read_comparison(run.reference_comparison)
     lines += ["#### Findings", "", *markdown_table(findings_table(comparison, study.study)), ""]
     published = _read(run.published_results)
     if published is not None:
