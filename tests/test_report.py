@@ -33,6 +33,7 @@ def test_pngs_through_kaleido_or_a_reason(tmp_path):
         assert reason.startswith("kaleido failed") and not list(tmp_path.iterdir())
         pytest.skip(f"no browser for kaleido here: {reason}")
     assert [p.read_bytes()[:4] for p in paths] == [b"\x89PNG"] * 2
+    assert [int.from_bytes(p.read_bytes()[16:20], "big") for p in paths] == [plots.PNG_WIDTH] * 2
     assert not list(tmp_path.glob(".*tmp"))
 
 

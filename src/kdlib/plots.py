@@ -45,6 +45,7 @@ def use_offline_renderer() -> None:
 
 
 FIGURES_FOLDER = "figures"
+PNG_WIDTH = 1000  # pixels, where a figure sets no width: wide enough for long category labels
 
 
 def write_pngs(figures: list[go.Figure], paths: list) -> str | None:
@@ -58,7 +59,7 @@ def write_pngs(figures: list[go.Figure], paths: list) -> str | None:
         return "kaleido is not installed"
     temporary = [Path(path).with_name(f".{Path(path).name}.tmp") for path in paths]
     try:
-        pio.write_images(figures, temporary, format="png")
+        pio.write_images(figures, temporary, format="png", width=PNG_WIDTH)
     except Exception as error:  # kaleido present but no browser for it: keep the JSON and HTML
         for tmp in temporary:
             tmp.unlink(missing_ok=True)
