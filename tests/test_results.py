@@ -1,7 +1,8 @@
 import pandas as pd
 
 from kdlib import io
-from kdlib.results import findings_table, published_table, read_comparison
+from kdlib.paths import RunLayout
+from kdlib.results import findings_table, published_table, read_comparison, stage_commits
 
 
 def test_published_numbers_are_read_from_a_comparison_that_also_quotes_findings(tmp_path):
@@ -32,3 +33,13 @@ def test_published_numbers_are_read_from_a_comparison_that_also_quotes_findings(
     table = published_table(read_back, published, "s", "babi")
     assert table["paper"].tolist() == ["53.17 % (T5-base)"]
     assert table["ours"].str.startswith("41.5").all()
+
+
+def test_stage_commits_name_the_commit_each_notebook_ran_at(tmp_path):
+    run = RunLayout(tmp_path)
+    shas = {"teacher_traces": "a" * 40, "decomposition": "a" * 40, "sft": "a" * 40, "correlation": "b" * 40}
+    for stage, sha in shas.items():
+        io.write_meta(run.stage(stage), params={}, artifacts=[])
+        meta = io.read_json(run.stage(stage) / "meta.json")
+        io.write_json(run.stage(stage) / "meta.json", {**meta, "git_sha": sha})
+    assert stage_commits(run) == f"{'a' * 10} (01-03), {'b' * 10} (05)"  # 04 never ran

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdlib import io
-from kdlib.config import NOTEBOOKS, ExperimentParams, ParamsError, load_params
+from kdlib.config import NOTEBOOKS, SECTION_KEYS, ExperimentParams, ParamsError, load_params
 from kdlib.paths import OUTPUTS_DIR, REPO_ROOT, RunLayout
 from kdlib.reference import PERCENT_METRICS, load_reference
 
@@ -79,14 +79,32 @@ def _read(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def run_facts_lines(params_file: str, params: ExperimentParams, record: dict) -> list[str]:
-    """Command, git SHA, sizes and wall times of one run (`record`: its run.json)."""
+def stage_commits(run: RunLayout) -> str:
+    """The git SHA each notebook ran at, from its stage's meta.json: "497cd56225 (01-04), 31ddaa6653 (05)"."""
+    groups: list[tuple[str, list[str]]] = []
+    for notebook in NOTEBOOKS:
+        meta = run.stage(SECTION_KEYS[notebook]) / "meta.json"
+        if not meta.exists():
+            continue
+        sha = (io.read_json(meta).get("git_sha") or "unknown")[:10]
+        if groups and groups[-1][0] == sha:
+            groups[-1][1].append(notebook[:2])
+        else:
+            groups.append((sha, [notebook[:2]]))
+    return ", ".join(
+        f"{sha} ({numbers[0]}{'-' + numbers[-1] if len(numbers) > 1 else ''})" for sha, numbers in groups
+    )
+
+
+def run_facts_lines(params_file: str, params: ExperimentParams, record: dict, commits: str) -> list[str]:
+    """Command, git SHAs (`commits`, from stage_commits), sizes and wall times of one run (`record`: its
+    run.json)."""
     data, sft = params.teacher_traces.dataset, params.sft
     times = [(nb, record["notebooks"][nb]) for nb in NOTEBOOKS if nb in record["notebooks"]]
     total = sum(entry.get("seconds", 0.0) for _, entry in times)
     return [
         f"- Command: `kdlib run {params_file}`, then `kdlib results`",
-        f"- Run: git {record['git_sha'][:10]}, started {times[0][1]['started_at'] if times else '?'}; "
+        f"- Run: git {commits}, started {times[0][1]['started_at'] if times else '?'}; "
         f"wall time {total / 60:.0f} min ("
         + ", ".join(f"{nb} {entry.get('seconds', 0.0) / 60:.1f}" for nb, entry in times)
         + " min) on this 2-core CPU",
@@ -253,7 +271,7 @@ def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir:
             f"`kdlib run {params_file}` (finished cells are kept), then `kdlib results`.",
             "",
         ]
-    lines += [*run_facts_lines(params_file, params, record), ""]
+    lines += [*run_facts_lines(params_file, params, record, stage_commits(run)), ""]
     comparison = read_comparison(run.reference_comparison)
     lines += ["#### Findings", "", *markdown_table(findings_table(comparison, study.study)), ""]
     published = _read(run.published_results)
