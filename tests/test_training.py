@@ -10,6 +10,7 @@ from kdlib.conditions import TRANSFORMS, ItemTraces, TransformSettings, conditio
 from kdlib.config import LoraParams, SftParams
 from kdlib.decomposition import decompose, steps_by_item
 from kdlib.models import count_parameters, encode_prompt, load_model, student_prompt
+from kdlib.progress import PROGRESS_ENV
 from kdlib.sft import add_lora, prepare_student
 from kdlib.teacher.rationales import rule_traces
 from kdlib.training import (
@@ -198,6 +199,22 @@ def test_lora_training_lowers_the_loss_and_trains_only_the_adapter(student, gene
     for name, param in model.named_parameters():
         if name in frozen:
             assert torch.equal(param, frozen[name]), name
+
+
+def test_training_bar_redraws_only_at_its_interval_under_kdlib_run(
+    generated_items, traces, monkeypatch, capsys
+):
+    """Text bars (kdlib run's kernels) redraw at most every $KDLIB_PROGRESS_SECONDS: the per-step loss
+    must not force a redraw, or the log gets a line per step."""
+    monkeypatch.setenv(PROGRESS_ENV, "1000")
+    model, tokenizer = load_model("tiny-llama", seed=0)
+    examples = _examples(model, tokenizer, generated_items[:8], traces)
+    train(model, examples, _settings(epochs=3), pad_token_id=tokenizer.pad_token_id, desc="steps")
+    frames = capsys.readouterr().err.replace("\n", "\r").split("\r")
+    assert [frame.split("|")[0] for frame in frames if frame.startswith("steps")] == [
+        "steps:   0%",
+        "steps: 100%",
+    ]
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora", "qlora"])

@@ -313,7 +313,7 @@ def train(
         }
         rows.append(row)
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}")
+        bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)  # redrawn at the next interval
         if checkpoint and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0:
             if rank == 0:
                 checkpoint.save(model, optimizer, scheduler, step + 1, rows)
