@@ -17,9 +17,6 @@ class _OfflineNotebookRenderer(NotebookRenderer):
     """plotly's "notebook" renderer (plotly.js embedded once, when it becomes a default), but its figures
     load no MathJax from a CDN."""
 
-    def __init__(self):
-        super().__init__(connected=False)
-
     def to_mimebundle(self, fig_dict: dict) -> dict:
         html = pio.to_html(
             fig_dict,
