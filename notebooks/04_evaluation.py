@@ -38,7 +38,9 @@
 # `metrics.csv`, and with the lenses `lens_ranks.parquet`, `lens_summary.csv`, `lens_emergence.csv`,
 # `lens_training.csv` and `tuned_lens/<cell>.safetensors`, and with explanations `explanations.parquet`,
 # `judge_ratings.parquet`, `explanation_scores.csv`, `rating_sheet.csv`, `rating_form.html` (and with
-# human ratings `human_ratings.parquet`, `rating_agreement.csv`).
+# human ratings `human_ratings.parquet`, `rating_agreement.csv`). Each cell's own frames are kept under
+# `evaluation/cells/<student>/<condition>/seed<k>/` (`outputs/`, `lens/`): a rerun, or a run cut off
+# midway, reuses every cell whose trained weights, items and settings are unchanged.
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"
@@ -109,6 +111,7 @@ frames = evaluate_cells(
     run, cells, eval_items, device=resolve_device(common.device), seed=common.seed, params=cfg
 )
 predictions, samples, choice_scores = frames["predictions"], frames["samples"], frames["choice_scores"]
+print(frames["cells"]["status"].value_counts().to_string())
 metrics = summarise(predictions, samples, choice_scores)
 metrics
 
@@ -182,7 +185,7 @@ elif cfg.explanations.enabled:
     print("no explanations to rate: no cell wrote one (no_trace only, or blank outputs)")
 
 # %%
-artifacts = [run.predictions.name, run.samples.name, run.choice_scores.name, run.metrics.name]
+artifacts = [run.predictions.name, run.samples.name, run.choice_scores.name, run.metrics.name, "cells/"]
 if cfg.lens.enabled:
     io.write_parquet(run.lens_ranks, lens_frames["ranks"])
     io.write_csv(run.lens_summary, layer_summary)

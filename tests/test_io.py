@@ -82,3 +82,34 @@ def test_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path, ca
     assert not lock.exists()
     with io.run_lock(tmp_path):  # released: a later run takes it without a warning
         pass
+
+
+def test_stored_frames_are_reused_under_the_same_key_only(tmp_path):
+    folder = tmp_path / "cells" / "a"
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"rows": pd.DataFrame({"x": [1, 2], "y": [None, "b"]}), "absent": None}
+
+    first, reused = io.stored_frames(folder, {"seed": 0, "settings": (1, 2)}, compute)
+    assert not reused and len(calls) == 1
+    again, reused = io.stored_frames(folder, {"settings": [1, 2], "seed": 0}, compute)
+    assert reused and len(calls) == 1 and again["absent"] is None
+    pd.testing.assert_frame_equal(again["rows"], first["rows"])
+    _, reused = io.stored_frames(folder, {"seed": 1, "settings": [1, 2]}, compute)
+    assert not reused and len(calls) == 2
+
+
+def test_stored_frames_keep_the_old_folder_when_compute_fails(tmp_path):
+    folder = tmp_path / "cell"
+    io.stored_frames(folder, {"seed": 0}, lambda: {"rows": pd.DataFrame({"x": [1]})})
+
+    def broken():
+        raise RuntimeError("killed midway")
+
+    with pytest.raises(RuntimeError, match="killed midway"):
+        io.stored_frames(folder, {"seed": 1}, broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cell"]
+    kept, reused = io.stored_frames(folder, {"seed": 0}, broken)
+    assert reused and kept["rows"]["x"].tolist() == [1]

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+import kdlib.evaluation
 import kdlib.sft
 from kdlib.config import CommonParams, EvaluationParams, SftParams
 from kdlib.decomposition import decompose, steps_by_item
@@ -180,9 +181,88 @@ def test_trained_cells_of_both_families_evaluate(trained, generated_items):
         "choice_scores": ["predicted_index", "predicted_index_norm"],
         "explanations": ["explanation_id", "explanation"],
     }
-    assert set(frames) == set(compared)
+    assert set(frames) == {*compared, "cells"}
     for name, columns in compared.items():
         pd.testing.assert_frame_equal(frames[name][columns], one_by_one[name][columns], obj=name)
+
+
+@pytest.fixture
+def trained_copy(trained, tmp_path):
+    """The trained grid's sft/ folder in a fresh run folder (no evaluation yet), and its summary."""
+    import shutil
+
+    run, summary = trained
+    shutil.copytree(run.root / "sft", tmp_path / "sft")
+    return RunLayout(tmp_path), summary
+
+
+def test_evaluation_cut_off_midway_keeps_its_finished_cells(trained_copy, generated_items, monkeypatch):
+    """Cells evaluated before a crash are reused on the rerun; a changed setting or a retrained cell is
+    evaluated again."""
+    run, summary = trained_copy
+    params = EvaluationParams(max_new_tokens=4, batch_size=4, label_first=False)
+    items, cpu = generated_items[8:10], torch.device("cpu")
+    evaluate_cell = kdlib.evaluation.evaluate_cell
+    calls, crash_at = [], [3]
+
+    def crash_once(*args, **kwargs):
+        calls.append(args[1]["cell"])
+        if len(calls) == crash_at[0]:
+            crash_at[0] = None
+            raise RuntimeError("killed")
+        return evaluate_cell(*args, **kwargs)
+
+    monkeypatch.setattr(kdlib.evaluation, "evaluate_cell", crash_once)
+    with pytest.raises(RuntimeError, match="killed"):
+        evaluate_cells(run, summary, items, device=cpu, seed=0, params=params)
+    kept = sorted(
+        str(p.parent.parent.relative_to(run.root / "evaluation" / "cells"))
+        for p in run.root.rglob("key.json")
+    )
+    assert kept == sorted(calls[:2])
+    assert not [p for p in (run.root / "evaluation").rglob(".*")]
+    calls.clear()
+    frames = evaluate_cells(run, summary, items, device=cpu, seed=0, params=params)
+    statuses = frames["cells"].set_index("cell")["status"]
+    assert len(calls) == 4 and len(frames["predictions"]) == 6 * 2
+    assert statuses.value_counts().to_dict() == {"evaluated": 4, "evaluated earlier": 2}
+    calls.clear()
+    again = evaluate_cells(run, summary, items, device=cpu, seed=0, params=params)
+    assert calls == [] and (again["cells"]["status"] == "evaluated earlier").all()
+    pd.testing.assert_frame_equal(again["predictions"], frames["predictions"])
+    retrained = run.root / "sft" / summary["cell"][0] / "meta.json"
+    retrained.write_text(retrained.read_text().replace("{", "{\n", 1))
+    evaluate_cells(run, summary, items, device=cpu, seed=0, params=params)
+    assert calls == [summary["cell"][0]]
+    calls.clear()
+    longer = params.model_copy(update={"max_new_tokens": 5})
+    evaluate_cells(run, summary, items, device=cpu, seed=0, params=longer)
+    assert calls == list(summary["cell"])
+
+
+def test_lens_frames_are_reused_while_the_tuned_lens_is_kept(trained_copy, generated_items, monkeypatch):
+    import kdlib.lens
+    from kdlib.config import LensParams
+
+    run, summary = trained_copy
+    summary = summary[summary["student"] == "tiny-llama"].iloc[:2]
+    params = LensParams(train_items=2, steps=2, positions_per_step=4, batch_size=4)
+    items, cpu = generated_items, torch.device("cpu")
+    lens_cell = kdlib.lens.lens_cell
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[1]["cell"])
+        return lens_cell(*args, **kwargs)
+
+    monkeypatch.setattr(kdlib.lens, "lens_cell", counted)
+    first = kdlib.lens.lens_cells(run, summary, items[:8], items[8:10], device=cpu, seed=0, params=params)
+    assert calls == list(summary["cell"]) and len(first["training"]) == 2 * 2
+    calls.clear()
+    run.tuned_lens(summary["cell"].iloc[1]).unlink()
+    again = kdlib.lens.lens_cells(run, summary, items[:8], items[8:10], device=cpu, seed=0, params=params)
+    assert calls == [summary["cell"].iloc[1]] and run.tuned_lens(summary["cell"].iloc[1]).exists()
+    pd.testing.assert_frame_equal(again["ranks"], first["ranks"])
 
 
 def test_grid_cells_cover_the_product():
@@ -201,6 +281,7 @@ def test_missing_rationales_are_an_error_naming_the_recipe(tmp_path, generated_i
 
 SLOW_TRAIN_CELL = """
 import sys, time
+import kdlib.evaluation
 import kdlib.sft
 from kdlib.sft import CellJob, fit_cell
 

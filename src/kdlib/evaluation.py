@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import math
 import re
+from functools import partial
 
 import pandas as pd
 
+from kdlib import io
 from kdlib.analysis import CELL_KEYS, wilson_interval
 from kdlib.conditions import CHECKABLE_TRACE_TRANSFORMS, evaluation_prompt
-from kdlib.data.schema import QAItem
+from kdlib.data.schema import QAItem, items_digest
 from kdlib.decomposition import gold_steps, normalise, parse_output, score_trace
 from kdlib.explanations import explain_cell, gives_explanations
 from kdlib.models import generate_texts, student_prompt
 from kdlib.scoring import score_choices
-from kdlib.sft import load_trained
+from kdlib.sft import load_trained, trained_digest
 
 NUMBER_WORDS = [
     "zero",
@@ -219,8 +221,6 @@ def evaluate_cell(cell_dir, cell: dict, items: list[QAItem], *, device, seed: in
     {"predictions": greedy rows, "samples": sampled rows (sample k uses seed + k), "choice_scores":
     label-first rows of the items with choices, "explanations": kdlib.explanations.explain_cell rows}
     (None where a frame does not apply)."""
-    from kdlib import io
-
     model, tokenizer = load_trained(cell_dir, device=device, seed=seed)
     label = "/".join(str(cell[k]) for k in CELL_KEYS)
     generation = params.generation
@@ -263,15 +263,41 @@ def evaluate_cell(cell_dir, cell: dict, items: list[QAItem], *, device, seed: in
     return frames
 
 
-def evaluate_cells(run, cells: pd.DataFrame, items: list[QAItem], *, device, seed: int, params) -> dict:
-    """evaluate_cell for every row of sft/summary.csv of `run` (a RunLayout), frames stacked."""
-    per_cell = [
-        evaluate_cell(run.root / "sft" / cell["cell"], cell, items, device=device, seed=seed, params=params)
-        for cell in cells.to_dict(orient="records")
-    ]
+FRAME_NAMES = ("predictions", "samples", "choice_scores", "explanations")
+
+
+def evaluation_key(cell_dir, items: list[QAItem], *, seed: int, params) -> dict:
+    """What one cell's evaluation frames depend on: the trained cell, the items, the seed and the
+    EvaluationParams that evaluate_cell reads (not the lens or the judge)."""
     return {
+        "trained_cell": trained_digest(cell_dir),
+        "items": items_digest(items),
+        "seed": seed,
+        "evaluation": params.model_dump(
+            include={"max_new_tokens", "batch_size", "label_first", "generation"}
+        ),
+        "explanations": params.explanations.model_dump(include={"enabled", "n_items"}),
+    }
+
+
+def evaluate_cells(run, cells: pd.DataFrame, items: list[QAItem], *, device, seed: int, params) -> dict:
+    """evaluate_cell for every row of sft/summary.csv of `run` (a RunLayout), frames stacked, plus
+    "cells": one row per cell with its status. Each cell's frames are kept under
+    run.evaluated_cell(cell, "outputs") and reused while evaluation_key is unchanged."""
+    per_cell, statuses = [], []
+    for cell in cells.to_dict(orient="records"):
+        cell_dir = run.root / "sft" / cell["cell"]
+        frames, reused = io.stored_frames(
+            run.evaluated_cell(cell["cell"], "outputs"),
+            evaluation_key(cell_dir, items, seed=seed, params=params),
+            partial(evaluate_cell, cell_dir, cell, items, device=device, seed=seed, params=params),
+        )
+        per_cell.append(frames)
+        statuses.append({"cell": cell["cell"], "status": "evaluated earlier" if reused else "evaluated"})
+    stacked = {
         name: pd.concat([c[name] for c in per_cell if c[name] is not None], ignore_index=True)
         if any(c[name] is not None for c in per_cell)
         else pd.DataFrame()
-        for name in ("predictions", "samples", "choice_scores", "explanations")
+        for name in FRAME_NAMES
     }
+    return {**stacked, "cells": pd.DataFrame(statuses, columns=["cell", "status"])}

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,34 @@ def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
     return Path(path)
+
+
+FRAMES_KEY = "key.json"
+
+
+def stored_frames(
+    folder: str | os.PathLike, key: dict, compute: Callable[[], dict[str, pd.DataFrame | None]]
+) -> tuple[dict[str, pd.DataFrame | None], bool]:
+    """The frames stored in `folder` (one parquet per name, and key.json) when they were computed under
+    `key`; else compute(), stored atomically, so a crash keeps every finished folder. Returns
+    (frames, reused)."""
+    folder = Path(folder)
+    key = json.loads(json.dumps(key, sort_keys=True, default=str))
+    record_path = folder / FRAMES_KEY
+    if record_path.exists() and read_json(record_path)["key"] == key:
+        stored = read_json(record_path)["frames"]
+        return {
+            name: pd.read_parquet(folder / f"{name}.parquet") if kept else None
+            for name, kept in stored.items()
+        }, True
+    frames = compute()
+    with atomic_folder(folder) as staging:
+        for name, frame in frames.items():
+            if frame is not None:
+                frame.to_parquet(staging / f"{name}.parquet", index=False)
+        record = {"key": key, "frames": {name: frame is not None for name, frame in frames.items()}}
+        (staging / FRAMES_KEY).write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
+    return frames, False
 
 
 def require(path: str | os.PathLike, produced_by: str | None = None) -> Path:

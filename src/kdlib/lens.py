@@ -22,6 +22,8 @@ loop is a command-line script. tests/test_lens.py checks kdlib's lenses against 
 from __future__ import annotations
 
 import math
+import shutil
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlib.data.schema import QAItem
+from kdlib.data.schema import QAItem, items_digest
 from kdlib.models import is_seq2seq
 from kdlib.progress import progress
 from kdlib.scoring import answer_context, continuation_spans
@@ -337,15 +339,28 @@ def lens_cell(
     return {"ranks": ranks.assign(**tags), "training": training, "tuned_lens": lenses.get("tuned")}
 
 
+def lens_key(cell_dir, train_items, eval_items, *, seed: int, params) -> dict:
+    """What one cell's lens frames depend on: the trained cell, both item lists, the seed, LensParams."""
+    from kdlib.sft import trained_digest
+
+    return {
+        "trained_cell": trained_digest(cell_dir),
+        "train_items": items_digest(train_items[: params.train_items]) if params.tuned else None,
+        "eval_items": items_digest(eval_items),
+        "seed": seed,
+        "lens": params.model_dump(),
+    }
+
+
 def lens_cells(run, cells: pd.DataFrame, train_items, eval_items, *, device, seed: int, params) -> dict:
     """lens_cell for every row of sft/summary.csv of `run` (a RunLayout); each tuned lens is saved to
-    run.tuned_lens(cell). Returns {"ranks", "training"} frames, stacked."""
+    run.tuned_lens(cell). Returns {"ranks", "training"} frames, stacked. Each cell's frames are kept under
+    run.evaluated_cell(cell, "lens") and reused while lens_key is unchanged and its tuned lens exists."""
     from safetensors.torch import save_file
 
     from kdlib import io
 
-    ranks, training = [], []
-    for cell in cells.to_dict(orient="records"):
+    def compute(cell: dict) -> dict:
         found = lens_cell(
             run.root / "sft" / cell["cell"],
             cell,
@@ -355,11 +370,21 @@ def lens_cells(run, cells: pd.DataFrame, train_items, eval_items, *, device, see
             seed=seed,
             params=params,
         )
-        ranks.append(found["ranks"])
         if found["tuned_lens"] is not None:
-            training.append(found["training"])
             with io.atomic_path(run.tuned_lens(cell["cell"])) as tmp:
                 save_file(found["tuned_lens"].state_dict(), tmp)
+        return {"ranks": found["ranks"], "training": found["training"]}
+
+    ranks, training = [], []
+    for cell in cells.to_dict(orient="records"):
+        folder = run.evaluated_cell(cell["cell"], "lens")
+        if params.tuned and not run.tuned_lens(cell["cell"]).exists():
+            shutil.rmtree(folder, ignore_errors=True)  # its tuned lens file is gone: fit it again
+        key = lens_key(run.root / "sft" / cell["cell"], train_items, eval_items, seed=seed, params=params)
+        frames, _ = io.stored_frames(folder, key, partial(compute, cell))
+        ranks.append(frames["ranks"])
+        if frames["training"] is not None:
+            training.append(frames["training"])
     return {
         "ranks": pd.concat(ranks, ignore_index=True),
         "training": pd.concat(training, ignore_index=True) if training else pd.DataFrame(),

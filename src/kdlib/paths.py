@@ -124,6 +124,11 @@ class RunLayout:
     def choice_scores(self) -> Path:
         return self.root / "evaluation" / "choice_scores.parquet"
 
+    def evaluated_cell(self, cell: str, part: str) -> Path:
+        """evaluation/cells/<student>/<condition>/seed<k>/<part>: one cell's frames of one part
+        (outputs, lens), kept so that a rerun reuses the cells whose inputs are unchanged."""
+        return self.root / "evaluation" / "cells" / cell / part
+
     @property
     def metrics(self) -> Path:
         return self.root / "evaluation" / "metrics.csv"

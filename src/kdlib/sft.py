@@ -178,6 +178,13 @@ def weights_folder(finetune: str) -> str:
     return "model" if finetune == "full" else "adapter"
 
 
+def trained_digest(cell_dir: Path) -> str:
+    """sha256 of a finished cell's meta.json: it changes whenever the cell is trained again."""
+    return hashlib.sha256(
+        io.require(Path(cell_dir) / "meta.json", produced_by="03_sft").read_bytes()
+    ).hexdigest()
+
+
 def load_trained(cell_dir: Path, *, device: torch.device, seed: int = 0):
     """The student of one finished cell in eval mode: base + adapter, or the fully fine-tuned model.
     Weights load from safetensors only."""

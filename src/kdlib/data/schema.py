@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -107,3 +108,9 @@ def frame_to_items(frame: pd.DataFrame, role: str | None = None) -> list[QAItem]
         )
         for r in frame.itertuples(index=False)
     ]
+
+
+def items_digest(items: Iterable[QAItem]) -> str:
+    """sha256 of the items' fields, in order: what a cached per-item result was computed on."""
+    fields = [asdict(item) for item in items]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
