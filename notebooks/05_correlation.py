@@ -30,7 +30,8 @@
 #    reason.
 #
 # Intervals are 95% unless `confidence` says otherwise: Wilson for proportions, a percentile bootstrap
-# over items for everything else, and a t interval over seeds when there are several.
+# over items for everything else, and a t interval over seeds when there are several (clipped to the
+# values the quantity can take: a rate 0-1, phi -1-1, a rating 1-5).
 # Writes every table below under `correlation/` and the figures under `correlation/figures/`.
 
 # %% tags=["parameters"]

@@ -10,6 +10,7 @@ from kdlib.analysis import (
     cell_summary,
     cochran_q,
     contingency,
+    difference_range,
     flag_runs,
     group_tests,
     item_outcomes,
@@ -18,6 +19,7 @@ from kdlib.analysis import (
     point_biserial,
     seed_summary,
     t_interval,
+    value_range,
     wilson_interval,
     with_graded_scores,
 )
@@ -138,6 +140,13 @@ def test_t_interval_by_hand():
     half = stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3)
     assert (low, high) == pytest.approx((0.7 - half, 0.7 + half))
     assert all(math.isnan(v) for v in t_interval([0.5]))
+    assert t_interval([0.6, 0.7, 0.8], bounds=(0.0, 0.75)) == pytest.approx((0.7 - half, 0.75))
+
+
+def test_value_ranges():
+    assert value_range("accuracy") == (0, 1) and value_range("trace_accuracy") == (0, 1)
+    assert value_range("phi") == (-1, 1) and value_range("judge_plausibility") == (1, 5)
+    assert difference_range(value_range("human_completeness")) == (-4, 4)
 
 
 def test_wilson_interval_contains_the_estimate():
@@ -224,7 +233,11 @@ def test_cell_and_seed_summaries():
     assert (cells["ci_low"] <= cells["value"]).all() and (cells["value"] <= cells["ci_high"]).all()
     (row,) = seed_summary(cells).to_dict(orient="records")
     assert row["n_seeds"] == 2 and row["seeds"] == "0 1" and row["mean"] == 0.625
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx(t_interval([0.5, 0.75]))
+    unclipped = t_interval([0.5, 0.75])
+    assert (
+        unclipped[0] < 0 and unclipped[1] > 1
+    )  # two seeds: a wide t interval, clipped to what a rate can be
+    assert (row["ci_low"], row["ci_high"]) == (0.0, 1.0)
 
 
 def test_item_outcomes_stack_accuracy_label_first_and_judge_ratings():

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from kdlib.analysis import contingency
+from kdlib.analysis import contingency, t_interval
 from kdlib.conditions import TRANSFORMS
 from kdlib.config import ConditionSpec
 from kdlib.reference import (
@@ -80,10 +80,14 @@ def test_judge_reads_intervals_against_each_kind_of_claim():
 
 
 def test_combine_seeds_uses_a_t_interval_over_seeds():
-    one = combine_seeds(pd.DataFrame({"value": [0.5], "low": [0.4], "high": [0.6]}), 0.95)
+    one = combine_seeds(pd.DataFrame({"value": [0.5], "low": [0.4], "high": [0.6]}), 0.95, (0, 1))
     assert (one.value, one.low, one.high) == (0.5, 0.4, 0.6) and "bootstrap" in one.basis
-    three = combine_seeds(pd.DataFrame({"value": [0.5, 0.6, 0.7], "low": 0.0, "high": 1.0}), 0.95)
+    three = combine_seeds(pd.DataFrame({"value": [0.5, 0.6, 0.7], "low": 0.0, "high": 1.0}), 0.95, (0, 1))
     assert three.value == pytest.approx(0.6) and three.low > 0.3 and "3 seeds" in three.basis
+    rare = pd.DataFrame({"value": [0.0, 0.0, 0.01], "low": 0.0, "high": 0.05})
+    near_zero = combine_seeds(rare, 0.95, (0, 1))
+    assert t_interval(rare["value"])[0] < 0  # a rate's interval that would reach below 0
+    assert near_zero.low == 0.0 and near_zero.high == pytest.approx(t_interval(rare["value"])[1])
 
 
 def _outcomes(student, accuracy_by_condition, n=200, seeds=(0,), rng=None):

@@ -82,13 +82,33 @@ def _mean_rows(values: np.ndarray) -> np.ndarray:
     return values.mean(-1)
 
 
-def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean of `values` (NaNs for fewer than 2 values)."""
+RATING_SCALE = (1, 5)  # explanation ratings (Hendriks et al.'s five dimensions)
+UNBOUNDED = (-math.inf, math.inf)
+
+
+def value_range(metric: str) -> tuple[float, float]:
+    """The values an item outcome or 2x2 statistic can take: a judge_ or human_ rating the rating scale,
+    phi [-1, 1], anything else (correctness, a rate) [0, 1]."""
+    if metric.startswith(("judge_", "human_")):
+        return RATING_SCALE
+    return (-1.0, 1.0) if metric == "phi" else (0.0, 1.0)
+
+
+def difference_range(bounds: tuple[float, float]) -> tuple[float, float]:
+    """The values a difference of two quantities within `bounds` can take."""
+    return bounds[0] - bounds[1], bounds[1] - bounds[0]
+
+
+def t_interval(
+    values, confidence: float = 0.95, bounds: tuple[float, float] = UNBOUNDED
+) -> tuple[float, float]:
+    """Student-t interval of the mean of `values`, clipped to the `bounds` the mean can take (NaNs for
+    fewer than 2 values)."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return math.nan, math.nan
     half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return values.mean() - half, values.mean() + half
+    return float(max(values.mean() - half, bounds[0])), float(min(values.mean() + half, bounds[1]))
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -321,9 +341,11 @@ def cell_summary(
     return pd.DataFrame(rows, columns=CELL_SUMMARY_COLUMNS)
 
 
-def pool_seeds(value, low, high, confidence: float = 0.95) -> tuple[float, float, float, str]:
+def pool_seeds(
+    value, low, high, confidence: float = 0.95, bounds: tuple[float, float] = UNBOUNDED
+) -> tuple[float, float, float, str]:
     """One estimate from per-seed values and intervals: with one seed that seed's own interval, with more
-    the mean and a t interval over the seeds. Returns (value, low, high, basis)."""
+    the mean and a t interval over the seeds, clipped to `bounds`. Returns (value, low, high, basis)."""
     value = np.asarray(value, dtype=float)
     if len(value) == 1:
         return (
@@ -332,7 +354,7 @@ def pool_seeds(value, low, high, confidence: float = 0.95) -> tuple[float, float
             float(np.asarray(high)[0]),
             "1 seed, bootstrap over items",
         )
-    t_low, t_high = t_interval(value, confidence)
+    t_low, t_high = t_interval(value, confidence, bounds)
     return float(value.mean()), t_low, t_high, f"{len(value)} seeds, t interval over seeds"
 
 
@@ -355,7 +377,9 @@ def seed_summary(cells: pd.DataFrame, *, confidence: float = 0.95) -> pd.DataFra
     cell_summary), its standard deviation, and its interval (pool_seeds)."""
     rows = []
     for (student, condition, metric), group in cells.groupby(["student", "condition", "metric"], sort=False):
-        mean, low, high, basis = pool_seeds(group["value"], group["ci_low"], group["ci_high"], confidence)
+        mean, low, high, basis = pool_seeds(
+            group["value"], group["ci_low"], group["ci_high"], confidence, value_range(metric)
+        )
         rows.append(
             {
                 "student": student,

@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from kdlib.analysis import CELL_KEYS, t_interval
+from kdlib.analysis import RATING_SCALE as SCALE
 from kdlib.conditions import COUNTERFACTUAL, EXPLAIN, TRANSFORMS, task_prompt
 from kdlib.data.schema import QAItem
 from kdlib.decomposition import ANSWER_LINE, ANSWER_TAG
@@ -40,7 +41,6 @@ DIMENSIONS: dict[str, str] = {
     "satisfaction": "Overall, the explanation is a satisfying justification of the answer.",
     "contrastiveness": "The explanation says why this answer is right rather than the other choices.",
 }
-SCALE = (1, 5)
 RUBRIC_ID = "hendriks2025-five-dimensions/v1"
 SHEET_COLUMNS = ["explanation_id", "question", "choices", "answer", "explanation", *DIMENSIONS, "comment"]
 EXPLANATION_COLUMNS = [
@@ -365,7 +365,7 @@ def rating_means(ratings: pd.DataFrame, explanations: pd.DataFrame) -> pd.DataFr
     rated = merged.dropna(subset=["rating"])
     for keys, group in rated.groupby([*CELL_KEYS, "rater_kind", "dimension"], sort=False):
         values = group["rating"].to_numpy(dtype=float)
-        low, high = t_interval(values)
+        low, high = t_interval(values, bounds=SCALE)
         rows.append(
             {
                 **dict(zip([*CELL_KEYS, "rater_kind", "dimension"], keys, strict=True)),

@@ -17,7 +17,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import ValidationError, model_validator
 
-from kdlib.analysis import cell_summary, paired_comparisons, pool_seeds
+from kdlib.analysis import cell_summary, difference_range, paired_comparisons, pool_seeds, value_range
 from kdlib.config import ConditionSpec, Schema, SftParams, format_errors
 from kdlib.io import read_yaml
 from kdlib.paths import PACKAGE_DIR
@@ -183,9 +183,10 @@ class Estimate:
     basis: str
 
 
-def combine_seeds(per_seed: pd.DataFrame, confidence: float) -> Estimate:
-    """One estimate from per-seed rows (value, low, high): analysis.pool_seeds."""
-    return Estimate(*pool_seeds(per_seed["value"], per_seed["low"], per_seed["high"], confidence))
+def combine_seeds(per_seed: pd.DataFrame, confidence: float, bounds: tuple[float, float]) -> Estimate:
+    """One estimate from per-seed rows (value, low, high) of a quantity within `bounds`:
+    analysis.pool_seeds."""
+    return Estimate(*pool_seeds(per_seed["value"], per_seed["low"], per_seed["high"], confidence, bounds))
 
 
 REFERENCE_COLUMNS = [
@@ -254,7 +255,7 @@ def _metric_estimate(
     if rows.empty:
         raise _NotComparable(f"no {metric} outcomes for {condition}")
     cells = cell_summary(rows, **settings).rename(columns={"ci_low": "low", "ci_high": "high"})
-    return _scaled(metric, combine_seeds(cells, settings["confidence"]))
+    return _scaled(metric, combine_seeds(cells, settings["confidence"], value_range(metric)))
 
 
 def _difference_estimate(
@@ -270,7 +271,8 @@ def _difference_estimate(
     per_seed = pairs.rename(
         columns={"difference": "value", "difference_ci_low": "low", "difference_ci_high": "high"}
     )
-    return _scaled(metric, combine_seeds(per_seed, settings["confidence"]))
+    bounds = difference_range(value_range(metric))
+    return _scaled(metric, combine_seeds(per_seed, settings["confidence"], bounds))
 
 
 def _statistic_estimate(contingency: pd.DataFrame, student: str, condition: str, statistic: str, confidence):
@@ -292,7 +294,7 @@ def _statistic_estimate(contingency: pd.DataFrame, student: str, condition: str,
         raise _NotComparable(
             f"{statistic} is undefined for {condition} (a row or column of the 2x2 table is empty)"
         )
-    return _scaled(statistic, combine_seeds(per_seed, confidence))
+    return _scaled(statistic, combine_seeds(per_seed, confidence, value_range(statistic)))
 
 
 def _interval(e: Estimate) -> str:

@@ -288,7 +288,7 @@ def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir:
                 "",
             ]
     lines += [
-        "#### Per condition (mean over seeds, 95 % t interval; accuracy in %)",
+        "#### Per condition (mean over seeds, 95 % t interval clipped to the metric's range; accuracy in %)",
         "",
         *markdown_table(metric_table(pd.read_csv(run.seed_summary))),
         "",
