@@ -128,9 +128,8 @@ figures["parse_failures"]
 
 # %%
 pd.set_option("display.max_colwidth", 200)
-predictions.groupby(["student", "condition", "seed"]).head(2)[
-    ["student", "condition", "seed", "item_id", "output", "answer_correct", "trace_correct"]
-]
+shown = ["student", "condition", "seed", "item_id", "output", "answer_correct", "trace_correct"]
+predictions.groupby(["student", "condition", "seed"]).head(2).reindex(columns=shown)  # no gold steps: NaN
 
 # %% [markdown]
 # ## Where the answer emerges: logit lens and tuned lens
