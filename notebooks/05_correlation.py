@@ -83,21 +83,24 @@ print(f"{len(predictions)} greedy predictions: {predictions.groupby(list(analysi
 
 # %%
 figures, tables = {}, {}
-traced = predictions[predictions["transform"].isin(CHECKABLE_TRACE_TRANSFORMS)]
+traced = analysis.checkable_traces(predictions, CHECKABLE_TRACE_TRANSFORMS)
 tables["contingency"] = analysis.contingency(traced, **statistics)
 tables["point_biserial"] = analysis.point_biserial(traced)
 headline_rows = tables["contingency"][tables["contingency"]["criterion"] == cfg.trace_criterion]
 print(
     f"{traced['condition'].nunique()} checkable-trace conditions; headline criterion: {cfg.trace_criterion}"
 )
+if traced.empty:
+    print("no checkable traces: no condition writes a decomposed trace, or the items have no gold steps")
 display(Markdown("\n".join(f"- {line}" for line in analysis.describe_contingency(headline_rows))))
 
 # %%
 tables["contingency"][analysis.CONTINGENCY_HEADLINE]
 
 # %%
-figures["trace_vs_answer"] = plots.contingency_figure(headline_rows)
-figures["trace_vs_answer"]
+if not headline_rows.empty:
+    figures["trace_vs_answer"] = plots.contingency_figure(headline_rows)
+    display(figures["trace_vs_answer"])
 
 # %% [markdown]
 # **Graded trace scores.** A trace can be partly right. The point-biserial r correlates answer

@@ -8,6 +8,7 @@ from scipy import stats
 from kdlib.analysis import (
     bootstrap_interval,
     cell_summary,
+    checkable_traces,
     cochran_q,
     contingency,
     difference_range,
@@ -352,3 +353,17 @@ def test_an_unknown_baseline_is_an_error_naming_the_conditions():
         ValueError, match=r"baseline_condition 'zz' is not a condition of this run: \['a', 'b'\]"
     ):
         paired_comparisons(accuracy_outcomes({"a": [1], "b": [0]}), baseline="zz", n_resamples=10)
+
+
+def test_checkable_traces_keep_scored_rows_of_checkable_transforms():
+    rows = pd.DataFrame(
+        {
+            "transform": ["correct_trace", "correct_trace", "multitask"],
+            "trace_correct": [True, None, None],
+            "answer_correct": [True, False, True],
+        }
+    )
+    assert checkable_traces(rows, ("correct_trace",)).index.tolist() == [0]
+    unscored = checkable_traces(rows.drop(columns="trace_correct"), ("correct_trace",))
+    assert unscored.empty and point_biserial(unscored).empty
+    assert contingency(unscored).empty

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
 CONDITIONS = {"no_trace": 0.55, "correct_trace": 0.7, "incorrect_trace": 0.6}
 
 
-def _fabricate(run: RunLayout) -> None:
+def _fabricate(run: RunLayout, traces: bool = True) -> None:
+    """Items, sft meta and summary, and greedy predictions of three seeds per condition; without
+    `traces`, the predictions carry no trace scores (items without gold steps, as CommonsenseQA's)."""
     train, evaluation = load_train_eval(
         "generated", "train", "test", 16, 60, seed=0, data_dir=None, options={}
     )
@@ -41,36 +43,31 @@ def _fabricate(run: RunLayout) -> None:
                 if collapsed:
                     answer = "nobody"
                 trace = condition != "no_trace" and bool(rng.random() < 0.5)
-                rows.append(
-                    {
-                        "student": "tiny-llama",
-                        "condition": condition,
-                        "seed": seed,
-                        "transform": condition,
-                        "item_id": item.id,
-                        "read_answer": answer,
-                        "answer_parsed": True,
-                        "answer_correct": right,
-                        "trace_correct": trace,
-                        "class_correct": trace or bool(rng.random() < 0.5),
-                        "retrieval_exact": trace,
-                        "retrieval_recall": 1.0 if trace else float(rng.random()),
-                        "retrieval_precision": 1.0 if trace else float(rng.random()),
-                    }
-                )
+                row = {
+                    "student": "tiny-llama",
+                    "condition": condition,
+                    "seed": seed,
+                    "transform": condition,
+                    "item_id": item.id,
+                    "read_answer": answer,
+                    "answer_parsed": True,
+                    "answer_correct": right,
+                }
+                scores = {
+                    "trace_correct": trace,
+                    "class_correct": trace or bool(rng.random() < 0.5),
+                    "retrieval_exact": trace,
+                    "retrieval_recall": 1.0 if trace else float(rng.random()),
+                    "retrieval_precision": 1.0 if trace else float(rng.random()),
+                }
+                rows.append(row | scores if traces else row)
             summary.append({"student": "tiny-llama", "condition": condition, "seed": seed, "final_loss": 0.1})
     io.write_csv(run.sft_summary, pd.DataFrame(summary))
     io.write_parquet(run.predictions, pd.DataFrame(rows))
     io.write_parquet(run.choice_scores, pd.DataFrame())
 
 
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory):
-    """An outputs folder holding the fabricated run as `smoke` (the run name of params/smoke.yaml),
-    after notebook 05."""
-    outputs = tmp_path_factory.mktemp("outputs")
-    run_dir = outputs / "smoke"
-    _fabricate(RunLayout(run_dir))
+def _run_notebook_05(run_dir) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -89,6 +86,15 @@ def outputs(tmp_path_factory):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """An outputs folder holding the fabricated run as `smoke` (the run name of params/smoke.yaml),
+    after notebook 05."""
+    outputs = tmp_path_factory.mktemp("outputs")
+    _fabricate(RunLayout(outputs / "smoke"))
+    _run_notebook_05(outputs / "smoke")
     return outputs
 
 
@@ -113,6 +119,21 @@ def test_notebook_05_tests_seeds_and_flags_a_collapsed_seed(outputs):
         f"{c} / seed {s}" for c in ("correct_trace", "incorrect_trace") for s in (0, 1, 2)
     }
     assert "Means over seeds" in (tmp_path / "index.html").read_text()
+
+
+def test_notebook_05_without_checkable_traces(tmp_path):
+    """A run whose items have no gold steps (CommonsenseQA): the trace tables are empty, the rest holds."""
+    run = RunLayout(tmp_path / "smoke")
+    _fabricate(run, traces=False)
+    _run_notebook_05(run.root)
+    assert pd.read_csv(run.contingency).empty and pd.read_csv(run.point_biserial).empty
+    seeds = pd.read_csv(run.seed_summary)
+    assert sorted(seeds["condition"]) == sorted(CONDITIONS) and (seeds["metric"] == "accuracy").all()
+    figures = {p.stem for p in (run.root / "correlation" / "figures").glob("*.html")}
+    assert "trace_vs_answer" not in figures and "condition_accuracy" in figures
+    comparison = pd.read_csv(run.reference_comparison).set_index("id")
+    assert comparison.loc["bhambri.trace_answer_correlation_is_low", "verdict"] == "not comparable"
+    assert "no checkable traces" in comparison.loc["bhambri.trace_answer_correlation_is_low", "reason"]
 
 
 def test_results_document_is_rendered_from_the_run_files(outputs, tmp_path):

@@ -177,6 +177,15 @@ CONTINGENCY_HEADLINE = [  # the columns a reader looks at first
 ]
 
 
+def checkable_traces(predictions: pd.DataFrame, transforms) -> pd.DataFrame:
+    """The rows of `predictions` whose trace can be checked: a transform in `transforms`
+    (conditions.CHECKABLE_TRACE_TRANSFORMS) on an item with gold steps (trace_correct set). Items without
+    gold steps (CommonsenseQA) leave no row."""
+    if "trace_correct" not in predictions:
+        return predictions.iloc[:0]
+    return predictions[predictions["transform"].isin(transforms) & predictions["trace_correct"].notna()]
+
+
 def contingency(
     predictions: pd.DataFrame,
     criteria: tuple[str, ...] = tuple(TRACE_CRITERIA),
@@ -264,6 +273,8 @@ POINT_BISERIAL_COLUMNS = [
 def point_biserial(predictions: pd.DataFrame, scores: tuple[str, ...] = GRADED_TRACE_SCORES) -> pd.DataFrame:
     """Per cell and graded trace score: the point-biserial r between answer correctness and the score,
     with its two-sided p (SciPy); NaN where either variable is constant."""
+    if predictions.empty:
+        return pd.DataFrame(columns=POINT_BISERIAL_COLUMNS)
     graded = with_graded_scores(predictions)
     rows = []
     for keys, group in graded.groupby(list(CELL_KEYS), sort=False):
