@@ -358,6 +358,9 @@ def test_an_unknown_baseline_is_an_error_naming_the_conditions():
 def test_checkable_traces_keep_scored_rows_of_checkable_transforms():
     rows = pd.DataFrame(
         {
+            "student": "s",
+            "condition": ["correct_trace", "correct_trace", "mt"],
+            "seed": 0,
             "transform": ["correct_trace", "correct_trace", "multitask"],
             "trace_correct": [True, None, None],
             "answer_correct": [True, False, True],

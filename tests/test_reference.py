@@ -182,6 +182,18 @@ def test_ambiguous_conditions_and_rating_findings():
     assert contrast["verdict"] == "replicated" and contrast["estimate"] == pytest.approx(2.0)
     assert "LLM-judge ratings" in contrast["reason"]
     assert rows.loc["hendriks.revised_both_match_multitask", "verdict"] == "replicated"
+    unrated = compare_with_reference(  # the judge rated no explanation of mt on this dimension
+        load_reference(),
+        _facts("commonsenseqa", conditions),
+        pd.concat([outcomes, ratings[ratings["condition"] == "both_rev"]]),
+        _no_traces(),
+        n_resamples=200,
+    ).set_index("id")
+    assert unrated.loc["hendriks.revised_both_more_contrastive", "verdict"] == "not comparable"
+    assert (
+        "no judge_contrastiveness outcomes for mt"
+        in unrated.loc["hendriks.revised_both_more_contrastive", "reason"]
+    )
 
 
 def test_published_numbers_are_compared_only_in_the_same_setup():

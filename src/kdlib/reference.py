@@ -264,6 +264,9 @@ def _difference_estimate(
     rows = outcomes[
         (outcomes["student"] == student) & outcomes["condition"].isin([a, b]) & (outcomes["metric"] == metric)
     ]
+    missing = [c for c in (a, b) if c not in set(rows["condition"])]
+    if missing:
+        raise _NotComparable(f"no {metric} outcomes for {' or '.join(missing)}")
     pairs = paired_comparisons(rows, baseline=b, **settings)
     pairs = pairs[(pairs["condition_a"] == a) & (pairs["n_items"] > 0)]
     if pairs.empty:
