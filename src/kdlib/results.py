@@ -107,7 +107,8 @@ def run_facts_lines(params_file: str, params: ExperimentParams, record: dict, co
         f"- Run: git {commits}, started {times[0][1]['started_at'] if times else '?'}; "
         f"wall time {total / 60:.0f} min ("
         + ", ".join(f"{nb} {entry.get('seconds', 0.0) / 60:.1f}" for nb, entry in times)
-        + " min) on this 2-core CPU",
+        + " min) on this 2-core CPU, in each notebook's last invocation (cells finished by an earlier,"
+        " interrupted one are reused, not counted)",
         f"- Data: {data.name}, {data.n_train} training items ({data.train_split}), {data.n_eval} evaluation "
         f"items ({data.eval_split})",
         f"- Grid: students {', '.join(sft.students)}; conditions "
