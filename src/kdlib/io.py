@@ -160,11 +160,11 @@ def stored_frames(
     folder = Path(folder)
     key = json.loads(json.dumps(key, sort_keys=True, default=str))
     record_path = folder / FRAMES_KEY
-    if record_path.exists() and read_json(record_path)["key"] == key:
-        stored = read_json(record_path)["frames"]
+    record = read_json(record_path) if record_path.exists() else None
+    if record is not None and record["key"] == key:
         return {
             name: pd.read_parquet(folder / f"{name}.parquet") if kept else None
-            for name, kept in stored.items()
+            for name, kept in record["frames"].items()
         }, True
     frames = compute()
     with atomic_folder(folder) as staging:
