@@ -1,6 +1,7 @@
 """Explanation quality: what each condition explains, the judge rubric and its cache, rating sheets and
 forms, their import with row-level errors, and judge-human agreement."""
 
+import json
 import math
 import re
 
@@ -18,19 +19,22 @@ from kdlib.explanations import (
     judge_explanations,
     judge_messages,
     rating_form,
+    rating_mass,
     rating_means,
     rating_sheet,
     read_judgement,
+    read_rating,
     read_ratings,
     weighted_kappa,
 )
 from kdlib.models import load_model
-from kdlib.teacher.backends import Backend, Decoding
+from kdlib.teacher.backends import Backend, Decoding, TransformersBackend
 from kdlib.teacher.cache import GenerationCache
 
 
 class ScriptedJudge(Backend):
-    """A judge that rates by explanation length (longer: higher), so ratings are known in advance."""
+    """A judge that rates by explanation length (longer: higher), so ratings are known in advance. Asked
+    for one dimension, it replies with that rating minus the dimension's position (at least 1)."""
 
     kind = "scripted"
 
@@ -41,7 +45,11 @@ class ScriptedJudge(Backend):
         for index, request in enumerate(requests):
             explanation = re.search(r"Explanation: (.*)\n\nRate", request.messages[-1][1], re.S).group(1)
             rating = min(5, 1 + len(explanation.split()) // 3)
-            yield [(index, "\n".join(f"{name.title()}: {rating}" for name in DIMENSIONS))]
+            asked = re.search(r"Rate the explanation on (\w+) from", request.messages[-1][1])
+            if asked:
+                yield [(index, f"Rating: {max(1, rating - list(DIMENSIONS).index(asked.group(1)))}.")]
+            else:
+                yield [(index, "\n".join(f"{name.title()}: {rating}" for name in DIMENSIONS))]
 
 
 def _explanations(items, texts):
@@ -145,10 +153,31 @@ def test_explain_cell_asks_or_reads_explanations(generated_items, transform, mon
             "plausibility: 1-5\nunderstandability: 1 - 5\ncompleteness: 4/5\nsatisfaction: 3.",
             [math.nan, math.nan, 4, 3, math.nan],
         ),
+        ("plausibility: 4.5\nunderstandability: 2", [math.nan, 2, math.nan, math.nan, math.nan]),
     ],
 )
 def test_read_judgement(reply, expected):
     np.testing.assert_equal(list(read_judgement(reply).values()), expected)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("4", 4),
+        (" Rating: 3.\nThe explanation is short.", 3),
+        ("4/5", 4),
+        ("I would give it 2 out of 5", 2),
+        ("1-5", math.nan),
+        ("1 – 5: 4", math.nan),
+        ("3.5", math.nan),
+        ("0", math.nan),
+        ("12", math.nan),
+        ("five", math.nan),
+        ("", math.nan),
+    ],
+)
+def test_read_rating(reply, expected):
+    np.testing.assert_equal(read_rating(reply), expected)
 
 
 def test_judge_rubric_names_every_dimension_and_the_answer(generated_items):
@@ -156,6 +185,13 @@ def test_judge_rubric_names_every_dimension_and_the_answer(generated_items):
     text = messages[-1]["content"]
     assert all(f"{name}:" in text for name in DIMENSIONS) and "Answer: kitchen" in text
     assert "Explanation: Because." in text
+
+
+def test_per_dimension_rubric_asks_one_dimension_for_one_number(generated_items):
+    text = judge_messages(generated_items[0], "kitchen", "Because.", "contrastiveness")[-1]["content"]
+    assert f"contrastiveness: {DIMENSIONS['contrastiveness']}" in text and "one whole number" in text
+    assert not any(name in text for name in DIMENSIONS if name != "contrastiveness")
+    assert "Answer: kitchen" in text and "Explanation: Because." in text
 
 
 def test_judge_ratings_are_cached(tmp_path, generated_items):
@@ -171,6 +207,49 @@ def test_judge_ratings_are_cached(tmp_path, generated_items):
     assert len(first) == 4 * len(DIMENSIONS) and set(first["rater"]) == {"judge:scripted-judge"}
     plausibility = first[first["dimension"] == "plausibility"]["rating"].tolist()
     assert plausibility == [1.0, 2.0, 3.0, 5.0]
+
+
+def test_per_dimension_judge_asks_each_dimension_once(tmp_path, generated_items):
+    items = generated_items[:2]
+    explained = _explanations(items, ["a b c d e f g h i", "x " * 20])  # length ratings 4 and 5
+    by_id = {item.id: item for item in items}
+    judge = ScriptedJudge()
+    with GenerationCache(tmp_path / "cache.sqlite") as cache:
+        rated = judge_explanations(
+            explained, by_id, judge, cache, Decoding(max_new_tokens=4), "per_dimension"
+        )
+        again = judge_explanations(
+            explained, by_id, judge, cache, Decoding(max_new_tokens=4), "per_dimension"
+        )
+    assert judge.calls == 2 * len(DIMENSIONS) and cache.stats.hits == 2 * len(DIMENSIONS)
+    pd.testing.assert_frame_equal(rated, again)
+    wide = rated.pivot(index="explanation_id", columns="dimension", values="rating")[list(DIMENSIONS)]
+    assert wide.to_numpy().tolist() == [[4, 3, 2, 1, 1], [5, 4, 3, 2, 1]]
+    assert rated["judge_output"].tolist()[:3] == ["Rating: 4.", "Rating: 3.", "Rating: 2."]
+    with pytest.raises(ValueError, match="unknown judge mode 'pairwise'"):
+        judge_explanations(explained, by_id, judge, cache, Decoding(max_new_tokens=4), "pairwise")
+
+
+def test_rating_probabilities_judge_rates_every_dimension(tmp_path, generated_items):
+    items = generated_items[:3]
+    explained = _explanations(items, ["short", "a longer reason", "x " * 12])
+    by_id = {item.id: item for item in items}
+    judge = TransformersBackend("tiny-llama", device="cpu", dtype="float32", batch_size=4)
+    decoding = Decoding(max_new_tokens=4)
+    with GenerationCache(tmp_path / "cache.sqlite") as cache:
+        rated = judge_explanations(explained, by_id, judge, cache, decoding, "rating_probabilities")
+        again = judge_explanations(explained, by_id, judge, cache, decoding, "rating_probabilities")
+        with pytest.raises(ValueError, match="scripted backend cannot score reply choices"):
+            judge_explanations(explained, by_id, ScriptedJudge(), cache, decoding, "rating_probabilities")
+    assert judge.calls == 3 * len(DIMENSIONS) and cache.stats.hits == 3 * len(DIMENSIONS)
+    pd.testing.assert_frame_equal(rated, again)
+    assert len(rated) == 3 * len(DIMENSIONS) and rated["rating"].between(1, 5).all()
+    first = json.loads(rated["judge_output"].iloc[0])
+    assert list(first["probabilities"]) == ["1", "2", "3", "4", "5"]
+    assert rated["rating"].iloc[0] == pytest.approx(
+        sum(int(r) * p for r, p in first["probabilities"].items())
+    )
+    assert 0 < rating_mass(rated) <= 1 and rated["judge_output"].nunique() > 1
 
 
 def test_rating_sheet_is_blind_and_seeded(generated_items):
@@ -260,6 +339,8 @@ def test_agreement_between_judge_and_humans():
     assert np.allclose(same["mean_abs_difference"], 0) and np.allclose(same["human_pairwise_kappa"], 1)
     noisy = agreement(judge, long("ann", rng.integers(1, 6, len(ids))))
     assert (noisy["spearman_rho"] < 0.9).all() and noisy["human_pairwise_kappa"].isna().all()
+    expected = long("judge:m", truth - 0.4)  # rating_probabilities: fractional ratings, rounded for kappa
+    assert np.allclose(agreement(expected, long("ann", truth))["weighted_kappa"], 1)
 
 
 def test_rating_means_per_cell_and_rater_kind(generated_items):

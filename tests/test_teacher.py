@@ -1,11 +1,14 @@
 """Teacher stage on the tiny model: backend batching, the generation cache, recipes, label parsing, leaks."""
 
 import contextlib
+import json
 import sqlite3
 
+import numpy as np
 import pytest
 
 from kdlib.data.schema import QAItem
+from kdlib.scoring import loglikelihoods
 from kdlib.teacher import recipes
 from kdlib.teacher.backends import Backend, Decoding, Request, TransformersBackend, flatten_messages
 from kdlib.teacher.cache import GenerationCache, generate_cached, request_key
@@ -395,3 +398,30 @@ def test_trust_remote_code_comes_only_from_the_params():
     assert make_backend(TeacherParams(), device="cpu", seed=0).trust_remote_code is False
     trusted = TeacherParams(trust_remote_code=True)
     assert make_backend(trusted, device="cpu", seed=0).trust_remote_code is True
+
+
+def test_choice_scoring_gives_each_choice_its_probability_as_the_reply():
+    backend = tiny_backend(batch_size=2, endpoint="chat")
+    requests = requests_for(QUESTIONS)
+    replies = texts_of(backend, requests, Decoding(max_new_tokens=1, choices=("1", "2", "yes")))
+    model, tokenizer = backend._model()
+    for index, request in enumerate(requests):
+        reply = json.loads(replies[index])
+        pairs = [(backend.prompt_text(request), choice) for choice in ("1", "2", "yes")]
+        logprobs = np.array([r.logprob for r in loglikelihoods(model, tokenizer, pairs, batch_size=1)])
+        assert list(reply["probabilities"]) == ["1", "2", "yes"]
+        probabilities = np.exp(logprobs)
+        expected = probabilities / probabilities.sum()  # batched with other prompts: padding float noise
+        np.testing.assert_allclose(list(reply["probabilities"].values()), expected, rtol=1e-4)
+        assert reply["mass"] == pytest.approx(probabilities.sum(), rel=1e-4)
+    assert backend.calls == len(QUESTIONS)
+
+
+def test_choices_enter_the_cache_key_only_when_set():
+    assert "choices" not in Decoding().as_dict()  # keys cached before choices existed still match
+    assert Decoding(choices=("1", "2")).as_dict()["choices"] == ["1", "2"]
+    backend = tiny_backend()
+    request = requests_for(["Why"])[0]
+    assert request_key(backend, request, Decoding()) != request_key(
+        backend, request, Decoding(choices=("1",))
+    )

@@ -492,6 +492,9 @@ class LensParams(Schema):
     batch_size: int = Field(8, gt=0, description="Contexts per forward pass while reading the layers.")
 
 
+JudgeMode = Literal["joint", "per_dimension", "rating_probabilities"]
+
+
 class ExplanationParams(Schema):
     """Explanation quality in 04_evaluation (kdlib.explanations): LLM judge, rating sheets, agreement."""
 
@@ -500,7 +503,18 @@ class ExplanationParams(Schema):
     judge: TeacherParams = Field(
         default_factory=TeacherParams, description="The judge LM: any teacher backend (see teacher_traces)."
     )
-    max_new_tokens: int = Field(48, gt=0, description="Judge reply budget (five 'dimension: rating' lines).")
+    judge_mode: JudgeMode = Field(
+        "joint",
+        description="joint: one call rates all five dimensions, in five 'dimension: rating' lines. "
+        "per_dimension: one call per dimension, whose reply's first number is the rating. "
+        "rating_probabilities (transformers judges): one call per dimension, no text generated; the "
+        "rating is the expectation of 1-5 under the judge's probabilities of replying with each "
+        "(G-Eval's probability-weighted score), so a judge too small to follow the reply format still "
+        "rates every dimension.",
+    )
+    max_new_tokens: int = Field(
+        48, gt=0, description="Judge reply budget (joint: five lines, about 48 tokens; per_dimension: 4 do)."
+    )
     cache_path: str | None = Field(
         None, description="Judge call cache (SQLite); null: $KDLIB_CACHE/teacher_generations.sqlite."
     )

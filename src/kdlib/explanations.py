@@ -7,7 +7,9 @@ Each trained cell that can explain its answer gives one explanation per held-out
 - rationale and trace conditions wrote one in their greedy output, before or after the label.
 no_trace students give none. Every explanation is rated from 1 (very poor) to 5 (excellent) on
 plausibility, understandability, completeness, satisfaction and contrastiveness, as in the paper's human
-study. The judge is any teacher backend (kdlib.teacher.backends), its calls cached like the teacher's.
+study. The judge is any teacher backend (kdlib.teacher.backends), its calls cached like the teacher's. It
+rates all five dimensions in one reply, one dimension per call, or (a local transformers judge) gives its
+probability of each rating, whose expectation is the rating (G-Eval's probability-weighted score).
 Human raters get a blind sheet (CSV, and a self-contained HTML form that saves the same CSV): shuffled,
 no condition names. Filled sheets are read back, checked row by row, and compared with the judge.
 """
@@ -18,7 +20,9 @@ import html
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -27,6 +31,7 @@ from scipy import stats
 from kdlib.analysis import CELL_KEYS, t_interval
 from kdlib.analysis import RATING_SCALE as SCALE
 from kdlib.conditions import COUNTERFACTUAL, EXPLAIN, TRANSFORMS, task_prompt
+from kdlib.config import JudgeMode
 from kdlib.data.schema import QAItem
 from kdlib.decomposition import ANSWER_LINE, ANSWER_TAG
 from kdlib.models import generate_texts, student_prompt
@@ -41,7 +46,8 @@ DIMENSIONS: dict[str, str] = {
     "satisfaction": "Overall, the explanation is a satisfying justification of the answer.",
     "contrastiveness": "The explanation says why this answer is right rather than the other choices.",
 }
-RUBRIC_ID = "hendriks2025-five-dimensions/v1"
+JUDGE_MODES = get_args(JudgeMode)
+RATINGS = tuple(str(value) for value in range(SCALE[0], SCALE[1] + 1))
 SHEET_COLUMNS = ["explanation_id", "question", "choices", "answer", "explanation", *DIMENSIONS, "comment"]
 EXPLANATION_COLUMNS = [
     *CELL_KEYS,
@@ -127,10 +133,21 @@ def explain_cell(
     return frame.sort_values("item_id", key=lambda ids: ids.map(order)).reset_index(drop=True)
 
 
-def judge_messages(item: QAItem, answer: str | None, explanation: str) -> list[dict[str, str]]:
-    """The rubric conversation for one explanation (RUBRIC_ID)."""
-    rubric = "\n".join(f"- {name}: {definition}" for name, definition in DIMENSIONS.items())
-    reply_form = "\n".join(f"{name}: <{SCALE[0]}-{SCALE[1]}>" for name in DIMENSIONS)
+def judge_messages(
+    item: QAItem, answer: str | None, explanation: str, dimension: str | None = None
+) -> list[dict[str, str]]:
+    """The rubric conversation for one explanation: every dimension in one reply (judge mode "joint"), or
+    only `dimension`, answered with one number (the other JUDGE_MODES)."""
+    names = list(DIMENSIONS) if dimension is None else [dimension]
+    rubric = "\n".join(f"- {name}: {DIMENSIONS[name]}" for name in names)
+    scale = f"from {SCALE[0]} (very poor) to {SCALE[1]} (excellent)"
+    if dimension is None:
+        reply_form = "\n".join(f"{name}: <{SCALE[0]}-{SCALE[1]}>" for name in names)
+        ask = f"on each dimension {scale}:\n{rubric}"
+        reply = f"Reply with exactly these {len(names)} lines and nothing else:\n{reply_form}"
+    else:
+        ask = f"on {dimension} {scale}:\n{rubric}"
+        reply = f"Reply with one whole number from {SCALE[0]} to {SCALE[1]} and nothing else."
     return [
         {
             "role": "system",
@@ -140,22 +157,42 @@ def judge_messages(item: QAItem, answer: str | None, explanation: str) -> list[d
         {
             "role": "user",
             "content": f"{item_block(item)}\nAnswer: {answer if answer is not None else '(none given)'}\n"
-            f"Explanation: {explanation}\n\nRate the explanation on each dimension from {SCALE[0]} (very "
-            f"poor) to {SCALE[1]} (excellent):\n{rubric}\n\nReply with exactly these {len(DIMENSIONS)} "
-            f"lines and nothing else:\n{reply_form}",
+            f"Explanation: {explanation}\n\nRate the explanation {ask}\n\n{reply}",
         },
     ]
 
 
+_NUMBER = r"\d+(?:\.\d+)?(?:\s*[-–]\s*\d+)?"  # a whole number, a decimal, or a range such as "1-5"
+
+
 def read_judgement(text: str) -> dict[str, float]:
-    """The judge's rating per dimension (NaN where it gave none, one outside the scale, or only echoed
-    the scale, as in "plausibility: 1-5")."""
-    ratings = {}
-    for name in DIMENSIONS:
-        match = re.search(rf"{name}\W{{0,3}}\s*(\d+)(?!\d|\s*[-–]\s*\d)", text, re.I)  # "1-5": echoed scale
-        value = int(match.group(1)) if match else None
-        ratings[name] = float(value) if value is not None and SCALE[0] <= value <= SCALE[1] else math.nan
-    return ratings
+    """The judge's rating per dimension in a joint reply (NaN where it gave none, one outside the scale
+    or not whole, or only echoed the scale, as in "plausibility: 1-5")."""
+    return {name: _rating(re.search(rf"{name}\W{{0,3}}\s*({_NUMBER})", text, re.I)) for name in DIMENSIONS}
+
+
+def read_rating(text: str) -> float:
+    """The rating in a per-dimension reply: its first number, NaN when that is outside the scale, not
+    whole, an echoed scale ("1-5") or missing."""
+    return _rating(re.search(f"({_NUMBER})", text))
+
+
+def expected_rating(reply: str) -> float:
+    """The rating in a choice_reply over RATINGS: the mean rating under its probabilities."""
+    probabilities = json.loads(reply)["probabilities"]
+    return sum(int(rating) * probability for rating, probability in probabilities.items())
+
+
+def rating_mass(ratings: pd.DataFrame) -> float:
+    """Mean probability (before renormalising) that the judge replied with a rating, over the
+    rating_probabilities rows of judge_explanations; how far its ratings are its own choice."""
+    return float(np.mean([json.loads(reply)["mass"] for reply in ratings["judge_output"]]))
+
+
+def _rating(match: re.Match | None) -> float:
+    """The matched number as a rating, NaN unless it is a whole number on SCALE."""
+    number = match.group(1) if match else ""
+    return float(number) if number.isdigit() and SCALE[0] <= int(number) <= SCALE[1] else math.nan
 
 
 def judge_explanations(
@@ -164,21 +201,44 @@ def judge_explanations(
     backend: Backend,
     cache: GenerationCache,
     decoding: Decoding,
+    mode: str = "joint",
 ) -> pd.DataFrame:
-    """Long ratings (explanation_id, rater, dimension, rating) from the judge, plus its raw reply per row
-    (`judge_output`); rater is "judge:<model>". Calls go through `cache`."""
+    """Long ratings (explanation_id, rater, dimension, rating) from the judge, plus the raw reply each
+    rating was read from (`judge_output`); rater is "judge:<model>". `mode` (JUDGE_MODES, see
+    ExplanationParams.judge_mode): one call per explanation ("joint"), or one per explanation and
+    dimension. Calls go through `cache`."""
+    if mode not in JUDGE_MODES:
+        raise ValueError(f"unknown judge mode {mode!r}; valid: {', '.join(JUDGE_MODES)}")
+    if mode == "rating_probabilities":
+        decoding = replace(decoding, choices=RATINGS)
+    rows = list(explanations.itertuples())
+    asked = [None] if mode == "joint" else list(DIMENSIONS)
     requests = [
-        Request.of(judge_messages(items[row.item_id], row.answer, row.explanation))
-        for row in explanations.itertuples()
+        Request.of(judge_messages(items[row.item_id], row.answer, row.explanation, dimension))
+        for row in rows
+        for dimension in asked
     ]
     replies = generate_cached(backend, cache, requests, decoding)
     rater = f"judge:{backend.identity().get('model', backend.kind)}"
-    rows = [
-        {"explanation_id": eid, "rater": rater, "dimension": name, "rating": rating, "judge_output": reply}
-        for eid, reply in zip(explanations["explanation_id"], replies, strict=True)
-        for name, rating in read_judgement(reply).items()
-    ]
-    return pd.DataFrame(rows, columns=["explanation_id", "rater", "dimension", "rating", "judge_output"])
+    ratings = []
+    for index, row in enumerate(rows):
+        own = replies[index * len(asked) : (index + 1) * len(asked)]
+        if mode == "joint":
+            read = [(name, rating, own[0]) for name, rating in read_judgement(own[0]).items()]
+        else:
+            reader = expected_rating if mode == "rating_probabilities" else read_rating
+            read = [(name, reader(reply), reply) for name, reply in zip(DIMENSIONS, own, strict=True)]
+        ratings += [
+            {
+                "explanation_id": row.explanation_id,
+                "rater": rater,
+                "dimension": name,
+                "rating": rating,
+                "judge_output": reply,
+            }
+            for name, rating, reply in read
+        ]
+    return pd.DataFrame(ratings, columns=["explanation_id", "rater", "dimension", "rating", "judge_output"])
 
 
 def rate_explanations(
@@ -192,7 +252,7 @@ def rate_explanations(
     decoding = Decoding(max_new_tokens=params.max_new_tokens, seed=seed)
     try:
         with GenerationCache(params.cache_path) as cache:
-            ratings = judge_explanations(explanations, items, backend, cache, decoding)
+            ratings = judge_explanations(explanations, items, backend, cache, decoding, params.judge_mode)
             return ratings, cache.stats.as_dict()
     finally:
         backend.close()
@@ -324,8 +384,9 @@ def weighted_kappa(a: np.ndarray, b: np.ndarray, levels: int = SCALE[1] - SCALE[
 
 def agreement(judge: pd.DataFrame, human: pd.DataFrame) -> pd.DataFrame:
     """Per dimension: the explanations rated by both, Spearman's rho (and p) between the judge and the
-    mean human rating, the mean absolute difference, quadratic-weighted kappa between the judge and the
-    rounded human median, and, with two or more raters, the humans' mean pairwise weighted kappa."""
+    mean human rating, the mean absolute difference, quadratic-weighted kappa between the rounded judge
+    rating (an expected rating is fractional) and the rounded human median, and, with two or more
+    raters, the humans' mean pairwise weighted kappa."""
     rows = []
     for name in DIMENSIONS:
         judged = judge[(judge["dimension"] == name)].dropna(subset=["rating"]).set_index("explanation_id")
@@ -350,7 +411,9 @@ def agreement(judge: pd.DataFrame, human: pd.DataFrame) -> pd.DataFrame:
                 "spearman_rho": rho,
                 "spearman_p": p_value,
                 "mean_abs_difference": (judge_scores - human_mean).abs().mean() if len(both) else math.nan,
-                "weighted_kappa": weighted_kappa(judge_scores, human_median) if len(both) >= 2 else math.nan,
+                "weighted_kappa": weighted_kappa(np.floor(judge_scores + 0.5), human_median)
+                if len(both) >= 2
+                else math.nan,
                 "human_pairwise_kappa": float(np.mean(pairwise)) if pairwise else math.nan,
             }
         )

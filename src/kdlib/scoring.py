@@ -160,17 +160,26 @@ def continuation_spans(
 
 
 @torch.inference_mode()
-def loglikelihoods(
+def iter_loglikelihoods(
     model, tokenizer, requests: list[tuple[str, str]], *, batch_size: int, desc: str = "score"
-) -> list[Loglikelihood]:
-    """Log P(continuation | context) for each (context, continuation) request, in input order."""
-    results: list[Loglikelihood | None] = [None] * len(requests)
+) -> Iterator[tuple[int, Loglikelihood]]:
+    """(request index, log P(continuation | context)) for each (context, continuation) request, batch by
+    batch in continuation_spans's order (longest context first)."""
     for index, span, target in continuation_spans(
         model, tokenizer, requests, batch_size=batch_size, desc=desc
     ):
         logprobs = F.log_softmax(span.float(), dim=-1)
         total = logprobs.gather(1, target[:, None]).sum().item()
-        results[index] = Loglikelihood(total, bool((logprobs.argmax(-1) == target).all()))
+        yield index, Loglikelihood(total, bool((logprobs.argmax(-1) == target).all()))
+
+
+def loglikelihoods(
+    model, tokenizer, requests: list[tuple[str, str]], *, batch_size: int, desc: str = "score"
+) -> list[Loglikelihood]:
+    """Log P(continuation | context) for each (context, continuation) request, in input order."""
+    results: list[Loglikelihood | None] = [None] * len(requests)
+    for index, result in iter_loglikelihoods(model, tokenizer, requests, batch_size=batch_size, desc=desc):
+        results[index] = result
     return results
 
 

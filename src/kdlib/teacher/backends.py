@@ -7,6 +7,8 @@ names what produced a completion (backend, model, revision or weight hash) and i
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -28,9 +30,14 @@ class Decoding:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int = 0
+    # Set: no text is generated. The reply is choice_reply JSON: each choice's probability of being the
+    # whole reply (backends with scores_choices only).
+    choices: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "stop": list(self.stop)}
+        """Left out while empty, so cache keys written before `choices` existed still match."""
+        fields = {**asdict(self), "stop": list(self.stop), "choices": list(self.choices)}
+        return fields if self.choices else {k: v for k, v in fields.items() if k != "choices"}
 
 
 @dataclass(frozen=True)
@@ -66,10 +73,19 @@ def valid_utf8(text: str) -> str:
     return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
+def choice_reply(logprobs: dict[str, float]) -> str:
+    """The reply to a request with Decoding.choices, from each choice's log-probability: JSON with
+    "probabilities" (renormalised over the choices) and "mass" (their total before renormalising)."""
+    probabilities = {choice: math.exp(value) for choice, value in logprobs.items()}
+    mass = sum(probabilities.values())
+    return json.dumps({"probabilities": {c: p / mass for c, p in probabilities.items()}, "mass": mass})
+
+
 class Backend(ABC):
     """Generates completions for requests; `calls` counts the completions it actually produced."""
 
     kind: str
+    scores_choices = False  # whether it can answer requests with Decoding.choices
 
     def __init__(self, endpoint: Endpoint = "chat") -> None:
         self.endpoint = endpoint
@@ -84,6 +100,10 @@ class Backend(ABC):
         """Completions as they arrive, in chunks of (request index, text)."""
 
     def stream(self, requests: list[Request], decoding: Decoding) -> Iterator[list[tuple[int, str]]]:
+        if decoding.choices and not self.scores_choices:
+            raise ValueError(
+                f"the {self.kind} backend cannot score reply choices (Decoding.choices); use transformers"
+            )
         for chunk in self._stream(requests, decoding):
             self.calls += len(chunk)
             yield [(index, valid_utf8(text or "")) for index, text in chunk]
@@ -96,6 +116,7 @@ class TransformersBackend(Backend):
     """A local causal LM through `transformers`, batched with left padding; bf16 where the hardware has it."""
 
     kind = "transformers"
+    scores_choices = True
 
     def __init__(
         self,
@@ -154,6 +175,9 @@ class TransformersBackend(Backend):
     def _stream(self, requests: list[Request], decoding: Decoding) -> Iterator[list[tuple[int, str]]]:
         from kdlib.models import iter_generate
 
+        if decoding.choices:
+            yield from self._score_choices(requests, decoding.choices)
+            return
         model, tokenizer = self._model()
         yield from iter_generate(
             model,
@@ -168,6 +192,25 @@ class TransformersBackend(Backend):
             row_seeds=[decoding.seed + r.sample for r in requests],
             desc=f"teacher {self.model_name}",
         )
+
+    def _score_choices(
+        self, requests: list[Request], choices: tuple[str, ...]
+    ) -> Iterator[list[tuple[int, str]]]:
+        """choice_reply per request, yielded as each request's choices are scored (one forward pass of
+        its prompt when every choice is a single token)."""
+        from kdlib.scoring import iter_loglikelihoods
+
+        model, tokenizer = self._model()
+        pairs = [(self.prompt_text(request), choice) for request in requests for choice in choices]
+        scored: dict[int, dict[str, float]] = {}
+        for index, result in iter_loglikelihoods(
+            model, tokenizer, pairs, batch_size=self.batch_size, desc=f"score {self.model_name}"
+        ):
+            request, choice = divmod(index, len(choices))
+            scored.setdefault(request, {})[choices[choice]] = result.logprob
+            if len(scored[request]) == len(choices):
+                logprobs = scored.pop(request)
+                yield [(request, choice_reply({c: logprobs[c] for c in choices}))]
 
     def close(self) -> None:
         self._loaded = None
