@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import math
 import sqlite3
 
 import numpy as np
@@ -10,7 +11,14 @@ import pytest
 from kdlib.data.schema import QAItem
 from kdlib.scoring import loglikelihoods
 from kdlib.teacher import recipes
-from kdlib.teacher.backends import Backend, Decoding, Request, TransformersBackend, flatten_messages
+from kdlib.teacher.backends import (
+    Backend,
+    Decoding,
+    Request,
+    TransformersBackend,
+    choice_reply,
+    flatten_messages,
+)
 from kdlib.teacher.cache import GenerationCache, generate_cached, request_key
 from kdlib.teacher.rationales import (
     MAX_COMPLETION_CHARS,
@@ -415,6 +423,11 @@ def test_choice_scoring_gives_each_choice_its_probability_as_the_reply():
         np.testing.assert_allclose(list(reply["probabilities"].values()), expected, rtol=1e-4)
         assert reply["mass"] == pytest.approx(probabilities.sum(), rel=1e-4)
     assert backend.calls == len(QUESTIONS)
+
+
+def test_choice_reply_survives_improbable_choices():
+    reply = json.loads(choice_reply({"1": -2000.0, "2": -2000.0 + math.log(3)}))
+    assert reply["probabilities"] == pytest.approx({"1": 0.25, "2": 0.75}) and reply["mass"] == 0.0
 
 
 def test_choices_enter_the_cache_key_only_when_set():

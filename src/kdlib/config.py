@@ -513,7 +513,10 @@ class ExplanationParams(Schema):
         "rates every dimension.",
     )
     max_new_tokens: int = Field(
-        48, gt=0, description="Judge reply budget (joint: five lines, about 48 tokens; per_dimension: 4 do)."
+        48,
+        gt=0,
+        description="Judge reply budget: joint needs about 48 tokens, per_dimension a few; "
+        "rating_probabilities generates none.",
     )
     cache_path: str | None = Field(
         None, description="Judge call cache (SQLite); null: $KDLIB_CACHE/teacher_generations.sqlite."

@@ -76,9 +76,11 @@ def valid_utf8(text: str) -> str:
 def choice_reply(logprobs: dict[str, float]) -> str:
     """The reply to a request with Decoding.choices, from each choice's log-probability: JSON with
     "probabilities" (renormalised over the choices) and "mass" (their total before renormalising)."""
-    probabilities = {choice: math.exp(value) for choice, value in logprobs.items()}
-    mass = sum(probabilities.values())
-    return json.dumps({"probabilities": {c: p / mass for c, p in probabilities.items()}, "mass": mass})
+    top = max(logprobs.values())
+    relative = {choice: math.exp(value - top) for choice, value in logprobs.items()}  # no underflow
+    total = sum(relative.values())
+    probabilities = {choice: value / total for choice, value in relative.items()}
+    return json.dumps({"probabilities": probabilities, "mass": math.exp(top) * total})
 
 
 class Backend(ABC):
