@@ -1,8 +1,12 @@
+import math
+
 import pandas as pd
 
 from kdlib import io
+from kdlib.config import ExplanationParams
 from kdlib.paths import RunLayout
-from kdlib.results import findings_table, published_table, read_comparison, stage_commits
+from kdlib.results import findings_table, judge_lines, published_table, read_comparison, stage_commits
+from kdlib.teacher.backends import choice_reply
 
 
 def test_published_numbers_are_read_from_a_comparison_that_also_quotes_findings(tmp_path):
@@ -43,3 +47,28 @@ def test_stage_commits_name_the_commit_each_notebook_ran_at(tmp_path):
         meta = io.read_json(run.stage(stage) / "meta.json")
         io.write_json(run.stage(stage) / "meta.json", {**meta, "git_sha": sha})
     assert stage_commits(run) == f"{'a' * 10} (01-03), {'b' * 10} (05)"  # 04 never ran
+
+
+def test_judge_lines_report_the_readable_share_and_the_rating_probability():
+    replies = [
+        choice_reply({str(r): -3.0 for r in range(1, 6)}),
+        choice_reply({str(r): -4.0 for r in range(1, 6)}),
+    ]
+    ratings = pd.DataFrame(
+        {
+            "explanation_id": ["a", "a", "b", "b"],
+            "dimension": ["plausibility", "completeness"] * 2,
+            "rating": [3.0, 3.0, 3.0, float("nan")],
+            "judge_output": replies * 2,
+        }
+    )
+    judge = {"backend": "transformers", "model": "tiny-llama"}
+    scored = ExplanationParams(judge=judge, judge_mode="rating_probabilities")
+    line = judge_lines(scored, ratings)[2]
+    assert line.startswith(
+        "Judge `tiny-llama` (transformers), mode `rating_probabilities`: 2 explanations x 2"
+    )
+    mass = (5 * math.exp(-3) + 5 * math.exp(-4)) / 2
+    assert "75% of the ratings readable" in line and f"replying with a rating at all is {mass:.1%}" in line
+    joint = judge_lines(ExplanationParams(judge=judge), ratings)[2]
+    assert "mode `joint`" in joint and "probability" not in joint

@@ -17,7 +17,15 @@ from pathlib import Path
 import pandas as pd
 
 from kdlib import io
-from kdlib.config import NOTEBOOKS, SECTION_KEYS, ExperimentParams, ParamsError, load_params
+from kdlib.config import (
+    NOTEBOOKS,
+    SECTION_KEYS,
+    ExperimentParams,
+    ExplanationParams,
+    ParamsError,
+    load_params,
+)
+from kdlib.explanations import rating_mass
 from kdlib.paths import OUTPUTS_DIR, REPO_ROOT, RunLayout
 from kdlib.reference import PERCENT_METRICS, load_reference
 
@@ -225,6 +233,22 @@ def emergence_table(emergence: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def judge_lines(explanations: ExplanationParams, ratings: pd.DataFrame) -> list[str]:
+    """What the explanation judge was and how well it kept to its reply (judge_ratings.parquet rows)."""
+    judge = explanations.judge
+    line = (
+        f"Judge `{judge.model}` ({judge.backend}), mode `{explanations.judge_mode}`: "
+        f"{ratings['explanation_id'].nunique()} explanations x {ratings['dimension'].nunique()} dimensions, "
+        f"{ratings['rating'].notna().mean():.0%} of the ratings readable"
+    )
+    if explanations.judge_mode == "rating_probabilities":
+        line += (
+            f"; its mean probability of replying with a rating at all is {rating_mass(ratings):.1%}, "
+            "the rest being renormalised away"
+        )
+    return ["#### Explanation judge", "", line + ".", ""]
+
+
 def copy_figures(run: RunLayout, docs_dir: Path, run_name: str) -> list[str]:
     """Copy the run's PNG figures to docs/figures/<run_name>/; markdown image lines."""
     lines = []
@@ -311,6 +335,8 @@ def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir:
             *markdown_table(emergence_table(emergence)),
             "",
         ]
+    if params.evaluation.explanations.enabled and run.judge_ratings.exists():
+        lines += judge_lines(params.evaluation.explanations, pd.read_parquet(run.judge_ratings))
     flags = _read(run.run_flags)
     if flags is not None:
         flagged = flags[flags["flags"].notna() & (flags["flags"].astype(str) != "")]
