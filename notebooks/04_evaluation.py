@@ -90,7 +90,7 @@ from kdlib import config, io, plots
 from kdlib.analysis import CELL_KEYS
 from kdlib.data.schema import frame_to_items
 from kdlib.evaluation import METRIC_COLUMNS, evaluate_cells, summarise
-from kdlib.explanations import assess_explanations, rating_mass
+from kdlib.explanations import assess_explanations, describe_judge
 from kdlib.lens import emergence_summary, lens_cells, lens_summary
 from kdlib.models import resolve_device
 from kdlib.paths import RunLayout
@@ -172,11 +172,8 @@ if cfg.explanations.enabled and not explained.empty:
         explained, eval_items, cfg.explanations, device=common.device, seed=common.seed
     )
     calls = assessed["judge_calls"]
-    print(f"judge: {calls['misses']} new calls, {calls['hits']} cached; ", end="")
-    print(f"ratings readable: {assessed['judge_ratings']['rating'].notna().mean():.0%}")
-    if cfg.explanations.judge_mode == "rating_probabilities":
-        mass = rating_mass(assessed["judge_ratings"])
-        print(f"judge's mean probability of replying with a rating: {mass:.1%}")
+    print(f"judge: {calls['misses']} new calls, {calls['hits']} cached")
+    print(describe_judge(cfg.explanations, assessed["judge_ratings"]))
     figures["explanation_quality"] = plots.explanation_bars(assessed["scores"])
     display(figures["explanation_quality"])
     if assessed["agreement"] is None:

@@ -189,6 +189,24 @@ def rating_mass(ratings: pd.DataFrame) -> float:
     return float(np.mean([json.loads(reply)["mass"] for reply in ratings["judge_output"]]))
 
 
+def describe_judge(params, ratings: pd.DataFrame) -> str:
+    """One sentence on the judge of ExplanationParams `params` and how well it kept to its reply
+    (judge_explanations rows): explanations and dimensions rated, the readable share, and for
+    rating_probabilities its rating_mass."""
+    judge = params.judge
+    text = (
+        f"Judge `{judge.model}` ({judge.backend}), mode `{params.judge_mode}`: "
+        f"{ratings['explanation_id'].nunique()} explanations x {ratings['dimension'].nunique()} dimensions, "
+        f"{ratings['rating'].notna().mean():.0%} of the ratings readable"
+    )
+    if params.judge_mode == "rating_probabilities":
+        text += (
+            f"; its mean probability of replying with a rating at all is {rating_mass(ratings):.1%}, "
+            "the rest being renormalised away"
+        )
+    return text
+
+
 def _rating(match: re.Match | None) -> float:
     """The matched number as a rating, NaN unless it is a whole number on SCALE."""
     number = match.group(1) if match else ""

@@ -25,7 +25,7 @@ from kdlib.config import (
     ParamsError,
     load_params,
 )
-from kdlib.explanations import rating_mass
+from kdlib.explanations import describe_judge
 from kdlib.paths import OUTPUTS_DIR, REPO_ROOT, RunLayout
 from kdlib.reference import PERCENT_METRICS, load_reference
 
@@ -234,19 +234,8 @@ def emergence_table(emergence: pd.DataFrame) -> pd.DataFrame:
 
 
 def judge_lines(explanations: ExplanationParams, ratings: pd.DataFrame) -> list[str]:
-    """What the explanation judge was and how well it kept to its reply (judge_ratings.parquet rows)."""
-    judge = explanations.judge
-    line = (
-        f"Judge `{judge.model}` ({judge.backend}), mode `{explanations.judge_mode}`: "
-        f"{ratings['explanation_id'].nunique()} explanations x {ratings['dimension'].nunique()} dimensions, "
-        f"{ratings['rating'].notna().mean():.0%} of the ratings readable"
-    )
-    if explanations.judge_mode == "rating_probabilities":
-        line += (
-            f"; its mean probability of replying with a rating at all is {rating_mass(ratings):.1%}, "
-            "the rest being renormalised away"
-        )
-    return ["#### Explanation judge", "", line + ".", ""]
+    """The "Explanation judge" subsection: explanations.describe_judge of judge_ratings.parquet rows."""
+    return ["#### Explanation judge", "", describe_judge(explanations, ratings) + ".", ""]
 
 
 def copy_figures(run: RunLayout, docs_dir: Path, run_name: str) -> list[str]:
