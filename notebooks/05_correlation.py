@@ -196,7 +196,8 @@ tables["run_flags"]
 # has its conditions; a published number only where the run has the paper's dataset, student and data
 # size. The verdict is *replicated* when the interval settles the claim in the paper's favour; *not
 # replicated* otherwise, and `conclusive` says whether the interval settles it against the paper or
-# leaves it open.
+# leaves it open. An equivalence claim on accuracy ("a does as well as b") is *not comparable* when both
+# conditions are at chance: students that only guess match trivially.
 
 # %%
 reference_path = resolve_repo_path(cfg.reference_results) if cfg.reference_results else None

@@ -20,6 +20,7 @@ from kdlib.reference import (
     load_reference,
     published_table,
     reference_id,
+    run_facts,
 )
 from tests.conftest import accuracy_outcomes
 
@@ -112,11 +113,45 @@ def _no_traces():
     return contingency(pd.DataFrame(columns=columns))
 
 
-def _facts(dataset, conditions, n_train=100, n_eval=200):
+def _facts(dataset, conditions, n_train=100, n_eval=200, chance_accuracy=20.0):
     specs = tuple(
         c if isinstance(c, ConditionSpec) else ConditionSpec(name=c, transform=c) for c in conditions
     )
-    return RunFacts(dataset=dataset, n_train=n_train, n_eval=n_eval, conditions=specs)
+    return RunFacts(
+        dataset=dataset, n_train=n_train, n_eval=n_eval, conditions=specs, chance_accuracy=chance_accuracy
+    )
+
+
+@pytest.mark.parametrize(("accuracy", "verdict"), [(0.2, "not comparable"), (0.6, "replicated")])
+def test_an_equivalence_claim_needs_a_condition_above_chance(accuracy, verdict):
+    after = _outcomes("s", {"rationale_after_label": accuracy}, n=400)
+    key_tokens = after.assign(condition="key_tokens_after_label")  # the same answers, item for item
+    table = compare_with_reference(
+        load_reference(),
+        _facts("commonsenseqa", ["key_tokens_after_label", "rationale_after_label"]),
+        pd.concat([after, key_tokens]),
+        _no_traces(),
+        n_resamples=300,
+    ).set_index("id")
+    row = table.loc["wadhwa.key_tokens_match_full_rationale"]
+    assert row["verdict"] == verdict
+    if verdict == "not comparable":
+        assert row["reason"].startswith("both conditions are at chance (20.0%: key_tokens_after_label")
+        assert "+0.00 [+0.00, +0.00] cannot show that one does as well" in row["reason"]
+
+
+def test_run_facts_reads_chance_from_the_eval_items_choices():
+    sft = {"conditions": ["no_trace"], "students": ["tiny-llama"]}
+    items = pd.DataFrame(
+        {
+            "dataset": "commonsenseqa",
+            "role": ["train", "eval", "eval"],
+            "choices": [["a", "b"], ["a", "b", "c", "d", "e"], ["a", "b", "c", "d"]],
+        }
+    )
+    facts = run_facts(items, sft)
+    assert (facts.n_train, facts.n_eval) == (1, 2) and facts.chance_accuracy == pytest.approx(22.5)
+    assert run_facts(items.assign(choices=[[]] * 3), sft).chance_accuracy == 0.0
 
 
 def test_findings_get_verdicts_from_the_runs_numbers():

@@ -34,6 +34,7 @@ PERCENT_METRICS = frozenset(
 )
 CONTINGENCY_STATISTICS = ("phi", "trace_accuracy", "p_answer_given_trace_right", "p_answer_given_trace_wrong")
 VERDICTS = ("replicated", "not replicated", "not comparable")
+CHANCE_METRICS = frozenset({"accuracy", "label_first_acc"})  # where guessing sets a floor
 
 
 class ReferenceFileError(ValueError):
@@ -167,12 +168,14 @@ def published_table(reference: Reference) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class RunFacts:
-    """What comparability depends on: the run's dataset, its item counts and its condition specs."""
+    """What comparability depends on: the run's dataset, its item counts and its condition specs, and the
+    accuracy (%) a student reaches by guessing among each eval item's choices (0 for free-form answers)."""
 
     dataset: str
     n_train: int
     n_eval: int
     conditions: tuple[ConditionSpec, ...]
+    chance_accuracy: float
 
 
 @dataclass(frozen=True)
@@ -393,6 +396,21 @@ def _published_row(p: Published, student: str, facts: RunFacts, outcomes, contin
     }
 
 
+def _refuse_equivalence_at_chance(
+    difference: Estimate, outcomes, student: str, conditions: tuple[str, str], metric: str, facts, settings
+) -> None:
+    """An equivalence claim ("a does as well as b") says nothing when neither condition is above chance:
+    raise _NotComparable when both conditions' intervals reach down to chance accuracy."""
+    chance = facts.chance_accuracy
+    levels = {c: _metric_estimate(outcomes, student, c, metric, settings) for c in conditions}
+    if all(e.low <= chance for e in levels.values()):
+        shown = "; ".join(f"{c} {e.value:.1f} [{e.low:.1f}, {e.high:.1f}]" for c, e in levels.items())
+        raise _NotComparable(
+            f"both conditions are at chance ({chance:.1f}%: {shown}), so their difference "
+            f"{_interval(difference)} cannot show that one does as well as the other"
+        )
+
+
 def _finding_row(f: Finding, student: str, facts: RunFacts, outcomes, contingency, settings) -> dict:
     test = f.test
     row = {
@@ -417,6 +435,8 @@ def _finding_row(f: Finding, student: str, facts: RunFacts, outcomes, contingenc
             a, b = _condition(facts, test.a), _condition(facts, test.b)
             e = _difference_estimate(outcomes, student, a, b, metric, settings)
             row["unit"] = "points" if test.metric in PERCENT_METRICS else "rating"
+            if test.kind in ("at_least", "close") and metric in CHANCE_METRICS:
+                _refuse_equivalence_at_chance(e, outcomes, student, (a, b), metric, facts, settings)
     except _NotComparable as reason:
         return {**row, "verdict": "not comparable", "conclusive": False, "reason": str(reason)}
     verdict, conclusive, reason = judge(test, e)
@@ -460,12 +480,14 @@ def compare_with_reference(
 
 
 def run_facts(items: pd.DataFrame, sft_params: dict) -> RunFacts:
-    """RunFacts from a run's items.parquet (dataset, role) and the sft params it trained with."""
+    """RunFacts from a run's items.parquet (dataset, role, choices) and the sft params it trained with."""
+    eval_choices = items.loc[items["role"] == "eval", "choices"].map(len)
     return RunFacts(
         dataset="+".join(sorted(items["dataset"].unique())),
         n_train=int((items["role"] == "train").sum()),
-        n_eval=int((items["role"] == "eval").sum()),
+        n_eval=len(eval_choices),
         conditions=tuple(SftParams.model_validate(sft_params).condition_specs()),
+        chance_accuracy=100 * float(eval_choices.map(lambda n: 1 / n if n else 0.0).mean()),
     )
 
 

@@ -357,7 +357,8 @@ def write_results(
         "",
         "Verdicts: *replicated* when our interval settles the claim; *not replicated (conclusive)* when it "
         "settles it against the paper; *not replicated* when it leaves it open; *not comparable* when the "
-        "run lacks what the claim needs (the reason says what).",
+        "run lacks what the claim needs, or when an equivalence claim compares two conditions that are both "
+        "at chance (the reason says which).",
         "",
     ]
     for study in studies:
