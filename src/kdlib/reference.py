@@ -396,19 +396,15 @@ def _published_row(p: Published, student: str, facts: RunFacts, outcomes, contin
     }
 
 
-def _refuse_equivalence_at_chance(
-    difference: Estimate, outcomes, student: str, conditions: tuple[str, str], metric: str, facts, settings
-) -> None:
-    """An equivalence claim ("a does as well as b") says nothing when neither condition is above chance:
-    raise _NotComparable when both conditions' intervals reach down to chance accuracy."""
+def _both_at_chance(outcomes, student: str, conditions: tuple[str, str], metric: str, facts, settings):
+    """Why an equivalence claim ("a does as well as b") says nothing here, or "": both conditions'
+    accuracy intervals reach down to chance."""
     chance = facts.chance_accuracy
     levels = {c: _metric_estimate(outcomes, student, c, metric, settings) for c in conditions}
-    if all(e.low <= chance for e in levels.values()):
-        shown = "; ".join(f"{c} {e.value:.1f} [{e.low:.1f}, {e.high:.1f}]" for c, e in levels.items())
-        raise _NotComparable(
-            f"both conditions are at chance ({chance:.1f}%: {shown}), so their difference "
-            f"{_interval(difference)} cannot show that one does as well as the other"
-        )
+    if any(e.low > chance for e in levels.values()):
+        return ""
+    shown = "; ".join(f"{c} {e.value:.1f} [{e.low:.1f}, {e.high:.1f}]" for c, e in levels.items())
+    return f"both conditions are at chance ({chance:.1f}%: {shown}): students that guess match trivially"
 
 
 def _finding_row(f: Finding, student: str, facts: RunFacts, outcomes, contingency, settings) -> dict:
@@ -424,7 +420,7 @@ def _finding_row(f: Finding, student: str, facts: RunFacts, outcomes, contingenc
     row["scope"] = (
         "same dataset" if facts.dataset in f.datasets else f"other dataset (paper: {', '.join(f.datasets)})"
     )
-    note = ""
+    note = at_chance = ""
     try:
         if test.kind == "below":
             condition = _condition(facts, test.condition)
@@ -436,20 +432,14 @@ def _finding_row(f: Finding, student: str, facts: RunFacts, outcomes, contingenc
             e = _difference_estimate(outcomes, student, a, b, metric, settings)
             row["unit"] = "points" if test.metric in PERCENT_METRICS else "rating"
             if test.kind in ("at_least", "close") and metric in CHANCE_METRICS:
-                _refuse_equivalence_at_chance(e, outcomes, student, (a, b), metric, facts, settings)
+                at_chance = _both_at_chance(outcomes, student, (a, b), metric, facts, settings)
     except _NotComparable as reason:
         return {**row, "verdict": "not comparable", "conclusive": False, "reason": str(reason)}
+    estimate = {"estimate": e.value, "ci_low": e.low, "ci_high": e.high, "basis": e.basis}
+    if at_chance:  # ours is shown, but not judged
+        return {**row, **estimate, "verdict": "not comparable", "conclusive": False, "reason": at_chance}
     verdict, conclusive, reason = judge(test, e)
-    return {
-        **row,
-        "estimate": e.value,
-        "ci_low": e.low,
-        "ci_high": e.high,
-        "basis": e.basis,
-        "verdict": verdict,
-        "conclusive": conclusive,
-        "reason": reason + note,
-    }
+    return {**row, **estimate, "verdict": verdict, "conclusive": conclusive, "reason": reason + note}
 
 
 def compare_with_reference(
@@ -506,6 +496,7 @@ def describe_findings(comparison: pd.DataFrame) -> list[str]:
         kinds = untested["kind"].value_counts()
         lines.append(
             f"- not comparable: {kinds.get('finding', 0)} findings and {kinds.get('published', 0)} published "
-            "numbers (missing conditions, or another dataset, student or data size; see the table)."
+            "numbers (missing conditions, conditions at chance, or another dataset, student or data "
+            "size; see the table)."
         )
     return lines
