@@ -12,6 +12,7 @@ import kdlib.sft
 from kdlib.config import CommonParams, EvaluationParams, SftParams
 from kdlib.decomposition import decompose, steps_by_item
 from kdlib.evaluation import evaluate_cells, summarise
+from kdlib.models import load_model
 from kdlib.paths import RunLayout
 from kdlib.sft import TraceSources, grid_cells, load_trained, train_grid
 from kdlib.teacher.rationales import rule_traces
@@ -63,6 +64,25 @@ def test_every_cell_is_trained_and_written(trained):
         assert not (cell / "checkpoint").exists()
     mt = summary[summary["condition"] == "mt"]
     assert (mt["examples"] == 16).all() and (mt["items"] == 8).all()
+
+
+def test_a_lora_cell_loads_with_its_adapter_merged(trained):
+    """load_trained returns a plain model whose logits are the adapter-wrapped model's, not the base's."""
+    from peft import PeftModel
+
+    run, _ = trained
+    cell = run.sft_cell("tiny-llama", "correct_trace", 0)
+    merged, tokenizer = load_trained(cell, device=torch.device("cpu"))
+    assert not isinstance(merged, PeftModel)
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    base, _ = load_model("tiny-llama")
+    ids = tokenizer("Where is the milk?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        wrapped_logits = PeftModel.from_pretrained(base, cell / "adapter").eval()(ids).logits
+        merged_logits = merged(ids).logits
+    torch.testing.assert_close(merged_logits, wrapped_logits, rtol=1e-4, atol=1e-5)
+    assert (merged_logits - base_logits).abs().max() > 1e-3
 
 
 def test_rerun_skips_finished_cells_and_new_seeds_train_only_new_cells(trained, generated_items, sources):

@@ -186,8 +186,8 @@ def trained_digest(cell_dir: Path) -> str:
 
 
 def load_trained(cell_dir: Path, *, device: torch.device, seed: int = 0):
-    """The student of one finished cell in eval mode: base + adapter, or the fully fine-tuned model.
-    Weights load from safetensors only."""
+    """The student of one finished cell in eval mode: the base with its adapter merged in (a plain model,
+    as fast as the base), or the fully fine-tuned model. Weights load from safetensors only."""
     meta = io.read_json(io.require(cell_dir / "meta.json", produced_by="03_sft"))
     student, finetune = meta["params"]["student"], meta["params"]["training"]["finetune"]
     trust = meta["params"].get("trust_remote_code", False)
@@ -200,7 +200,7 @@ def load_trained(cell_dir: Path, *, device: torch.device, seed: int = 0):
 
         adapter = io.require(cell_dir / "adapter" / "adapter_model.safetensors", produced_by="03_sft")
         base, tokenizer = load_model(student, device=device, seed=seed, trust_remote_code=trust)
-        model = PeftModel.from_pretrained(base, adapter.parent)
+        model = PeftModel.from_pretrained(base, adapter.parent).merge_and_unload()
     model.eval()
     return model, tokenizer
 
