@@ -50,19 +50,14 @@ LENS_ROW_COLUMNS = [
 ]
 
 
-def _base(model) -> nn.Module:
-    """The transformers model inside a PEFT wrapper (LoRA layers stay in place)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def final_norm(model) -> nn.Module:
     """The norm applied to the last residual state before the output embedding."""
-    decoder = _base(model).get_decoder()
+    decoder = model.get_decoder()
     for name in FINAL_NORM_NAMES:
         if isinstance(getattr(decoder, name, None), nn.Module):
             return getattr(decoder, name)
     raise ValueError(
-        f"lens: cannot find the final norm of {type(_base(model)).__name__} "
+        f"lens: cannot find the final norm of {type(model).__name__} "
         f"(looked for decoder attributes {', '.join(FINAL_NORM_NAMES)})"
     )
 
@@ -72,10 +67,9 @@ class Unembedding(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        base = _base(model)
-        config = base.config
-        self.norm, self.head = final_norm(model), base.get_output_embeddings()
-        tied_t5 = base.config.model_type in ("t5", "mt5", "umt5") and config.tie_word_embeddings
+        config = model.config
+        self.norm, self.head = final_norm(model), model.get_output_embeddings()
+        tied_t5 = config.model_type in ("t5", "mt5", "umt5") and config.tie_word_embeddings
         self.scale = config.d_model**-0.5 if tied_t5 else 1.0
         self.softcap = getattr(config, "final_logit_softcapping", None)
 
@@ -111,7 +105,7 @@ class TunedLens(nn.Module):
 
     @classmethod
     def for_model(cls, model) -> TunedLens:
-        config = _base(model).config.get_text_config()
+        config = model.config.get_text_config()
         n_layers = getattr(config, "num_decoder_layers", None) or config.num_hidden_layers
         hidden_size = getattr(config, "hidden_size", None) or config.d_model
         device = next(model.parameters()).device
