@@ -197,7 +197,7 @@ tables["run_flags"]
 # size. The verdict is *replicated* when the interval settles the claim in the paper's favour; *not
 # replicated* otherwise, and `conclusive` says whether the interval settles it against the paper or
 # leaves it open. An equivalence claim on accuracy ("a does as well as b") is *not comparable* when both
-# conditions are at chance: students that only guess match trivially.
+# conditions are at chance: students no better than chance match trivially.
 
 # %%
 reference_path = resolve_repo_path(cfg.reference_results) if cfg.reference_results else None

@@ -137,7 +137,7 @@ def test_an_equivalence_claim_needs_a_condition_above_chance(accuracy, verdict):
     assert row["verdict"] == verdict
     if verdict == "not comparable":
         assert row["reason"].startswith("both conditions are at chance (20.0%: key_tokens_after_label")
-        assert row["reason"].endswith("students that guess match trivially")
+        assert row["reason"].endswith("students no better than chance match trivially")
     assert row["estimate"] == 0.0 and row["ci_low"] == row["ci_high"] == 0.0
 
 
