@@ -404,7 +404,10 @@ def _both_at_chance(outcomes, student: str, conditions: tuple[str, str], metric:
     if any(e.low > chance for e in levels.values()):
         return ""
     shown = "; ".join(f"{c} {e.value:.1f} [{e.low:.1f}, {e.high:.1f}]" for c, e in levels.items())
-    return f"both conditions are at chance ({chance:.1f}%: {shown}): students no better than chance match trivially"
+    return (
+        f"both conditions are at chance ({chance:.1f}%: {shown}): "
+        "students no better than chance match trivially"
+    )
 
 
 def _finding_row(f: Finding, student: str, facts: RunFacts, outcomes, contingency, settings) -> dict:
