@@ -1,15 +1,30 @@
 """Reading answers from student outputs: choice text or letter, yes/no, numbers; unreadable is None."""
 
+import pandas as pd
 import pytest
 
 from kdlib.data.schema import QAItem
-from kdlib.evaluation import answer_text, answers_match, evaluate_outputs, read_answer
+from kdlib.evaluation import (
+    answer_is_correct,
+    answer_text,
+    answers_match,
+    evaluate_outputs,
+    read_answer,
+    rescored,
+)
 
 CHOICES = QAItem("mc", "t", "test", "Where is it?", "kitchen", choices=["garden", "kitchen", "park"])
 COUNTS = QAItem("count", "t", "test", "How many?", "two", choices=["none", "one", "two", "three"])
 YES_NO = QAItem("yn", "t", "test", "Is it?", "no", choices=["yes", "no"])
 NUMERIC = QAItem("num", "t", "test", "How much?", "1200")
 OPEN = QAItem("open", "t", "test", "Who?", "The Liberals")
+BISHOPS = ["titular bishop", "diocesan bishop"]
+ANSWER_SET = QAItem(
+    "cotempqa-equal-1", "cotempqa", "test", "Which post?", ", ".join(BISHOPS), metadata={"answers": BISHOPS}
+)
+CAMPUS = QAItem(
+    "cotempqa-mix-2", "cotempqa", "test", "Which school?", "UC, Davis", metadata={"answers": ["UC, Davis"]}
+)
 
 
 @pytest.mark.parametrize(
@@ -64,3 +79,36 @@ def test_unreadable_answers_are_counted_apart_not_scored_wrong():
     assert rows["answer_parsed"].tolist() == [True, False, False]
     assert rows["answer_correct"].tolist() == [True, False, False]
     assert rows["read_answer"].iloc[0] == "kitchen" and rows["read_answer"].iloc[1:].isna().all()
+
+
+@pytest.mark.parametrize(
+    ("answer", "item", "right"),
+    [
+        ("titular bishop, diocesan bishop", ANSWER_SET, True),
+        ("Diocesan Bishop and titular bishop.", ANSWER_SET, True),  # any order, case and punctuation
+        ("titular bishop, titular bishop, diocesan bishop", ANSWER_SET, True),  # a repeat is one answer
+        ("titular bishop", ANSWER_SET, False),  # one gold missing
+        ("titular bishop, diocesan bishop, auxiliary bishop", ANSWER_SET, False),  # one answer too many
+        ("bishop", ANSWER_SET, False),
+        ("UC, Davis", CAMPUS, True),  # a comma inside the gold answer
+        ("UC", CAMPUS, False),
+        ("UC, Davis and Stanford", CAMPUS, False),
+        ("the liberals", OPEN, True),  # other datasets: the normalised gold answer
+        ("liberals", OPEN, False),
+        (None, OPEN, False),
+    ],
+)
+def test_an_answer_set_must_be_named_whole_in_any_order(answer, item, right):
+    assert answer_is_correct(answer, item) is right
+
+
+def test_reused_frames_are_scored_again_from_their_outputs():
+    """A cell evaluated earlier is scored by today's rules: its stored answer_correct is not trusted."""
+    cell = {"student": "s", "condition": "c", "seed": 0, "transform": "no_trace"}
+    items, outputs = [ANSWER_SET, CHOICES], ["<answer>diocesan bishop, titular bishop</answer>", "park"]
+    stale = evaluate_outputs(cell, items, outputs).assign(answer_correct=False)
+    samples = pd.concat([stale.assign(sample=0), stale.assign(sample=1)], ignore_index=True)
+    frames = rescored(cell, items, {"predictions": stale, "samples": samples, "explanations": None})
+    assert frames["predictions"]["answer_correct"].tolist() == [True, False]
+    assert frames["samples"]["answer_correct"].tolist() == [True, False, True, False]
+    assert frames["samples"]["sample"].tolist() == [0, 0, 1, 1] and frames["explanations"] is None

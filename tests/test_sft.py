@@ -217,8 +217,8 @@ def trained_copy(trained, tmp_path):
 
 
 def test_evaluation_cut_off_midway_keeps_its_finished_cells(trained_copy, generated_items, monkeypatch):
-    """Cells evaluated before a crash are reused on the rerun; a changed setting or a retrained cell is
-    evaluated again."""
+    """Cells evaluated before a crash are reused on the rerun, scored by the current rules; a changed
+    setting or a retrained cell is evaluated again."""
     run, summary = trained_copy
     params = EvaluationParams(max_new_tokens=4, batch_size=4, label_first=False)
     items, cpu = generated_items[8:10], torch.device("cpu")
@@ -250,6 +250,11 @@ def test_evaluation_cut_off_midway_keeps_its_finished_cells(trained_copy, genera
     again = evaluate_cells(run, summary, items, device=cpu, seed=0, params=params)
     assert calls == [] and (again["cells"]["status"] == "evaluated earlier").all()
     pd.testing.assert_frame_equal(again["predictions"], frames["predictions"])
+    scoring = kdlib.evaluation.answer_is_correct
+    monkeypatch.setattr(kdlib.evaluation, "answer_is_correct", lambda answer, item: True)  # a new rule
+    rescored = evaluate_cells(run, summary, items, device=cpu, seed=0, params=params)
+    assert calls == [] and rescored["predictions"]["answer_correct"].all()
+    monkeypatch.setattr(kdlib.evaluation, "answer_is_correct", scoring)
     retrained = run.root / "sft" / summary["cell"][0] / "meta.json"
     retrained.write_text(retrained.read_text().replace("{", "{\n", 1))
     evaluate_cells(run, summary, items, device=cpu, seed=0, params=params)

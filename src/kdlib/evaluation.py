@@ -107,6 +107,34 @@ def answers_match(answer: str, gold: str) -> bool:
     return normalise(answer) == normalise(gold)
 
 
+# Datasets whose gold is a set of answers (metadata "answers"): an answer is right when it names all of
+# them and nothing else, in any order: the exact match of the CoTempQA scorer, which Bhambri et al. use.
+ANSWER_SET_DATASETS = frozenset({"cotempqa"})
+_LIST_WORDS = frozenset({"and"})
+
+
+def names_answer_set(answer: str, golds: list[str]) -> bool:
+    """Whether `answer` names every gold (normalised, whole words, any order, repeats allowed) and
+    nothing else but commas and "and". Stricter than the CoTempQA scorer, which drops words that name
+    none of the context's entities."""
+    rest = f" {normalise(answer)} "
+    for gold in sorted({normalise(g) for g in golds}, key=len, reverse=True):  # "titular bishop" first
+        if f" {gold} " not in rest:
+            return False
+        while f" {gold} " in rest:
+            rest = rest.replace(f" {gold} ", " ")
+    return set(rest.split()) <= _LIST_WORDS
+
+
+def answer_is_correct(answer: str | None, item: QAItem) -> bool:
+    """Whether a read answer (read_answer; None when unreadable) is right for `item`."""
+    if answer is None:
+        return False
+    if item.dataset in ANSWER_SET_DATASETS:
+        return names_answer_set(answer, item.metadata["answers"])
+    return answers_match(answer, item.answer)
+
+
 def evaluate_outputs(cell: dict, items: list[QAItem], outputs: list[str]) -> pd.DataFrame:
     """One row per item: the cell (student, condition, transform, seed), the output, its answer as
     written and as read (read_answer), the answer's score, and for items with gold steps the trace's.
@@ -126,7 +154,7 @@ def evaluate_outputs(cell: dict, items: list[QAItem], outputs: list[str]) -> pd.
             "parsed_answer": written,
             "read_answer": answer,
             "answer_parsed": answer is not None,
-            "answer_correct": answer is not None and answers_match(answer, item.answer),
+            "answer_correct": answer_is_correct(answer, item),
         }
         if item.question_type is not None and item.supporting_facts is not None:  # checkable steps
             row.update(score_trace(parse_output(output), item, gold_steps(item)))
@@ -280,6 +308,22 @@ def evaluation_key(cell_dir, items: list[QAItem], *, seed: int, params) -> dict:
     }
 
 
+def rescored(cell: dict, items: list[QAItem], frames: dict) -> dict:
+    """`frames` with the greedy and sampled rows scored again from their stored outputs, so that a
+    reused cell is scored by today's rules: the store saves generation, and scoring is cheap."""
+    predictions = evaluate_outputs(cell, items, frames["predictions"]["output"].tolist())
+    samples = frames["samples"]
+    if samples is not None:
+        samples = pd.concat(
+            [
+                evaluate_outputs(cell, items, group["output"].tolist()).assign(sample=k)
+                for k, group in samples.groupby("sample", sort=True)
+            ],
+            ignore_index=True,
+        )
+    return {**frames, "predictions": predictions, "samples": samples}
+
+
 def evaluate_cells(run, cells: pd.DataFrame, items: list[QAItem], *, device, seed: int, params) -> dict:
     """evaluate_cell for every row of sft/summary.csv of `run` (a RunLayout), frames stacked, plus
     "cells": one row per cell with its status. Each cell's frames are kept under
@@ -292,6 +336,8 @@ def evaluate_cells(run, cells: pd.DataFrame, items: list[QAItem], *, device, see
             evaluation_key(cell_dir, items, seed=seed, params=params),
             partial(evaluate_cell, cell_dir, cell, items, device=device, seed=seed, params=params),
         )
+        if reused:
+            frames = rescored(cell, items, frames)
         per_cell.append(frames)
         statuses.append({"cell": cell["cell"], "status": "evaluated earlier" if reused else "evaluated"})
     stacked = {
