@@ -250,11 +250,10 @@ def test_evaluation_cut_off_midway_keeps_its_finished_cells(trained_copy, genera
     again = evaluate_cells(run, summary, items, device=cpu, seed=0, params=params)
     assert calls == [] and (again["cells"]["status"] == "evaluated earlier").all()
     pd.testing.assert_frame_equal(again["predictions"], frames["predictions"])
-    scoring = kdlib.evaluation.answer_is_correct
-    monkeypatch.setattr(kdlib.evaluation, "answer_is_correct", lambda answer, item: True)  # a new rule
-    rescored = evaluate_cells(run, summary, items, device=cpu, seed=0, params=params)
+    with pytest.MonkeyPatch.context() as new_rule:
+        new_rule.setattr(kdlib.evaluation, "answer_is_correct", lambda answer, item: True)
+        rescored = evaluate_cells(run, summary, items, device=cpu, seed=0, params=params)
     assert calls == [] and rescored["predictions"]["answer_correct"].all()
-    monkeypatch.setattr(kdlib.evaluation, "answer_is_correct", scoring)
     retrained = run.root / "sft" / summary["cell"][0] / "meta.json"
     retrained.write_text(retrained.read_text().replace("{", "{\n", 1))
     evaluate_cells(run, summary, items, device=cpu, seed=0, params=params)
