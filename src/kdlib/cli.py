@@ -38,8 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("--outputs", help="folder holding the run folders (default: outputs/)")
     results.add_argument("--docs", help="folder for results.md and figures/ (default: docs/)")
 
-    validate = commands.add_parser("validate", help="check params files against the schema; no compute")
+    validate = commands.add_parser(
+        "validate",
+        help="check params files against the schema, then (kdlib.preflight) this machine, the data and the "
+        "students' configs; no compute",
+    )
     validate.add_argument("params", nargs="+")
+    validate.add_argument(
+        "--schema-only",
+        action="store_true",
+        help="skip the preflight checks, e.g. for a GPU twin checked on a laptop",
+    )
 
     check = commands.add_parser(
         "check-traces",
@@ -104,9 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[console])
     try:
         if args.command == "validate":
+            from kdlib.preflight import preflight
+
             for path in args.params:
-                load_params(path)
-                print(f"{path}: ok")
+                params = load_params(path)
+                if not args.schema_only:
+                    preflight(params, path)
+                print(f"{path}: ok" + (" (schema only)" if args.schema_only else ""))
         elif args.command == "results":
             from kdlib.results import write_results
 

@@ -26,12 +26,15 @@ from pydantic import (
     model_validator,
 )
 
-from kdlib.io import read_yaml
+from kdlib.io import parse_yaml, read_text_file
 from kdlib.paths import check_run_name, resolve_repo_path
 
 
 class Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Strict: a bool is not an int, a string is not a number (YAML ints still fill float fields), and
+    .inf / .nan are not numbers; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def _must_exist(what: str, *, folder: bool = False) -> AfterValidator:
@@ -39,6 +42,10 @@ def _must_exist(what: str, *, folder: bool = False) -> AfterValidator:
 
     def check(value: str) -> str:
         path = resolve_repo_path(value)
+        if folder and path.is_file():
+            raise ValueError(f"{what} {path} is a file, not a directory")
+        if not folder and path.is_dir():
+            raise ValueError(f"{what} {path} is a directory, not a file")
         if not (path.is_dir() if folder else path.is_file()):
             raise ValueError(f"{what} {path} does not exist")
         return value
@@ -527,6 +534,19 @@ class ExplanationParams(Schema):
         "import and compare with the judge; paths relative to the repository root.",
     )
 
+    @model_validator(mode="after")
+    def _probabilities_need_transformers(self) -> ExplanationParams:
+        if (
+            self.enabled
+            and self.judge_mode == "rating_probabilities"
+            and self.judge.backend != "transformers"
+        ):
+            raise ValueError(
+                f"judge_mode 'rating_probabilities' reads the judge's token probabilities, which only the "
+                f"transformers backend gives (judge.backend is {self.judge.backend!r})"
+            )
+        return self
+
 
 class EvaluationParams(Schema):
     """04_evaluation: generate trace + answer on the held-out split and check both; score choices."""
@@ -571,17 +591,10 @@ class CorrelationParams(Schema):
         description="Flag a seed this far (and 3.5 robust z) from its condition's median.",
     )
     reference_results: str | None = Field(
-        None, description="Published-results table (YAML, see kdlib/reference_results.yaml); null: packaged."
+        None,
+        description="Published-results table (YAML, see kdlib/reference_results.yaml; checked by "
+        "kdlib.preflight); null: packaged.",
     )
-
-    @field_validator("reference_results")
-    @classmethod
-    def _readable_reference(cls, value: str | None) -> str | None:
-        if value is not None:
-            from kdlib.reference import load_reference
-
-            load_reference(resolve_repo_path(value))
-        return value
 
 
 SECTIONS: dict[str, type[Schema]] = {
@@ -657,12 +670,18 @@ def _repeated_key(text: str) -> tuple[str, int] | None:
 
 
 def load_params(path: str | os.PathLike) -> ExperimentParams:
-    """Read and validate one params YAML file (safe_load only; a key given twice is an error)."""
-    raw = read_yaml(path, "params file", ParamsError)
-    repeated = _repeated_key(Path(path).read_text(encoding="utf-8"))
+    """Read and validate one params YAML file (safe_load only; a key given twice is an error, and so is
+    a file with no settings: an empty file never stands for "all defaults")."""
+    text = read_text_file(path, "params file", ParamsError)
+    raw = parse_yaml(text, path, ParamsError)
+    if raw is None or raw == {}:
+        raise ParamsError(
+            f"{path}: key '<root>': params file is empty; to run the defaults, give at least common.run_name"
+        )
+    repeated = _repeated_key(text)
     if repeated:
         raise ParamsError(f"{path}: key '{repeated[0]}': given twice (again on line {repeated[1]})")
-    return validate_params(raw or {}, str(path))
+    return validate_params(raw, str(path))
 
 
 def notebook_params(notebook: str, namespace: dict[str, Any]) -> tuple[CommonParams, Schema]:

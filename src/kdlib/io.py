@@ -7,6 +7,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,7 +32,15 @@ TRACKED_PACKAGES = (
     "pandas",
     "plotly",
     "papermill",
+    "tokenizers",
+    "numpy",
+    "scipy",
+    "statsmodels",
+    "captum",
+    "bitsandbytes",
+    "lm_eval",
 )
+CONSTRAINTS_FILE = REPO_ROOT / "constraints.txt"
 
 
 log = logging.getLogger("kdlib.io")
@@ -89,17 +98,38 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def read_yaml(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> Any:
-    """safe_load a YAML file; a missing file or bad YAML raises `error` naming the file and `what` it is."""
-    import yaml
-
+def read_text_file(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> str:
+    """A UTF-8 text file's content; a missing file, a folder, bytes that are not UTF-8 or a binary file
+    (NUL bytes) raise `error` naming the file and `what` it is."""
     path = Path(path)
+    if path.is_dir():
+        raise error(f"{path}: {what} is a directory, not a file")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
+    if b"\x00" in data:
+        raise error(f"{path}: {what} is not a text file (it holds NUL bytes)")
+    try:
+        return decode_utf8(data, path)
+    except ValueError as problem:  # names the file and line
+        raise error(f"{problem} ({what})") from None
+
+
+def parse_yaml(text: str, path: str | os.PathLike, error: type[Exception] = ValueError) -> Any:
+    """safe_load `text` read from `path`; bad YAML raises `error` naming the file, line and column."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as problem:
         raise error(f"{path}: not valid YAML: {_yaml_problem(problem)}") from None
+
+
+def read_yaml(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> Any:
+    """safe_load a YAML file; a missing, non-text or bad YAML file raises `error` naming the file and
+    `what` it is."""
+    return parse_yaml(read_text_file(path, what, error), path, error)
 
 
 def _yaml_problem(problem) -> str:
@@ -115,7 +145,11 @@ def _yaml_problem(problem) -> str:
 def read_utf8(path: str | os.PathLike) -> str:
     """A text file's content; bytes that are not UTF-8 raise ValueError naming the file and line."""
     path = Path(path)
-    data = path.read_bytes()
+    return decode_utf8(path.read_bytes(), path)
+
+
+def decode_utf8(data: bytes, path: str | os.PathLike) -> str:
+    """`data` read from `path` as UTF-8; bytes that are not raise ValueError naming the file and line."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -218,6 +252,21 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def package_key(name: str) -> str:
+    """A distribution name as PEP 503 normalises it: lm_eval and LM-Eval are lm-eval."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned_versions(path: str | os.PathLike = CONSTRAINTS_FILE) -> dict[str, str]:
+    """package_key(name) -> version of every `name==version` line of a constraints file."""
+    pins = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        name, _, version = line.split("#", 1)[0].strip().partition("==")
+        if version:
+            pins[package_key(name)] = version.strip()
+    return pins
 
 
 def write_meta(folder: str | os.PathLike, params: dict[str, Any], artifacts: list[str], **extra: Any) -> Path:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlib.data.schema import QAItem, items_digest
-from kdlib.models import is_seq2seq
+from kdlib.models import is_seq2seq, output_cache
 from kdlib.progress import progress
 from kdlib.scoring import answer_context, continuation_spans
 
@@ -90,7 +90,7 @@ def residual_forward(model, **inputs) -> tuple[torch.Tensor, object]:
     finally:
         hook.remove()
     hidden = out.decoder_hidden_states if is_seq2seq(model) else out.hidden_states
-    return torch.stack([*hidden[:-1], captured[-1]], dim=2), getattr(out, "past_key_values", None)
+    return torch.stack([*hidden[:-1], captured[-1]], dim=2), output_cache(out)
 
 
 class TunedLens(nn.Module):

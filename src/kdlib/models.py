@@ -8,6 +8,7 @@ cached copy is loaded from then on.
 from __future__ import annotations
 
 import importlib.metadata as importlib_metadata
+import inspect
 import logging
 import os
 import tempfile
@@ -24,6 +25,7 @@ from transformers import (
     LlamaForCausalLM,
     LogitsProcessor,
     LogitsProcessorList,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
@@ -66,11 +68,12 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_model(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def tiny_config(name: str) -> PretrainedConfig:
+    """The config of tiny random-init model `name` (see model_registry.TINY), sized for byte_tokenizer()."""
     spec = TINY[name]
     tokenizer = byte_tokenizer()
     if spec.family == "t5":
-        config = T5Config(
+        return T5Config(
             vocab_size=len(tokenizer),
             d_model=spec.hidden_size,
             d_ff=spec.intermediate_size,
@@ -82,10 +85,7 @@ def tiny_model(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTok
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            return T5ForConditionalGeneration(config), tokenizer
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -98,10 +98,14 @@ def tiny_model(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTok
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def tiny_model(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    config = tiny_config(name)
+    family = T5ForConditionalGeneration if TINY[name].family == "t5" else LlamaForCausalLM
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    return model, tokenizer
+        return family(config), byte_tokenizer()
 
 
 def cached_model_dir(name: str) -> Path:
@@ -154,6 +158,86 @@ def resolve_pretrained(name_or_path: str) -> str:
     return spec.hub_id
 
 
+def _weightless_source(name_or_path: str) -> str:
+    """Where a model's config and tokenizer load from without its weights: a packaged student's converted
+    copy or its GGUF header (cached), a local folder, or a hub id (then from the local HF cache only).
+    A packaged student neither installed nor cached raises FileNotFoundError while HF_HUB_OFFLINE=1."""
+    if name_or_path in PRETRAINED:
+        if (cached_model_dir(name_or_path) / "config.json").exists():
+            return str(cached_model_dir(name_or_path))
+        if _package_installed(PRETRAINED[name_or_path].package):
+            return str(_gguf_header(name_or_path))
+        name_or_path = resolve_pretrained(name_or_path)  # the hub id, or FileNotFoundError offline
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {folder} has no config.json")
+    return name_or_path
+
+
+def _gguf_header(name: str) -> Path:
+    """A cache folder with the config and tokenizer from a packaged student's GGUF header, per package
+    version: reading the header parses the whole vocabulary (about 10 s for SmolLM2), so once."""
+    spec = PRETRAINED[name]
+    folder = cache_dir() / "gguf-headers" / f"{spec.package}-{importlib_metadata.version(spec.package)}"
+    if not (folder / "config.json").is_file():
+        gguf = spec.locate_gguf(spec.package)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with atomic_folder(folder) as staging:
+            config.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+    return folder
+
+
+def model_config(name_or_path: str, *, trust_remote_code: bool = False) -> PretrainedConfig | None:
+    """A model's config without its weights (see _weightless_source); None when only the hub could tell
+    (a hub id not cached here)."""
+    if name_or_path in TINY:
+        return tiny_config(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(
+            _weightless_source(name_or_path), trust_remote_code=trust_remote_code, local_files_only=True
+        )
+    except OSError as error:
+        if isinstance(error, FileNotFoundError) or Path(name_or_path).expanduser().is_dir():
+            raise
+        return None
+
+
+def model_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase | None:
+    """The tokenizer load_model gives, without loading weights (see _weightless_source); None when only
+    the hub could tell."""
+    if name_or_path in TINY:
+        return byte_tokenizer()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            _weightless_source(name_or_path), trust_remote_code=trust_remote_code, local_files_only=True
+        )
+    except OSError as error:
+        if isinstance(error, FileNotFoundError) or Path(name_or_path).expanduser().is_dir():
+            raise
+        return None
+    return with_pad_and_template(tokenizer)
+
+
+def with_pad_and_template(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """`tokenizer` with a pad token (its EOS where it has none) and a chat template (ChatML by default)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def module_names(config: PretrainedConfig, *, trust_remote_code: bool = False) -> list[str]:
+    """Dotted names of every submodule of the model `config` describes, built on the meta device (no
+    weights, no memory)."""
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(config, trust_remote_code=trust_remote_code)
+    return [name for name, _ in model.named_modules() if name]
+
+
 def load_model(
     name_or_path: str,
     *,
@@ -179,10 +263,7 @@ def load_model(
         source = resolve_pretrained(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = _from_pretrained(source, dtype, quantize_4bit, device, trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer = with_pad_and_template(tokenizer)
     return (model if quantize_4bit else model.to(device=device, dtype=dtype)), tokenizer
 
 
@@ -204,6 +285,18 @@ def _from_pretrained(
     return auto.from_pretrained(
         source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **quantized
     )
+
+
+def cache_argument(model: PreTrainedModel) -> str:
+    """The forward keyword that takes a KV cache: `cache` since transformers renamed it (its old name,
+    `past_key_values`, is deprecated and goes in 5.40), `past_key_values` in the releases before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out) -> object:
+    """The KV cache a forward pass returned (None without one), read by key: the deprecated attribute
+    `past_key_values` would warn."""
+    return out.get("cache", out.get("past_key_values"))
 
 
 def is_seq2seq(model: PreTrainedModel) -> bool:

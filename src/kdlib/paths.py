@@ -52,6 +52,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         chosen, origin = Path(os.environ[DATA_DIR_ENV]).expanduser(), f"${DATA_DIR_ENV}"
     else:
         chosen, origin = REPO_ROOT.parent / "shared" / "data", "the default ../shared/data"
+    if chosen.is_file():
+        raise NotADirectoryError(f"data directory {chosen} (from {origin}) is a file, not a directory")
     if not chosen.is_dir():
         raise FileNotFoundError(f"data directory {chosen} (from {origin}) does not exist")
     return chosen

@@ -104,6 +104,20 @@ def stage_commits(run: RunLayout) -> str:
     )
 
 
+def version_drift(run: RunLayout, pins: dict[str, str]) -> str:
+    """The tracked packages a run's notebooks used at versions other than `pins` (io.pinned_versions),
+    from each stage's meta.json: "transformers 5.20.0 (pinned 5.24.0) in 01, 02"; "" when none."""
+    drift: dict[str, list[str]] = {}
+    for notebook in NOTEBOOKS:
+        meta = run.stage(SECTION_KEYS[notebook]) / "meta.json"
+        packages = io.read_json(meta).get("packages", {}) if meta.exists() else {}
+        for name, version in packages.items():
+            pinned = pins.get(io.package_key(name))
+            if version and pinned and version.split("+")[0] != pinned:
+                drift.setdefault(f"{name} {version} (pinned {pinned})", []).append(notebook[:2])
+    return "; ".join(f"{package} in {', '.join(numbers)}" for package, numbers in drift.items())
+
+
 def run_facts_lines(params_file: str, params: ExperimentParams, record: dict, commits: str) -> list[str]:
     """Command, git SHAs (`commits`, from stage_commits), sizes and wall times of one run (`record`: its
     run.json)."""
@@ -285,7 +299,13 @@ def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir:
             f"`kdlib run {params_file}` (finished cells are kept), then `kdlib results`.",
             "",
         ]
-    lines += [*run_facts_lines(params_file, params, record, stage_commits(run)), ""]
+    drift = version_drift(run, io.pinned_versions())
+    packages = f"not as constraints.txt pins: {drift}" if drift else "the versions constraints.txt pins"
+    lines += [
+        *run_facts_lines(params_file, params, record, stage_commits(run)),
+        f"- Packages: {packages}",
+        "",
+    ]
     comparison = read_comparison(run.reference_comparison)
     lines += ["#### Findings", "", *markdown_table(findings_table(comparison, study.study)), ""]
     published = _read(run.published_results)

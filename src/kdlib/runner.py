@@ -14,6 +14,7 @@ from pathlib import Path
 from kdlib import io
 from kdlib.config import NOTEBOOKS, ExperimentParams, dump_params, load_params
 from kdlib.paths import NOTEBOOKS_DIR, default_run_dir
+from kdlib.preflight import preflight
 from kdlib.progress import PROGRESS_ENV, LogFormatter
 from kdlib.report import write_report
 
@@ -156,9 +157,11 @@ def run(
     stop_after: str | None = None,
     kernel: str | None = None,
 ) -> Path:
-    """Validate `params_path`, then execute the selected notebooks in order into the run folder."""
+    """Validate `params_path` (the schema, then kdlib.preflight), then execute the selected notebooks in
+    order into the run folder."""
     params = load_params(params_path)
     notebooks = select_notebooks(only, start_from, stop_after)
+    preflight(params, str(params_path))
     run_dir = Path(run_dir).expanduser().resolve() if run_dir else default_run_dir(params.common.run_name)
     kernel = kernel or default_kernel()
     with io.run_lock(run_dir):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from kdlib.conditions import evaluation_prompt
 from kdlib.data.schema import QAItem
 from kdlib.decomposition import format_answer
-from kdlib.models import encode_prompt, is_seq2seq, pad_token_id, student_prompt
+from kdlib.models import cache_argument, encode_prompt, is_seq2seq, output_cache, pad_token_id, student_prompt
 from kdlib.progress import progress
 
 
@@ -62,7 +62,7 @@ def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 def logits_forward(model, **inputs) -> tuple[torch.Tensor, object]:
     """(logits [B, T, V], the KV cache or None): what label-first scoring reads per position."""
     out = model(**inputs)
-    return out.logits, getattr(out, "past_key_values", None)
+    return out.logits, output_cache(out)
 
 
 def _causal_spans(model, contexts: list[list[int]], pairs: list[tuple[int, list[int]]], pad_id: int, forward):
@@ -100,7 +100,7 @@ def _causal_spans(model, contexts: list[list[int]], pairs: list[tuple[int, list[
         input_ids=follow,
         attention_mask=torch.cat([mask[rows], follow_mask], dim=1),
         position_ids=lengths[:, None] + torch.arange(width, device=device),
-        past_key_values=cache,
+        **{cache_argument(model): cache},
     )
     return [torch.cat([first[i], values[i, : len(c) - 1]]) for i, (_, c) in enumerate(pairs)]
 

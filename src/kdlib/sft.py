@@ -14,7 +14,9 @@ import logging
 import os
 import subprocess
 import sys
-from contextlib import nullcontext
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,26 +129,49 @@ def texts_digest(examples: list[TextExample]) -> str:
     return hashlib.sha256(json.dumps([asdict(e) for e in examples]).encode()).hexdigest()
 
 
-def add_lora(model, lora, seed: int):
-    from peft import LoraConfig, TaskType, get_peft_model
+def import_peft():
+    """The peft module (imported on first use: it takes about 1.6 s), without the DeprecationWarning its
+    import raises from dependencies' code: peft imports bitsandbytes 0.50.2, whose default backend calls
+    torch.compile at import, which loads torch.utils.mkldnn, whose `torch.jit.script_method` torch 2.13
+    deprecates."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`torch.jit.script_method` is deprecated", category=DeprecationWarning
+        )
+        import peft
+    return peft
 
+
+@contextmanager
+def peft_checkpointing_probe_quiet() -> Iterator[None]:
+    """Silence the one FutureWarning PEFT's PeftModel.__init__ raises (peft 0.21.2 reads
+    `model.is_gradient_checkpointing`, which transformers 5.24 deprecates for `is_activation_checkpointing`);
+    kdlib itself never reads it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
+def add_lora(model, lora, seed: int):
+    peft = import_peft()
     torch.manual_seed(seed)
-    config = LoraConfig(
+    config = peft.LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
-        task_type=TaskType.SEQ_2_SEQ_LM if is_seq2seq(model) else TaskType.CAUSAL_LM,
+        task_type=peft.TaskType.SEQ_2_SEQ_LM if is_seq2seq(model) else peft.TaskType.CAUSAL_LM,
     )
-    return get_peft_model(model, config)
+    with peft_checkpointing_probe_quiet():
+        return peft.get_peft_model(model, config)
 
 
 def prepare_student(student: str, sft: SftParams, *, device: torch.device, seed: int, bf16: bool):
     """(model, tokenizer) ready to train: every weight trainable (full), or a LoRA adapter on the fp32
     base (lora) or on an NF4-quantised base (qlora)."""
     if sft.finetune == "qlora":
-        from peft import prepare_model_for_kbit_training
-
         compute = torch.bfloat16 if bf16 else torch.float32
         model, tokenizer = load_model(
             student,
@@ -156,7 +181,7 @@ def prepare_student(student: str, sft: SftParams, *, device: torch.device, seed:
             quantize_4bit=True,
             trust_remote_code=sft.trust_remote_code,
         )
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = import_peft().prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         model, tokenizer = load_model(
             student, device=device, seed=seed, trust_remote_code=sft.trust_remote_code
@@ -196,11 +221,10 @@ def load_trained(cell_dir: Path, *, device: torch.device, seed: int = 0):
             str(cell_dir / "model"), device=device, seed=seed, trust_remote_code=trust
         )
     else:
-        from peft import PeftModel
-
         adapter = io.require(cell_dir / "adapter" / "adapter_model.safetensors", produced_by="03_sft")
         base, tokenizer = load_model(student, device=device, seed=seed, trust_remote_code=trust)
-        model = PeftModel.from_pretrained(base, adapter.parent).merge_and_unload()
+        with peft_checkpointing_probe_quiet():
+            model = import_peft().PeftModel.from_pretrained(base, adapter.parent).merge_and_unload()
     model.eval()
     return model, tokenizer
 

@@ -21,11 +21,28 @@ def check_options(name: str, options: dict[str, Any]) -> None:
         if unknown:
             valid_names = ", ".join(valid)
             raise ValueError(f"unknown option {unknown[0]!r} for generated; valid options: {valid_names}")
+        _check_option_types(generate_items, options)
         return
     from kdlib.data import loaders
 
     loaders.check_source(options.get("source", "auto"))
     loaders.check_options(name, {key: value for key, value in options.items() if key != "source"})
+
+
+def _check_option_types(function, options: dict[str, Any]) -> None:
+    """Each option strictly of the type `function` annotates it with (a bool is not an int)."""
+    import typing
+
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    hints = typing.get_type_hints(function)
+    for option, value in options.items():
+        try:
+            TypeAdapter(hints[option], config=ConfigDict(strict=True)).validate_python(value)
+        except ValidationError:
+            raise ValueError(
+                f"option {option!r} of generated must be {hints[option]}, got {value!r}"
+            ) from None
 
 
 def _all_items(name: str, split: str, n: int, *, seed: int, data_dir: str | None, options: dict[str, Any]):
@@ -55,6 +72,12 @@ def load_split(
         raise ValueError(
             f"dataset {name!r} split {split!r} has {len(items)} items, fewer than the {n} asked for"
         )
+    return seeded_sample(items, name, split, n, seed=seed)
+
+
+def seeded_sample(items: list[QAItem], name: str, split: str, n: int, *, seed: int) -> list[QAItem]:
+    """The `n` items load_split keeps of a split's `items`: the first n generated ones, or a sample of a
+    real dataset seeded by (seed, dataset, split)."""
     if name == "generated":
         return items[:n]
     return random.Random(f"{seed}/{name}/{split}").sample(items, n)

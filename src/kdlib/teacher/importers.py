@@ -83,6 +83,25 @@ def _palm_item(dataset: str, split: str, n: int, row: dict, where: str) -> QAIte
         raise ValueError(f"{where}: missing key {error.args[0]!r}") from None
 
 
+def palm_cot_inputs(dataset: str, split: str, data_dir: str | Path | None = None) -> Path:
+    """The input file of one PaLM CoT dataset and split; its completions are in llm/ beside it."""
+    return (
+        resolve_data_dir(data_dir)
+        / "distilling_step_by_step"
+        / "datasets"
+        / dataset
+        / f"{dataset}_{split}.json"
+    )
+
+
+def hendriks_folder(teacher: str, split: str, data_dir: str | Path | None = None) -> Path:
+    """The folder of one Hendriks et al. teacher's rationale shards (shard_*/ of arrow files)."""
+    pattern, _ = HENDRIKS_TEACHERS[teacher]
+    return (
+        resolve_data_dir(data_dir) / "hendriks_llm_distillation" / "llm_outputs" / pattern.format(split=split)
+    )
+
+
 def palm_cot(dataset: str, split: str, data_dir: str | Path | None = None) -> pd.DataFrame:
     """PaLM CoT rationale rows for one dataset and split, in input-file order."""
     if dataset not in PALM_DATASETS:
@@ -90,8 +109,8 @@ def palm_cot(dataset: str, split: str, data_dir: str | Path | None = None) -> pd
     _, continuation, splits = PALM_DATASETS[dataset]
     if split not in splits:
         raise ValueError(f"palm_cot {dataset} split {split!r}: inputs exist for {list(splits)}")
-    root = resolve_data_dir(data_dir) / "distilling_step_by_step" / "datasets" / dataset
-    inputs_path = root / f"{dataset}_{split}.json"
+    inputs_path = palm_cot_inputs(dataset, split, data_dir)
+    root = inputs_path.parent
     if not inputs_path.exists():
         raise FileNotFoundError(f"{inputs_path}: input file missing (see distilling_step_by_step/README.md)")
     inputs = _read_jsonl(inputs_path)
@@ -174,10 +193,8 @@ def hendriks(
     unknown = sorted(set(kinds) - set(HENDRIKS_KINDS))
     if unknown:
         raise ValueError(f"hendriks kinds {unknown}: choose from {sorted(HENDRIKS_KINDS)}")
-    pattern, model = HENDRIKS_TEACHERS[teacher]
-    folder = (
-        resolve_data_dir(data_dir) / "hendriks_llm_distillation" / "llm_outputs" / pattern.format(split=split)
-    )
+    _, model = HENDRIKS_TEACHERS[teacher]
+    folder = hendriks_folder(teacher, split, data_dir)
     table = _read_arrow_shards(folder)
     rows = []
     for n, row in enumerate(table.itertuples(index=False)):
