@@ -12,23 +12,14 @@
 # %% [markdown]
 # # 02 · Decomposition into checkable steps
 #
-# Following Bhambri et al. (2025), each open-book item becomes a trace with two steps that can be checked
-# against gold:
-#
-# 1. **classification**: the bAbI task, the CoTempQA temporal relation, the relation an OpenBookQA fact
-#    states, or the MS MARCO query type;
-# 2. **information retrieval**: the context facts that support the answer, in story order. Only those:
-#    never every fact in the context.
-#
-# The gold steps come from annotations where the dataset has them, from documented rules (CoTempQA time
-# spans, OpenBookQA relations), or from BM25 where neither exists; `class_source` and `facts_source`
-# say which. Besides the correct trace, each item gets incorrect traces: a wrong class, non-supporting
-# facts, both, or the supporting facts out of order (shuffled), each labelled with what was perturbed.
-# The verifier must accept every correct trace and, for every incorrect one, name exactly the perturbed
-# step. It also reads the teacher's free-text rationales from 01 and scores the facts they quote.
-#
+# Following Bhambri et al. (2025), each item becomes a trace of two checkable steps, a **classification**
+# and an **information retrieval** (the supporting facts only, in story order), plus incorrect traces
+# (wrong class, non-supporting facts, both, shuffled). The verifier must accept every correct trace and
+# name exactly the perturbed step of every incorrect one; it also scores the teacher's rationales from 01.
 # Writes `decomposition/decomposed.parquet`, `verifier_check.csv`, `trace_statistics.csv` and
 # `rationale_check.csv`.
+#
+# Guide: [checkable traces](../docs/checkable-traces.md).
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"

@@ -12,25 +12,13 @@
 # %% [markdown]
 # # 03 · Student SFT: the condition grid
 #
-# Every student x condition x seed is one cell, trained on the same items with the same tokenisation
-# and target-only loss; conditions differ only in their training texts (`kdlib.conditions`):
+# Every student x condition x seed is one cell, trained on the same items with the same tokenisation and
+# target-only loss; the conditions of the three studies differ only in their training texts. Finished
+# cells are skipped on a rerun, interrupted ones resume from their checkpoint, and key-token cells take
+# their words from integrated gradients. Shows loss curves, tokens per condition and tokens/s per cell.
+# Writes `sft/<student>/<condition>/seed<k>/` and `sft/summary.csv`.
 #
-# * Wadhwa et al.: `no_trace`, `rationale_before_label`, `rationale_after_label`,
-#   `shuffled_rationale_after_label`, `random_rationale_after_label`, `key_tokens_after_label`;
-# * Hendriks et al.: `multitask`, `counterfactual`, `multitask_counterfactual` (original or revised
-#   rationales through `rationale_recipe`);
-# * Bhambri et al.: `correct_trace`, `incorrect_trace` (the decomposed traces of notebook 02).
-#
-# Each cell writes `sft/<student>/<condition>/seed<k>/{adapter/ or model/, train_log.csv, meta.json}`.
-# A finished cell is skipped when the notebook is rerun with the same params; an interrupted one resumes
-# from its last checkpoint. `num_processes > 1` trains each cell data-parallel under `accelerate launch`
-# (DDP; one process per GPU, or gloo on CPU) with the same results as one process.
-#
-# `key_tokens_after_label` cells are trained last. Their words come from integrated gradients
-# (`kdlib.attribution`, Captum) under the first causal cell of `key_tokens.condition`, trained first:
-# the gold answer's log-probability is attributed to the words of each training rationale, and the top
-# `top_k` (or `fraction`) words are kept in order. The files are `sft/attributions.parquet` (words),
-# `sft/token_attributions.parquet` and `sft/attributions.json` (what they came from; reused on a rerun).
+# Guide: [training](../docs/training.md).
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"

@@ -12,35 +12,13 @@
 # %% [markdown]
 # # 04 · Evaluation on the held-out split
 #
-# Each trained student generates a trace and an answer for every evaluation item: greedily, and
-# `generation.samples` more times by sampling. The answer is read robustly (choice text or letter,
-# yes/no, numbers) and compared with gold; an output whose answer cannot be read is counted as
-# unparsed, separately, never as a wrong label. The trace is parsed back into its two steps and checked
-# by the same verifier as notebook 02.
+# Each trained student answers every held-out item (greedy and sampled generation, answers read robustly,
+# unparsed answers counted apart), is scored label-first (`acc`, `acc_norm`) without generation, has its
+# generated traces checked by notebook 02's verifier, its layers read by the logit and tuned lens, and its
+# explanations rated on Hendriks et al.'s five dimensions by an LLM judge and, optionally, by people.
+# Writes its tables under `evaluation/`.
 #
-# **Label-first scoring** needs no generation: every answer choice is scored by the student's
-# log-probability right after the answer opening (`acc`), and per character (`acc_norm`), as
-# lm-evaluation-harness defines them. It also scores students trained with the trace after the label at
-# the point where they state it.
-#
-# **Logit lens and tuned lens** decode every layer's residual stream through the student's own
-# unembedding, at the label-first answer positions, and show from which layer on the gold answer is
-# top-ranked. The tuned lens (one affine translator per layer, fitted per cell on training items) corrects
-# for layers whose basis differs from the output's; its held-out KL to the output shows how well it fits.
-#
-# **Explanation quality** is rated on the five dimensions of Hendriks et al. (2025) (plausibility,
-# understandability, completeness, satisfaction, contrastiveness; 1-5) by an LLM judge (any teacher
-# backend, calls cached). For human raters the notebook writes a blind `rating_sheet.csv` and a
-# self-contained `rating_form.html` that saves the same CSV; list filled sheets under
-# `explanations.human_ratings` and rerun to import them and measure judge-human agreement.
-#
-# Writes `evaluation/predictions.parquet` (greedy), `samples.parquet`, `choice_scores.parquet`,
-# `metrics.csv`, and with the lenses `lens_ranks.parquet`, `lens_summary.csv`, `lens_emergence.csv`,
-# `lens_training.csv` and `tuned_lens/<cell>.safetensors`, and with explanations `explanations.parquet`,
-# `judge_ratings.parquet`, `explanation_scores.csv`, `rating_sheet.csv`, `rating_form.html` (and with
-# human ratings `human_ratings.parquet`, `rating_agreement.csv`). Each cell's own frames are kept under
-# `evaluation/cells/<student>/<condition>/seed<k>/` (`outputs/`, `lens/`): a rerun, or a run cut off
-# midway, reuses every cell whose trained weights, items and settings are unchanged.
+# Guide: [evaluation](../docs/evaluation.md).
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"

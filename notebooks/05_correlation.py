@@ -12,27 +12,13 @@
 # %% [markdown]
 # # 05 · Findings: traces against answers, conditions against each other, and the papers
 #
-# This notebook reads what notebook 04 measured and asks three questions.
+# Reads what notebook 04 measured and asks three questions: does a correct trace go with a correct answer
+# (2x2 tables, phi, point-biserial r)? Which conditions differ (paired tests on shared items, tests across
+# seeds)? Does the run reproduce the papers (each published finding replicated, not replicated, or not
+# comparable)? Intervals are 95 % unless `confidence` says otherwise. Writes every table below under
+# `correlation/` and the figures under `correlation/figures/`.
 #
-# 1. **Does a correct trace go with a correct answer?** For every cell whose student writes a checkable
-#    trace (classification step, then retrieval step): a 2x2 table of trace correctness against answer
-#    correctness, overall and per step, with phi, a chi-square and a Fisher exact test, and
-#    P(answer right | trace right) against P(answer right | trace wrong). Graded trace scores (retrieval
-#    recall, precision, F1, and a step score) get a point-biserial correlation. Bhambri et al. (2025)
-#    found this association to be weak.
-# 2. **Which conditions differ?** Every student answers the same held-out items under every condition,
-#    so conditions are compared item by item: McNemar's test per pair (Holm-adjusted), Cochran's Q over
-#    all conditions, and paired bootstrap intervals of the difference. Across seeds: means with t
-#    intervals, one-way ANOVA and Kruskal-Wallis with Tukey HSD and Mann-Whitney post-hoc tests (as
-#    Hendriks et al. did); the same tests compare explanation ratings. Cells that collapsed are flagged.
-# 3. **Does the run reproduce the papers?** Each published finding and number in the versioned
-#    reference table is re-tested on this run: replicated, not replicated, or not comparable, with the
-#    reason.
-#
-# Intervals are 95% unless `confidence` says otherwise: Wilson for proportions, a percentile bootstrap
-# over items for everything else, and a t interval over seeds when there are several (clipped to the
-# values the quantity can take: a rate 0-1, phi -1-1, a rating 1-5).
-# Writes every table below under `correlation/` and the figures under `correlation/figures/`.
+# Guide: [analysis](../docs/analysis.md).
 
 # %% tags=["parameters"]
 run_dir = "outputs/demo"

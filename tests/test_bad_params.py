@@ -47,8 +47,10 @@ def check_error_line(stderr: str, path: Path) -> None:
     assert fragment in stderr
 
 
-def test_corpus_is_large():
+def test_corpus_is_large_and_readme_counts_it():
     assert len(CORPUS) >= 100
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"`tests/bad_params/` holds {len(CORPUS)} such files" in " ".join(readme.split())
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.stem)

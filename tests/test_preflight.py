@@ -159,3 +159,19 @@ def test_max_length_below_a_sampled_cotempqa_prompt_stops_before_notebook_01():
     raw["sft"] = {**raw["sft"], "students": ["smollm2-135m-instruct"], "max_length": 1024}
     message = problem(config.validate_params(raw))
     assert "key 'sft.max_length'" in message and "exceed sft.max_length=1024" in message
+
+
+def test_checks_follow_the_notebooks_that_run():
+    """`kdlib run --only 01` is not stopped by a problem only notebook 03 would meet, and `--from 04`
+    is not stopped by the teacher's."""
+    grid_problem = params_with(sft={"students": ["tiny-llama"], "lora": {"target_modules": ["nowhere"]}})
+    preflight(grid_problem, "test.yaml", ["01_teacher_traces", "02_decomposition"])
+    with pytest.raises(config.ParamsError, match="sft.lora.target_modules"):
+        preflight(grid_problem, "test.yaml", ["03_sft"])
+    teacher_problem = params_with(
+        teacher_traces={"teacher": {"backend": "vllm", "model": "served"}},
+        evaluation={"explanations": {"enabled": False}},
+    )
+    preflight(teacher_problem, "test.yaml", ["04_evaluation", "05_correlation"])
+    with pytest.raises(config.ParamsError, match="teacher_traces.teacher.backend"):
+        preflight(teacher_problem, "test.yaml", ["01_teacher_traces"])

@@ -10,10 +10,10 @@ Each failure raises ParamsError naming the file and the dotted key, as a schema 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any
 
-from kdlib.config import ExperimentParams, ParamsError, TeacherParams
+from kdlib.config import NOTEBOOKS, ExperimentParams, ParamsError, TeacherParams
 
 OFFLINE_ENV = "HF_HUB_OFFLINE"
 
@@ -26,14 +26,25 @@ class Problem(Exception):
         self.key = key
 
 
-def preflight(params: ExperimentParams, source: str) -> None:
-    """Run every check; the first failure raises ParamsError '<source>: key '<key>': <message>'."""
+def preflight(params: ExperimentParams, source: str, notebooks: Sequence[str] = NOTEBOOKS) -> None:
+    """Run the checks of the notebooks about to run (a check belongs to the first notebook that would
+    fail on it); the first failure raises ParamsError '<source>: key '<key>': <message>'."""
+    runs = set(notebooks).__contains__
     try:
-        for check in (_device, _reference_results, _teacher_and_judge, _imports, _exemplars, _attributions):
-            check(params)
-        train_items = _dataset(params)
-        _conditions(params, train_items)
-        _students(params, train_items)
+        _device(params)
+        if runs("01_teacher_traces"):
+            _teacher(params)
+            _imports(params)
+            _exemplars(params)
+        train_items = _dataset(params) if runs("01_teacher_traces") or runs("03_sft") else None
+        if runs("03_sft"):
+            _attributions(params)
+            _conditions(params, train_items)
+            _students(params, train_items)
+        if runs("04_evaluation"):
+            _judge(params)
+        if runs("05_correlation"):
+            _reference_results(params)
     except Problem as problem:
         first, *more = str(problem).splitlines()  # one line, as every params error
         extra = f" (and {len(more)} more problem{'s' if len(more) > 1 else ''})" if more else ""
@@ -66,29 +77,32 @@ def _reference_results(params: ExperimentParams) -> None:
         raise Problem("correlation.reference_results", str(error)) from None
 
 
-def _used_backends(params: ExperimentParams) -> Iterator[tuple[str, TeacherParams]]:
-    """(dotted key, backend params) of the teacher when it will be asked, and of the judge when it rates."""
+def _teacher(params: ExperimentParams) -> None:
     generation = params.teacher_traces.generation
     if generation.recipes and generation.n_items:
-        yield "teacher_traces.teacher", params.teacher_traces.teacher
+        _backend("teacher_traces.teacher", params.teacher_traces.teacher)
+
+
+def _judge(params: ExperimentParams) -> None:
     if params.evaluation.explanations.enabled:
-        yield "evaluation.explanations.judge", params.evaluation.explanations.judge
+        _backend("evaluation.explanations.judge", params.evaluation.explanations.judge)
 
 
-def _teacher_and_judge(params: ExperimentParams) -> None:
-    for key, backend in _used_backends(params):
-        if backend.api_key_env is not None and not os.environ.get(backend.api_key_env):
-            raise Problem(
-                f"{key}.api_key_env",
-                f"the environment variable ${backend.api_key_env} is not set or empty on this machine",
-            )
-        if backend.backend == "vllm":
-            import importlib.util
+def _backend(key: str, backend: TeacherParams) -> None:
+    """A teacher or judge backend this machine can start: its key variable set, vLLM installed, a
+    transformers model whose config can be read."""
+    if backend.api_key_env is not None and not os.environ.get(backend.api_key_env):
+        raise Problem(
+            f"{key}.api_key_env",
+            f"the environment variable ${backend.api_key_env} is not set or empty on this machine",
+        )
+    if backend.backend == "vllm":
+        import importlib.util
 
-            if importlib.util.find_spec("vllm") is None:
-                raise Problem(f"{key}.backend", "'vllm' asked for, but the vllm package is not installed")
-        if backend.backend == "transformers":
-            _model_config(f"{key}.model", backend.model, backend.trust_remote_code)
+        if importlib.util.find_spec("vllm") is None:
+            raise Problem(f"{key}.backend", "'vllm' asked for, but the vllm package is not installed")
+    if backend.backend == "transformers":
+        _model_config(f"{key}.model", backend.model, backend.trust_remote_code)
 
 
 def _imports(params: ExperimentParams) -> None:

@@ -161,7 +161,7 @@ def run(
     order into the run folder."""
     params = load_params(params_path)
     notebooks = select_notebooks(only, start_from, stop_after)
-    preflight(params, str(params_path))
+    preflight(params, str(params_path), notebooks)
     run_dir = Path(run_dir).expanduser().resolve() if run_dir else default_run_dir(params.common.run_name)
     kernel = kernel or default_kernel()
     with io.run_lock(run_dir):
