@@ -1,7 +1,8 @@
 """Label-first scoring vs generate-then-parse: items per second on the same model, items and batch size.
 
-Label-first (kdlib.scoring) runs one forward pass per answer choice; generate-then-parse decodes a trace
-and answer greedily (up to --max-new-tokens) and reads the answer (kdlib.evaluation). Both ask the
+Label-first (kdlib.evaluation.scoring) runs one forward pass per answer choice; generate-then-parse
+decodes a trace
+and answer greedily (up to --max-new-tokens) and reads the answer (kdlib.evaluation.generation). Both ask the
 question the way a student of --transform is asked. Prints the ratio measured in this run (target at
 least 10x); nothing here is a timed assertion.
 
@@ -19,12 +20,12 @@ from pathlib import Path
 
 import torch
 
+from kdlib.cells import load_trained
 from kdlib.data.generated import generate_items
 from kdlib.data.loaders import load_items
-from kdlib.evaluation import evaluate_outputs, generate_answers
+from kdlib.evaluation.generation import evaluate_outputs, generate_answers
+from kdlib.evaluation.scoring import score_choices
 from kdlib.models import load_model
-from kdlib.scoring import score_choices
-from kdlib.sft import load_trained
 
 
 def main() -> None:

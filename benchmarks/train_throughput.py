@@ -25,13 +25,13 @@ import time
 
 import torch
 
-from kdlib.conditions import ItemTraces, TransformSettings, condition_examples
 from kdlib.config import LoraParams
 from kdlib.data.generated import generate_items
-from kdlib.decomposition import decompose, steps_by_item
 from kdlib.models import load_model
-from kdlib.sft import add_lora
-from kdlib.training import TrainSettings, bf16_supported, encode_example, train, training_flops
+from kdlib.traces.decomposition import decompose, steps_by_item
+from kdlib.training.conditions import ItemTraces, TransformSettings, condition_examples
+from kdlib.training.grid import add_lora
+from kdlib.training.loop import TrainSettings, bf16_supported, encode_example, train, training_flops
 
 # Real configs for random-init MFU runs (no hub access needed): Llama-style dimensions as published.
 CONFIGS = {

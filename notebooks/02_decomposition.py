@@ -36,7 +36,9 @@ import plotly.express as px
 
 from kdlib import config, io, plots
 from kdlib.data.schema import frame_to_items
-from kdlib.decomposition import (
+from kdlib.paths import RunLayout
+from kdlib.report import headline
+from kdlib.traces.decomposition import (
     check_rationales,
     decompose,
     example_traces,
@@ -46,8 +48,6 @@ from kdlib.decomposition import (
     trace_statistics,
     verify_decomposition,
 )
-from kdlib.paths import RunLayout
-from kdlib.report import headline
 
 common, cfg = config.notebook_params("02_decomposition", globals())
 run = RunLayout(run_dir)

@@ -69,10 +69,10 @@ from IPython.display import HTML, display
 
 from kdlib import config, io, plots
 from kdlib.data.schema import frame_to_items
-from kdlib.decomposition import steps_by_item
 from kdlib.paths import RunLayout
 from kdlib.report import headline
-from kdlib.sft import TraceSources, train_grid, training_logs
+from kdlib.traces.decomposition import steps_by_item
+from kdlib.training.grid import TraceSources, train_grid, training_logs
 
 common, cfg = config.notebook_params("03_sft", globals())
 run = RunLayout(run_dir)

@@ -65,11 +65,11 @@ import pandas as pd
 from IPython.display import display
 
 from kdlib import config, io, plots
-from kdlib.analysis import CELL_KEYS
+from kdlib.cells import CELL_KEYS
 from kdlib.data.schema import frame_to_items
-from kdlib.evaluation import METRIC_COLUMNS, evaluate_cells, summarise
-from kdlib.explanations import assess_explanations, describe_judge
-from kdlib.lens import emergence_summary, lens_cells, lens_summary
+from kdlib.evaluation.explanations import assess_explanations, describe_judge
+from kdlib.evaluation.generation import METRIC_COLUMNS, evaluate_cells, summarise
+from kdlib.evaluation.lens import emergence_summary, lens_cells, lens_summary
 from kdlib.models import resolve_device
 from kdlib.paths import RunLayout
 from kdlib.report import headline

@@ -39,10 +39,13 @@ reference_results = None
 import pandas as pd
 from IPython.display import Markdown, display
 
-from kdlib import analysis, config, io, plots, reference
-from kdlib.conditions import CHECKABLE_TRACE_TRANSFORMS
+from kdlib import config, io, plots
+from kdlib.analysis import reference
+from kdlib.analysis import tables as analysis
+from kdlib.cells import CELL_KEYS
 from kdlib.paths import RunLayout, resolve_repo_path
 from kdlib.report import headline
+from kdlib.training.conditions import CHECKABLE_TRACE_TRANSFORMS
 
 common, cfg = config.notebook_params("05_correlation", globals())
 run = RunLayout(run_dir)
@@ -57,7 +60,7 @@ predictions = io.read_parquet(run.predictions, produced_by="04_evaluation")
 choice_scores = io.read_parquet(run.choice_scores, produced_by="04_evaluation")
 ratings = [io.read_parquet(p) for p in (run.judge_ratings, run.human_ratings) if p.exists()]
 explanations = io.read_parquet(run.explanations) if run.explanations.exists() else None
-print(f"{len(predictions)} greedy predictions: {predictions.groupby(list(analysis.CELL_KEYS)).ngroups} cells")
+print(f"{len(predictions)} greedy predictions: {predictions.groupby(list(CELL_KEYS)).ngroups} cells")
 
 # %% [markdown]
 # ## 1. Does a correct trace go with a correct answer?
@@ -177,7 +180,7 @@ tables["run_flags"]
 # %% [markdown]
 # ## 3. Does the run reproduce the papers?
 #
-# The reference table (`kdlib/reference_results.yaml`, versioned) holds the three papers' published
+# The reference table (`kdlib/analysis/reference_results.yaml`, versioned) holds the three papers' published
 # numbers with their sources, and their findings as testable claims. A finding is tested wherever the run
 # has its conditions; a published number only where the run has the paper's dataset, student and data
 # size. The verdict is *replicated* when the interval settles the claim in the paper's favour; *not

@@ -5,13 +5,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from kdlib.analysis import (
-    bootstrap_interval,
+from kdlib.analysis.tables import (
     cell_summary,
     checkable_traces,
     cochran_q,
     contingency,
-    difference_range,
     flag_runs,
     group_tests,
     item_outcomes,
@@ -19,11 +17,9 @@ from kdlib.analysis import (
     phi_coefficient,
     point_biserial,
     seed_summary,
-    t_interval,
-    value_range,
-    wilson_interval,
     with_graded_scores,
 )
+from kdlib.stats import bootstrap_interval, difference_range, t_interval, value_range, wilson_interval
 from tests.conftest import accuracy_outcomes
 
 

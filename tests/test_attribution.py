@@ -3,10 +3,10 @@
 import pytest
 
 from kdlib import io
-from kdlib.attribution import integrated_gradients, word_attributions
-from kdlib.conditions import read_key_words
 from kdlib.models import load_model
 from kdlib.teacher.rationales import rule_traces
+from kdlib.training.attribution import integrated_gradients, word_attributions
+from kdlib.training.conditions import read_key_words
 
 
 def test_word_attributions_sum_tokens_into_whitespace_words():

@@ -5,7 +5,9 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from kdlib.conditions import (
+from kdlib.teacher.rationales import rule_traces, trace_row, traces_frame
+from kdlib.traces.decomposition import decompose, normalise, parse_output, steps_by_item
+from kdlib.training.conditions import (
     COUNTERFACTUAL,
     EXPLAIN,
     PREDICT,
@@ -19,8 +21,6 @@ from kdlib.conditions import (
     read_key_words,
     student_question,
 )
-from kdlib.decomposition import decompose, normalise, parse_output, steps_by_item
-from kdlib.teacher.rationales import rule_traces, trace_row, traces_frame
 
 
 @pytest.fixture(scope="module")

@@ -138,7 +138,7 @@ def test_notebook_05_without_checkable_traces(tmp_path):
 
 def test_results_document_is_rendered_from_the_run_files(outputs, tmp_path):
     """docs/results.md: every number comes from the run's CSV files; an unfinished run says how to finish."""
-    from kdlib.results import FIGURES, StudyRuns, with_interval, write_results
+    from kdlib.analysis.results import FIGURES, StudyRuns, with_interval, write_results
 
     run = RunLayout(outputs / "smoke")
     study = StudyRuns(

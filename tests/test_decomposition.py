@@ -8,7 +8,7 @@ import pytest
 from kdlib.data.generated import QUESTION_TYPES
 from kdlib.data.loaders import load_items
 from kdlib.data.schema import QAItem
-from kdlib.decomposition import (
+from kdlib.traces.decomposition import (
     EXPECTED_ERRORS,
     PERTURBATIONS,
     Steps,
@@ -239,7 +239,7 @@ def test_plain_and_tagged_verdicts_agree(generated_items):
 def test_a_dataset_without_gold_steps_gives_empty_tables():
     """CommonsenseQA has no class or supporting facts: notebook 02 decomposes none of its items, and every
     table it writes is empty with its columns, so a Wadhwa or Hendriks run passes through."""
-    from kdlib.decomposition import (
+    from kdlib.traces.decomposition import (
         DECOMPOSED_COLUMNS,
         VERIFIER_COLUMNS,
         example_traces,

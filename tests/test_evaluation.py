@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from kdlib.data.schema import QAItem
-from kdlib.evaluation import (
+from kdlib.evaluation.generation import (
     answer_is_correct,
     answer_text,
     answers_match,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdlib.explanations import (
+from kdlib.evaluation.explanations import (
     DIMENSIONS,
     SHEET_COLUMNS,
     agreement,
@@ -103,7 +103,7 @@ def test_each_condition_is_asked_for_its_explanation_its_own_way(generated_items
 def test_explain_cell_asks_or_reads_explanations(generated_items, transform, monkeypatch):
     """Asked explanations go through the student's generate call (recorded here, since an untrained tiny
     model writes nothing readable); the others are read from the greedy outputs."""
-    import kdlib.explanations
+    import kdlib.evaluation.explanations
 
     asked = []
 
@@ -111,7 +111,7 @@ def test_explain_cell_asks_or_reads_explanations(generated_items, transform, mon
         asked.extend(prompts)
         return [f"<think>reason {i}</think><answer>x</answer>" for i in range(len(prompts))]
 
-    monkeypatch.setattr(kdlib.explanations, "generate_texts", generate)
+    monkeypatch.setattr(kdlib.evaluation.explanations, "generate_texts", generate)
     model, tokenizer = load_model("tiny-llama", seed=0)
     items = generated_items[:3]
     cell = {"student": "tiny-llama", "condition": transform, "seed": 0, "transform": transform}
@@ -363,7 +363,7 @@ def test_assess_explanations_judges_exports_imports_and_compares(tmp_path, gener
     """Notebook 04's path with a local judge (tiny-llama): the sheet it exports, filled by a rater, is
     imported on the next pass, which finds every judge call in the cache and reports agreement."""
     from kdlib.config import ExplanationParams
-    from kdlib.explanations import assess_explanations
+    from kdlib.evaluation.explanations import assess_explanations
 
     items = generated_items[:5]
     explained = _explanations(items, [f"reason number {i}" for i in range(5)])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlib.lens import (
+from kdlib.evaluation.lens import (
     TunedLens,
     Unembedding,
     emergence,
@@ -20,8 +20,9 @@ from kdlib.lens import (
     residual_forward,
     train_tuned_lens,
 )
+from kdlib.evaluation.scoring import choice_requests, score_choices
+from kdlib.likelihood import loglikelihoods
 from kdlib.models import load_model
-from kdlib.scoring import choice_requests, loglikelihoods, score_choices
 
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-t5"])

@@ -123,8 +123,8 @@ def test_weights_load_only_from_safetensors(tmp_path):
 
 def test_adapters_load_only_from_safetensors(tmp_path):
     """A cell whose adapter is a pickle (adapter_model.bin) is refused before anything is unpickled."""
+    from kdlib.cells import load_trained
     from kdlib.io import write_meta
-    from kdlib.sft import load_trained
 
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_model.bin").write_bytes(b"not unpickled")

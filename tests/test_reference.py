@@ -5,10 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from kdlib.analysis import contingency, t_interval
-from kdlib.conditions import TRANSFORMS
-from kdlib.config import ConditionSpec
-from kdlib.reference import (
+from kdlib.analysis.reference import (
     REFERENCE_RESULTS,
     Estimate,
     FindingTest,
@@ -22,6 +19,10 @@ from kdlib.reference import (
     reference_id,
     run_facts,
 )
+from kdlib.analysis.tables import contingency
+from kdlib.config import ConditionSpec
+from kdlib.stats import t_interval
+from kdlib.training.conditions import TRANSFORMS
 from tests.conftest import accuracy_outcomes
 
 

@@ -3,9 +3,7 @@ import math
 import pandas as pd
 
 from kdlib import io
-from kdlib.config import ExplanationParams
-from kdlib.paths import RunLayout
-from kdlib.results import (
+from kdlib.analysis.results import (
     findings_table,
     judge_lines,
     published_table,
@@ -13,6 +11,8 @@ from kdlib.results import (
     stage_commits,
     version_drift,
 )
+from kdlib.config import ExplanationParams
+from kdlib.paths import RunLayout
 from kdlib.teacher.backends import choice_reply
 
 

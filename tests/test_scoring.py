@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
+from kdlib.evaluation.scoring import choice_requests, score_choices
+from kdlib.likelihood import loglikelihoods
 from kdlib.models import load_model
-from kdlib.scoring import answer_opening, choice_requests, loglikelihoods, score_choices
+from kdlib.traces.decomposition import answer_opening
 
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-t5"])

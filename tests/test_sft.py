@@ -7,15 +7,16 @@ import pandas as pd
 import pytest
 import torch
 
-import kdlib.evaluation
-import kdlib.sft
+import kdlib.evaluation.generation
+import kdlib.training.grid
+from kdlib.cells import load_trained
 from kdlib.config import CommonParams, EvaluationParams, SftParams
-from kdlib.decomposition import decompose, steps_by_item
-from kdlib.evaluation import evaluate_cells, summarise
+from kdlib.evaluation.generation import evaluate_cells, summarise
 from kdlib.models import load_model
 from kdlib.paths import RunLayout
-from kdlib.sft import TraceSources, grid_cells, load_trained, train_grid
 from kdlib.teacher.rationales import rule_traces
+from kdlib.traces.decomposition import decompose, steps_by_item
+from kdlib.training.grid import TraceSources, grid_cells, train_grid
 
 COMMON = CommonParams(device="cpu")
 
@@ -115,7 +116,7 @@ def test_rerun_skips_finished_cells_and_new_seeds_train_only_new_cells(trained, 
 def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path, generated_items, sources, monkeypatch):
     run = RunLayout(tmp_path)
     sft = grid(students=["tiny-llama"], conditions=["correct_trace"], epochs=2)
-    real_train = kdlib.sft.train
+    real_train = kdlib.training.grid.train
 
     def interrupted(*args, **kwargs):
         def stop(row):
@@ -124,13 +125,13 @@ def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path, generated_items,
 
         return real_train(*args, **kwargs, on_step=stop)
 
-    monkeypatch.setattr(kdlib.sft, "train", interrupted)
+    monkeypatch.setattr(kdlib.training.grid, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_grid(run, generated_items[:16], sources, sft=sft, common=COMMON, fmt="tagged")
     cell = run.sft_cell("tiny-llama", "correct_trace", 0)
     assert json.loads((cell / "checkpoint" / "progress.json").read_text())["step"] == 3
     assert not (cell / "meta.json").exists() and not (cell / "adapter").exists()
-    monkeypatch.setattr(kdlib.sft, "train", real_train)
+    monkeypatch.setattr(kdlib.training.grid, "train", real_train)
     (row,) = train_grid(run, generated_items[:16], sources, sft=sft, common=COMMON, fmt="tagged").itertuples()
     assert row.status == "resumed" and row.steps == 8
     log = pd.read_csv(cell / "train_log.csv")
@@ -222,7 +223,7 @@ def test_evaluation_cut_off_midway_keeps_its_finished_cells(trained_copy, genera
     run, summary = trained_copy
     params = EvaluationParams(max_new_tokens=4, batch_size=4, label_first=False)
     items, cpu = generated_items[8:10], torch.device("cpu")
-    evaluate_cell = kdlib.evaluation.evaluate_cell
+    evaluate_cell = kdlib.evaluation.generation.evaluate_cell
     calls, crash_at = [], [3]
 
     def crash_once(*args, **kwargs):
@@ -232,7 +233,7 @@ def test_evaluation_cut_off_midway_keeps_its_finished_cells(trained_copy, genera
             raise RuntimeError("killed")
         return evaluate_cell(*args, **kwargs)
 
-    monkeypatch.setattr(kdlib.evaluation, "evaluate_cell", crash_once)
+    monkeypatch.setattr(kdlib.evaluation.generation, "evaluate_cell", crash_once)
     with pytest.raises(RuntimeError, match="killed"):
         evaluate_cells(run, summary, items, device=cpu, seed=0, params=params)
     kept = sorted(
@@ -251,7 +252,7 @@ def test_evaluation_cut_off_midway_keeps_its_finished_cells(trained_copy, genera
     assert calls == [] and (again["cells"]["status"] == "evaluated earlier").all()
     pd.testing.assert_frame_equal(again["predictions"], frames["predictions"])
     with pytest.MonkeyPatch.context() as new_rule:
-        new_rule.setattr(kdlib.evaluation, "answer_is_correct", lambda answer, item: True)
+        new_rule.setattr(kdlib.evaluation.generation, "answer_is_correct", lambda answer, item: True)
         rescored = evaluate_cells(run, summary, items, device=cpu, seed=0, params=params)
     assert calls == [] and rescored["predictions"]["answer_correct"].all()
     retrained = run.root / "sft" / summary["cell"][0] / "meta.json"
@@ -265,26 +266,30 @@ def test_evaluation_cut_off_midway_keeps_its_finished_cells(trained_copy, genera
 
 
 def test_lens_frames_are_reused_while_the_tuned_lens_is_kept(trained_copy, generated_items, monkeypatch):
-    import kdlib.lens
+    import kdlib.evaluation.lens
     from kdlib.config import LensParams
 
     run, summary = trained_copy
     summary = summary[summary["student"] == "tiny-llama"].iloc[:2]
     params = LensParams(train_items=2, steps=2, positions_per_step=4, batch_size=4)
     items, cpu = generated_items, torch.device("cpu")
-    lens_cell = kdlib.lens.lens_cell
+    lens_cell = kdlib.evaluation.lens.lens_cell
     calls = []
 
     def counted(*args, **kwargs):
         calls.append(args[1]["cell"])
         return lens_cell(*args, **kwargs)
 
-    monkeypatch.setattr(kdlib.lens, "lens_cell", counted)
-    first = kdlib.lens.lens_cells(run, summary, items[:8], items[8:10], device=cpu, seed=0, params=params)
+    monkeypatch.setattr(kdlib.evaluation.lens, "lens_cell", counted)
+    first = kdlib.evaluation.lens.lens_cells(
+        run, summary, items[:8], items[8:10], device=cpu, seed=0, params=params
+    )
     assert calls == list(summary["cell"]) and len(first["training"]) == 2 * 2
     calls.clear()
     run.tuned_lens(summary["cell"].iloc[1]).unlink()
-    again = kdlib.lens.lens_cells(run, summary, items[:8], items[8:10], device=cpu, seed=0, params=params)
+    again = kdlib.evaluation.lens.lens_cells(
+        run, summary, items[:8], items[8:10], device=cpu, seed=0, params=params
+    )
     assert calls == [summary["cell"].iloc[1]] and run.tuned_lens(summary["cell"].iloc[1]).exists()
     pd.testing.assert_frame_equal(again["ranks"], first["ranks"])
 
@@ -305,13 +310,13 @@ def test_missing_rationales_are_an_error_naming_the_recipe(tmp_path, generated_i
 
 SLOW_TRAIN_CELL = """
 import sys, time
-import kdlib.evaluation
-import kdlib.sft
-from kdlib.sft import CellJob, fit_cell
+import kdlib.evaluation.generation
+import kdlib.training.grid
+from kdlib.training.grid import CellJob, fit_cell
 
-real_train = kdlib.sft.train
+real_train = kdlib.training.grid.train
 # slow each step down, so that the parent's kill lands at a chosen point of a known step
-kdlib.sft.train = lambda *a, **k: real_train(*a, **k, on_step=lambda row: time.sleep(0.2))
+kdlib.training.grid.train = lambda *a, **k: real_train(*a, **k, on_step=lambda row: time.sleep(0.2))
 fit_cell(CellJob.read(sys.argv[1]))
 """
 
@@ -329,7 +334,7 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_result(tmp_path, genera
     from safetensors.torch import load_file
 
     from kdlib import io
-    from kdlib.sft import cell_job, fit_cell
+    from kdlib.training.grid import cell_job, fit_cell
 
     sft = grid(students=["tiny-llama"], conditions=["correct_trace"], epochs=2)  # 8 steps, 1 checkpoint each
     (cell,) = grid_cells(sft)
@@ -369,6 +374,6 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_result(tmp_path, genera
 def test_trust_remote_code_is_off_unless_set_and_recorded_with_the_cell():
     """Off by default, so existing cells keep their params; when set, load_trained reads it back."""
     (cell,) = grid_cells(grid(students=["tiny-llama"], conditions=["no_trace"]))
-    assert "trust_remote_code" not in kdlib.sft.cell_params(cell, grid(), "tagged", "sha")
-    trusted = kdlib.sft.cell_params(cell, grid(trust_remote_code=True), "tagged", "sha")
+    assert "trust_remote_code" not in kdlib.training.grid.cell_params(cell, grid(), "tagged", "sha")
+    trusted = kdlib.training.grid.cell_params(cell, grid(trust_remote_code=True), "tagged", "sha")
     assert trusted["trust_remote_code"] is True

@@ -9,7 +9,7 @@ import pytest
 
 from kdlib.config import NOTEBOOKS, load_params
 from kdlib.paths import PARAMS_DIR
-from kdlib.sft import grid_cells
+from kdlib.training.grid import grid_cells
 from tests.conftest import kdlib
 
 SMOKE = load_params(PARAMS_DIR / "smoke.yaml")
@@ -229,7 +229,7 @@ def test_lens_artifacts_cover_every_cell_and_layer(run_dir):
 
 def test_explanations_are_collected_and_blank_outputs_are_not_rated(run_dir):
     """The tiny students write only whitespace, so there is nothing to rate: the (empty) explanation
-    file is written and the notebook says why; kdlib.explanations' tests rate real text."""
+    file is written and the notebook says why; kdlib.evaluation.explanations' tests rate real text."""
     explained = pd.read_parquet(run_dir / "evaluation" / "explanations.parquet")
     outputs = pd.read_parquet(run_dir / "evaluation" / "predictions.parquet")["output"]
     assert outputs.str.strip().eq("").all() and explained.empty
@@ -282,11 +282,11 @@ def test_key_token_cells_train_on_integrated_gradients_words(run_dir):
     its rationales by IG, then trains key_tokens_after_label on the top words, in rationale order; a
     second attribution with the same cell and settings reuses the files."""
     from kdlib import io
-    from kdlib.attribution import attribute_run
     from kdlib.data.schema import frame_to_items
-    from kdlib.decomposition import steps_by_item
     from kdlib.paths import RunLayout
-    from kdlib.sft import TraceSources, cell_text_examples, key_words_for
+    from kdlib.traces.decomposition import steps_by_item
+    from kdlib.training.attribution import attribute_run
+    from kdlib.training.grid import TraceSources, cell_text_examples, key_words_for
 
     run = RunLayout(run_dir)
     words = pd.read_parquet(run.attributions)

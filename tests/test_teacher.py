@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kdlib.data.schema import QAItem
-from kdlib.scoring import loglikelihoods
+from kdlib.likelihood import loglikelihoods
 from kdlib.teacher import recipes
 from kdlib.teacher.backends import (
     Backend,

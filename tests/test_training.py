@@ -6,14 +6,14 @@ import random
 import pytest
 import torch
 
-from kdlib.conditions import TRANSFORMS, ItemTraces, TransformSettings, condition_examples
 from kdlib.config import LoraParams, SftParams
-from kdlib.decomposition import decompose, steps_by_item
 from kdlib.models import count_parameters, encode_prompt, load_model, student_prompt
 from kdlib.progress import PROGRESS_ENV
-from kdlib.sft import add_lora, prepare_student
 from kdlib.teacher.rationales import rule_traces
-from kdlib.training import (
+from kdlib.traces.decomposition import decompose, steps_by_item
+from kdlib.training.conditions import TRANSFORMS, ItemTraces, TransformSettings, condition_examples
+from kdlib.training.grid import add_lora, prepare_student
+from kdlib.training.loop import (
     IGNORE_INDEX,
     Checkpoint,
     TrainSettings,

@@ -79,7 +79,7 @@ def _check_traces(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from kdlib.data.loaders import load_items
-    from kdlib.decomposition import (
+    from kdlib.traces.decomposition import (
         PERTURBATIONS,
         decompose,
         perturbation_coverage,
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                     preflight(params, path)
                 print(f"{path}: ok" + (" (schema only)" if args.schema_only else ""))
         elif args.command == "results":
-            from kdlib.results import write_results
+            from kdlib.analysis.results import write_results
 
             print(write_results(args.outputs, args.docs))
         elif args.command == "check-traces":
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train-cell":
             from accelerate import Accelerator
 
-            from kdlib.sft import CellJob, fit_cell
+            from kdlib.training.grid import CellJob, fit_cell
 
             fit_cell(CellJob.read(args.job), Accelerator())
         else:

@@ -191,12 +191,14 @@ class CritiqueRevisionParams(Schema):
     revision: str = Field(description="Revision request, sent after the teacher's critique.")
 
 
-def _default_critique_revision() -> list[CritiqueRevisionParams]:
-    from kdlib.teacher.recipes import DEFAULT_CRITIQUE_REVISION
-
-    return [
-        CritiqueRevisionParams(critique=p.critique, revision=p.revision) for p in DEFAULT_CRITIQUE_REVISION
-    ]
+DEFAULT_CRITIQUE = (
+    "Point out the specific ways in which your explanation is inaccurate, vague or incomplete, "
+    "and what it would need to show why this answer is right."
+)
+DEFAULT_REVISION = (
+    "Rewrite your explanation so that it fixes every problem in the critique. Keep it short, "
+    "accurate and specific, and say briefly why the other choices are worse."
+)
 
 
 class GenerationParams(Schema):
@@ -220,7 +222,9 @@ class GenerationParams(Schema):
         default_factory=list, description="Stop strings; the completion ends before them."
     )
     critique_revision: list[CritiqueRevisionParams] = Field(
-        default_factory=_default_critique_revision,
+        default_factory=lambda: [
+            CritiqueRevisionParams(critique=DEFAULT_CRITIQUE, revision=DEFAULT_REVISION)
+        ],
         min_length=1,
         description="critique_revision recipe: (critique, revision) request pairs, applied in order.",
     )
@@ -304,10 +308,10 @@ class LoraParams(Schema):
 
 
 class ConditionSpec(Schema):
-    """One training condition: a transform (kdlib.conditions.TRANSFORMS) and the traces it reads."""
+    """One training condition: a transform (kdlib.training.conditions.TRANSFORMS) and the traces it reads."""
 
     name: str = Field(description="Cell folder name, unique in the grid.")
-    transform: str = Field(description="Which transform; see kdlib.conditions.TRANSFORMS.")
+    transform: str = Field(description="Which transform; see kdlib.training.conditions.TRANSFORMS.")
     rationale_recipe: str | None = Field(
         None, description="Recipe of the rationale rows (traces.parquet) it uses; null: sft.rationale_recipe."
     )
@@ -319,15 +323,6 @@ class ConditionSpec(Schema):
     @classmethod
     def _safe_name(cls, value: str) -> str:
         return check_run_name(value)
-
-    @field_validator("transform")
-    @classmethod
-    def _known_transform(cls, value: str) -> str:
-        from kdlib.conditions import TRANSFORMS
-
-        if value not in TRANSFORMS:
-            raise ValueError(f"unknown transform {value!r}; choose from {sorted(TRANSFORMS)}")
-        return value
 
 
 class KeyTokenParams(Schema):
@@ -426,12 +421,7 @@ class SftParams(Schema):
 
     @field_validator("conditions")
     @classmethod
-    def _known_unique_conditions(cls, value: list[str | ConditionSpec]) -> list[str | ConditionSpec]:
-        from kdlib.conditions import TRANSFORMS
-
-        unknown = [c for c in value if isinstance(c, str) and c not in TRANSFORMS]
-        if unknown:
-            raise ValueError(f"unknown condition(s) {unknown}; choose from {sorted(TRANSFORMS)}")
+    def _unique_conditions(cls, value: list[str | ConditionSpec]) -> list[str | ConditionSpec]:
         names = [c if isinstance(c, str) else c.name for c in value]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -486,7 +476,7 @@ class SamplingParams(Schema):
 
 
 class LensParams(Schema):
-    """Logit lens and tuned lens per trained cell in 04_evaluation (kdlib.lens)."""
+    """Logit lens and tuned lens per trained cell in 04_evaluation (kdlib.evaluation.lens)."""
 
     enabled: bool = Field(True, description="Read every cell's layers through the logit lens.")
     tuned: bool = Field(True, description="Also fit and read a tuned lens per cell.")
@@ -503,7 +493,8 @@ JudgeMode = Literal["joint", "per_dimension", "rating_probabilities"]
 
 
 class ExplanationParams(Schema):
-    """Explanation quality in 04_evaluation (kdlib.explanations): LLM judge, rating sheets, agreement."""
+    """Explanation quality in 04_evaluation (kdlib.evaluation.explanations): LLM judge, rating sheets,
+    agreement."""
 
     enabled: bool = Field(True, description="Collect each cell's explanations, and rate them with the judge.")
     n_items: int = Field(32, gt=0, description="Held-out items per cell whose explanations are rated.")
@@ -592,7 +583,7 @@ class CorrelationParams(Schema):
     )
     reference_results: str | None = Field(
         None,
-        description="Published-results table (YAML, see kdlib/reference_results.yaml; checked by "
+        description="Published-results table (YAML, see kdlib/analysis/reference_results.yaml; checked by "
         "kdlib.preflight); null: packaged.",
     )
 

@@ -12,7 +12,9 @@ import inspect
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -512,3 +514,28 @@ def generate_texts(
         for i, text in batch:
             outputs[i] = text
     return outputs
+
+
+def import_peft():
+    """The peft module (imported on first use: it takes about 1.6 s), without the DeprecationWarning its
+    import raises from dependencies' code: peft imports bitsandbytes 0.50.2, whose default backend calls
+    torch.compile at import, which loads torch.utils.mkldnn, whose `torch.jit.script_method` torch 2.13
+    deprecates."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`torch.jit.script_method` is deprecated", category=DeprecationWarning
+        )
+        import peft
+    return peft
+
+
+@contextmanager
+def peft_checkpointing_probe_quiet() -> Iterator[None]:
+    """Silence the one FutureWarning PEFT's PeftModel.__init__ raises (peft 0.21.2 reads
+    `model.is_gradient_checkpointing`, which transformers 5.24 deprecates for `is_activation_checkpointing`);
+    kdlib itself never reads it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield

@@ -110,6 +110,11 @@ class RunLayout:
         """sft/<student>/<condition>/seed<k>; a hub id's '/' becomes '--'."""
         return self.root / "sft" / student_folder(student) / check_run_name(condition) / f"seed{seed}"
 
+    def trained_cell(self, cell: str) -> Path:
+        """The folder of a cell named as sft/summary.csv's `cell` column names it (<student>/<condition>/
+        seed<k>)."""
+        return self.root / "sft" / cell
+
     @property
     def sft_summary(self) -> Path:
         return self.root / "sft" / "summary.csv"

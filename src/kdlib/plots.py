@@ -10,7 +10,8 @@ import plotly.io as pio
 from plotly.io.base_renderers import NotebookRenderer
 from plotly.subplots import make_subplots
 
-from kdlib.analysis import CELL_KEYS
+from kdlib.cells import CELL_KEYS
+from kdlib.io import atomic_path, write_text
 
 
 class _OfflineNotebookRenderer(NotebookRenderer):
@@ -70,8 +71,6 @@ def save_figures(stage_dir, figures: dict[str, go.Figure]) -> dict[str, list[str
     """Write each figure under <stage_dir>/figures/: <name>.json (Plotly JSON, which the run report
     embeds), <name>.html (standalone, with plotly.min.js placed once beside it, no CDN) and <name>.png
     where kaleido can render it. Returns {name: [written paths relative to stage_dir]}."""
-    from kdlib.io import atomic_path, write_text
-
     folder = Path(stage_dir) / FIGURES_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -294,7 +293,7 @@ def attribution_highlights(words: pd.DataFrame, n_items: int = 3) -> str:
 
 def lens_heatmap(summary: pd.DataFrame) -> go.Figure:
     """Share of items whose gold answer is top-ranked, per cell (rows) and layer (columns), one panel per
-    lens (`summary` from kdlib.lens.lens_summary)."""
+    lens (`summary` from kdlib.evaluation.lens.lens_summary)."""
     lenses = list(summary["lens"].unique())
     figure = make_subplots(rows=len(lenses), cols=1, subplot_titles=[f"{lens} lens" for lens in lenses])
     summary = summary.assign(cell=cell_labels(summary))
@@ -340,7 +339,7 @@ def lens_kl_lines(summary: pd.DataFrame) -> go.Figure:
 
 def explanation_bars(scores: pd.DataFrame) -> go.Figure:
     """Mean rating per dimension and cell with 95% intervals, one panel per rater kind (judge, human);
-    `scores` from kdlib.explanations.rating_means."""
+    `scores` from kdlib.evaluation.explanations.rating_means."""
     kinds = list(scores["rater_kind"].unique())
     if not kinds:
         return go.Figure().update_layout(title="Explanation quality: no readable ratings")

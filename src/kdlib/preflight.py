@@ -31,6 +31,7 @@ def preflight(params: ExperimentParams, source: str, notebooks: Sequence[str] = 
     fail on it); the first failure raises ParamsError '<source>: key '<key>': <message>'."""
     runs = set(notebooks).__contains__
     try:
+        _condition_names(params)
         _device(params)
         if runs("01_teacher_traces"):
             _teacher(params)
@@ -51,6 +52,22 @@ def preflight(params: ExperimentParams, source: str, notebooks: Sequence[str] = 
         raise ParamsError(f"{source}: key '{problem.key}': {first}{extra}") from None
 
 
+def _condition_names(params: ExperimentParams) -> None:
+    """Every condition names a transform of kdlib.training.conditions (the schema, below the stages,
+    cannot know them)."""
+    from kdlib.training.conditions import TRANSFORMS
+
+    unknown = [c for c in params.sft.conditions if isinstance(c, str) and c not in TRANSFORMS]
+    if unknown:
+        raise Problem("sft.conditions", f"unknown condition(s) {unknown}; choose from {sorted(TRANSFORMS)}")
+    for n, spec in enumerate(params.sft.conditions):
+        if not isinstance(spec, str) and spec.transform not in TRANSFORMS:
+            raise Problem(
+                f"sft.conditions.{n}.spec.transform",
+                f"unknown transform {spec.transform!r}; choose from {sorted(TRANSFORMS)}",
+            )
+
+
 def _device(params: ExperimentParams) -> None:
     if params.common.device != "cuda":
         return
@@ -68,8 +85,8 @@ def _device(params: ExperimentParams) -> None:
 def _reference_results(params: ExperimentParams) -> None:
     if params.correlation.reference_results is None:
         return
+    from kdlib.analysis.reference import ReferenceFileError, load_reference
     from kdlib.paths import resolve_repo_path
-    from kdlib.reference import ReferenceFileError, load_reference
 
     try:
         load_reference(resolve_repo_path(params.correlation.reference_results))
@@ -151,8 +168,8 @@ def _attributions(params: ExperimentParams) -> None:
         return
     import pyarrow.parquet as pq
 
-    from kdlib.conditions import ATTRIBUTION_COLUMNS
     from kdlib.paths import resolve_repo_path
+    from kdlib.training.conditions import ATTRIBUTION_COLUMNS
 
     key = "sft.key_tokens.attributions"
     try:
@@ -168,7 +185,7 @@ def _attributions(params: ExperimentParams) -> None:
 
 def _uses(params: ExperimentParams, need: str) -> bool:
     """Whether any condition of the grid needs `need` (rationale, steps, counterfactuals, key_words)."""
-    from kdlib.conditions import TRANSFORMS
+    from kdlib.training.conditions import TRANSFORMS
 
     return any(need in TRANSFORMS[spec.transform].needs for spec in params.sft.condition_specs())
 
@@ -250,8 +267,8 @@ def _producible_rationales(params: ExperimentParams, train_items: list | None) -
 
 
 def _conditions(params: ExperimentParams, train_items: list | None) -> None:
-    from kdlib.conditions import TRANSFORMS
-    from kdlib.decomposition import has_gold_steps
+    from kdlib.traces.decomposition import has_gold_steps
+    from kdlib.training.conditions import TRANSFORMS
 
     sft = params.sft
     producible = _producible_rationales(params, train_items)
@@ -323,9 +340,9 @@ def _fits_max_length(params: ExperimentParams, key: str, student: str, config, t
     the condition."""
     from types import SimpleNamespace
 
-    from kdlib.conditions import TransformSettings, condition_examples
     from kdlib.models import model_tokenizer
-    from kdlib.training import encode_example
+    from kdlib.training.conditions import TransformSettings, condition_examples
+    from kdlib.training.loop import encode_example
 
     tokenizer = model_tokenizer(student, trust_remote_code=params.sft.trust_remote_code)
     if tokenizer is None:

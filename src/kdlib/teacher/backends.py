@@ -200,7 +200,7 @@ class TransformersBackend(Backend):
     ) -> Iterator[list[tuple[int, str]]]:
         """choice_reply per request, yielded as each request's choices are scored (one forward pass of
         its prompt when every choice is a single token)."""
-        from kdlib.scoring import iter_loglikelihoods
+        from kdlib.likelihood import iter_loglikelihoods
 
         model, tokenizer = self._model()
         pairs = [(self.prompt_text(request), choice) for request in requests for choice in choices]

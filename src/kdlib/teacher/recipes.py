@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kdlib.config import DEFAULT_CRITIQUE, DEFAULT_REVISION
 from kdlib.data.schema import QAItem
 from kdlib.io import read_yaml
 from kdlib.teacher.backends import Backend, Decoding, Message, Request
@@ -58,18 +59,7 @@ class CritiqueRevision:
     revision: str
 
 
-DEFAULT_CRITIQUE_REVISION = (
-    CritiqueRevision(
-        critique=(
-            "Point out the specific ways in which your explanation is inaccurate, vague or incomplete, "
-            "and what it would need to show why this answer is right."
-        ),
-        revision=(
-            "Rewrite your explanation so that it fixes every problem in the critique. Keep it short, "
-            "accurate and specific, and say briefly why the other choices are worse."
-        ),
-    ),
-)
+DEFAULT_CRITIQUE_REVISION = (CritiqueRevision(DEFAULT_CRITIQUE, DEFAULT_REVISION),)
 
 
 def question_block(

@@ -1,7 +1,7 @@
 """Training conditions of the three studies, as data transforms.
 
 A condition turns one training item and its traces into `TextExample`s: (task, prompt, target, weight)
-texts. Every condition shares one prompt builder and one answer format, and kdlib.training tokenises
+texts. Every condition shares one prompt builder and one answer format, and kdlib.training.loop tokenises
 and masks every example the same way, so cells differ only in what the transform put in the target.
 
 * Wadhwa et al. 2024: `no_trace` (label only), the teacher's rationale before or after the label, the
@@ -27,9 +27,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from kdlib import io
 from kdlib.data.schema import QAItem
-from kdlib.decomposition import CORRECT, Steps, format_answer, format_rationale, format_target, join_target
 from kdlib.teacher.rationales import LETTERS
+from kdlib.traces.decomposition import (
+    CORRECT,
+    Steps,
+    format_answer,
+    format_rationale,
+    format_target,
+    join_target,
+)
 
 PREDICT, EXPLAIN, COUNTERFACTUAL = "predict", "explain", "counterfactual"
 ATTRIBUTION_COLUMNS = ("item_id", "word_index", "word", "attribution")
@@ -321,8 +329,6 @@ def read_key_words(
     `path` is an attributions parquet with ATTRIBUTION_COLUMNS (one row per rationale word); keep
     `top_k` words, or ceil(`fraction` x words) (at least one).
     """
-    from kdlib import io
-
     frame = io.read_parquet(path, produced_by="03_sft (integrated gradients)")
     missing = [c for c in ATTRIBUTION_COLUMNS if c not in frame.columns]
     if missing:

@@ -1,5 +1,6 @@
 """Held-out evaluation: generate trace + answer per item (greedy, and optionally sampled), read the answer
-robustly, check answer and trace against gold; and label-first choice scoring (kdlib.scoring) per cell."""
+robustly, check answer and trace against gold; and label-first choice scoring (kdlib.evaluation.scoring)
+per cell."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from functools import partial
 import pandas as pd
 
 from kdlib import io
-from kdlib.analysis import CELL_KEYS, wilson_interval
-from kdlib.conditions import CHECKABLE_TRACE_TRANSFORMS, evaluation_prompt
+from kdlib.cells import CELL_KEYS, load_trained, trained_digest
 from kdlib.data.schema import QAItem, items_digest
-from kdlib.decomposition import gold_steps, normalise, parse_output, score_trace
-from kdlib.explanations import explain_cell, gives_explanations
+from kdlib.evaluation.explanations import explain_cell, gives_explanations
+from kdlib.evaluation.scoring import score_choices
 from kdlib.models import generate_texts, student_prompt
-from kdlib.scoring import score_choices
-from kdlib.sft import load_trained, trained_digest
+from kdlib.stats import wilson_interval
+from kdlib.traces.decomposition import gold_steps, normalise, parse_output, score_trace
+from kdlib.training.conditions import CHECKABLE_TRACE_TRANSFORMS, evaluation_prompt
 
 NUMBER_WORDS = [
     "zero",
@@ -247,7 +248,8 @@ def summarise(
 def evaluate_cell(cell_dir, cell: dict, items: list[QAItem], *, device, seed: int, params) -> dict:
     """One trained cell (a row of sft/summary.csv) on `items` under EvaluationParams `params`:
     {"predictions": greedy rows, "samples": sampled rows (sample k uses seed + k), "choice_scores":
-    label-first rows of the items with choices, "explanations": kdlib.explanations.explain_cell rows}
+    label-first rows of the items with choices, "explanations": kdlib.evaluation.explanations.explain_cell
+    rows}
     (None where a frame does not apply)."""
     model, tokenizer = load_trained(cell_dir, device=device, seed=seed)
     label = "/".join(str(cell[k]) for k in CELL_KEYS)
@@ -330,7 +332,7 @@ def evaluate_cells(run, cells: pd.DataFrame, items: list[QAItem], *, device, see
     run.evaluated_cell(cell, "outputs") and reused while evaluation_key is unchanged."""
     per_cell, statuses = [], []
     for cell in cells.to_dict(orient="records"):
-        cell_dir = run.root / "sft" / cell["cell"]
+        cell_dir = run.trained_cell(cell["cell"])
         frames, reused = io.stored_frames(
             run.evaluated_cell(cell["cell"], "outputs"),
             evaluation_key(cell_dir, items, seed=seed, params=params),

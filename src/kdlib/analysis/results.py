@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdlib import io
+from kdlib.analysis.reference import PERCENT_METRICS, load_reference
 from kdlib.config import (
     NOTEBOOKS,
     SECTION_KEYS,
@@ -25,14 +26,13 @@ from kdlib.config import (
     ParamsError,
     load_params,
 )
-from kdlib.explanations import describe_judge
+from kdlib.evaluation.explanations import describe_judge
 from kdlib.paths import OUTPUTS_DIR, REPO_ROOT, RunLayout
-from kdlib.reference import PERCENT_METRICS, load_reference
 
 
 @dataclass(frozen=True)
 class StudyRuns:
-    study: str  # a study id of kdlib/reference_results.yaml
+    study: str  # a study id of kdlib/analysis/reference_results.yaml
     title: str
     params_files: tuple[str, ...]  # relative to the repository root
 

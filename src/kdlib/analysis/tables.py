@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-CELL_KEYS = ("student", "condition", "seed")  # what names one cell of the training grid
+from kdlib.cells import CELL_KEYS
+from kdlib.stats import bootstrap_interval, holm, pool_seeds, value_range, wilson_interval
+
 TRACE_CRITERIA = {
     "both_steps": "trace_correct",
     "classification": "class_correct",
@@ -53,72 +54,8 @@ def _phi_rows(trace: np.ndarray, answer: np.ndarray) -> np.ndarray:
         return np.where(denominator > 0, (a * d - b * c) / denominator, np.nan)
 
 
-def bootstrap_interval(
-    statistic: Callable[..., np.ndarray],
-    *samples: np.ndarray,
-    n_resamples: int,
-    confidence: float,
-    seed: int,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of `statistic` over items.
-
-    `samples` are aligned arrays [n] resampled jointly (paired); `statistic` maps resampled arrays
-    [B, n] to [B]. Resamples where the statistic is undefined (NaN) are dropped. NaNs for n = 0.
-    """
-    n = len(samples[0])
-    if n == 0:
-        return math.nan, math.nan
-    index = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
-    values = statistic(*(np.asarray(sample)[index] for sample in samples))
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return math.nan, math.nan
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(values, [tail, 1 - tail])
-    return float(low), float(high)
-
-
 def _mean_rows(values: np.ndarray) -> np.ndarray:
     return values.mean(-1)
-
-
-RATING_SCALE = (1, 5)  # explanation ratings (Hendriks et al.'s five dimensions)
-UNBOUNDED = (-math.inf, math.inf)
-
-
-def value_range(metric: str) -> tuple[float, float]:
-    """The values an item outcome or 2x2 statistic can take: a judge_ or human_ rating the rating scale,
-    phi [-1, 1], anything else (correctness, a rate) [0, 1]."""
-    if metric.startswith(("judge_", "human_")):
-        return RATING_SCALE
-    return (-1.0, 1.0) if metric == "phi" else (0.0, 1.0)
-
-
-def difference_range(bounds: tuple[float, float]) -> tuple[float, float]:
-    """The values a difference of two quantities within `bounds` can take."""
-    return bounds[0] - bounds[1], bounds[1] - bounds[0]
-
-
-def t_interval(
-    values, confidence: float = 0.95, bounds: tuple[float, float] = UNBOUNDED
-) -> tuple[float, float]:
-    """Student-t interval of the mean of `values`, clipped to the `bounds` the mean can take (NaNs for
-    fewer than 2 values)."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return math.nan, math.nan
-    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return float(max(values.mean() - half, bounds[0])), float(min(values.mean() + half, bounds[1]))
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (NaNs for n=0)."""
-    if n == 0:
-        return math.nan, math.nan
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def _rate(name: str, hits: int, n: int) -> dict[str, float]:
@@ -352,23 +289,6 @@ def cell_summary(
     return pd.DataFrame(rows, columns=CELL_SUMMARY_COLUMNS)
 
 
-def pool_seeds(
-    value, low, high, confidence: float = 0.95, bounds: tuple[float, float] = UNBOUNDED
-) -> tuple[float, float, float, str]:
-    """One estimate from per-seed values and intervals: with one seed that seed's own interval, with more
-    the mean and a t interval over the seeds, clipped to `bounds`. Returns (value, low, high, basis)."""
-    value = np.asarray(value, dtype=float)
-    if len(value) == 1:
-        return (
-            float(value[0]),
-            float(np.asarray(low)[0]),
-            float(np.asarray(high)[0]),
-            "1 seed, bootstrap over items",
-        )
-    t_low, t_high = t_interval(value, confidence, bounds)
-    return float(value.mean()), t_low, t_high, f"{len(value)} seeds, t interval over seeds"
-
-
 SEED_SUMMARY_COLUMNS = [
     "student",
     "condition",
@@ -418,17 +338,6 @@ def _condition_pairs(conditions: list[str], baseline: str | None) -> list[tuple[
     if baseline is not None and baseline in conditions:
         return [(c, baseline) for c in conditions if c != baseline]
     return list(itertools.combinations(conditions, 2))
-
-
-def _holm(p_values: pd.Series) -> pd.Series:
-    """Holm-adjusted p-values (statsmodels), NaNs kept as NaN."""
-    from statsmodels.stats.multitest import multipletests
-
-    adjusted = pd.Series(np.nan, index=p_values.index)
-    known = p_values.dropna()
-    if len(known):
-        adjusted[known.index] = multipletests(known.to_numpy(), method="holm")[1]
-    return adjusted
 
 
 PAIRED_COLUMNS = [
@@ -530,7 +439,7 @@ def paired_comparisons(
             family.append(row)
         frame = pd.DataFrame(family)
         if len(frame):
-            frame["p_holm"] = _holm(frame["mcnemar_p"]).to_numpy()
+            frame["p_holm"] = holm(frame["mcnemar_p"]).to_numpy()
             rows.extend(frame.to_dict(orient="records"))
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
@@ -648,7 +557,7 @@ def group_tests(
                 }
             )
         pairs = pd.DataFrame(pairs)
-        pairs["mannwhitney_p_holm"] = _holm(pairs["mannwhitney_p"]).to_numpy()
+        pairs["mannwhitney_p_holm"] = holm(pairs["mannwhitney_p"]).to_numpy()
         posthoc.extend(pairs.to_dict(orient="records"))
     return pd.DataFrame(omnibus, columns=OMNIBUS_COLUMNS), pd.DataFrame(posthoc, columns=POSTHOC_COLUMNS)
 

@@ -28,16 +28,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdlib.analysis import CELL_KEYS, t_interval
-from kdlib.analysis import RATING_SCALE as SCALE
-from kdlib.conditions import COUNTERFACTUAL, EXPLAIN, TRANSFORMS, task_prompt
+from kdlib.cells import CELL_KEYS
 from kdlib.config import JudgeMode
 from kdlib.data.schema import QAItem
-from kdlib.decomposition import ANSWER_LINE, ANSWER_TAG
 from kdlib.models import generate_texts, student_prompt
+from kdlib.paths import resolve_repo_path
+from kdlib.stats import RATING_SCALE as SCALE
+from kdlib.stats import t_interval
 from kdlib.teacher.backends import Backend, Decoding, Request
 from kdlib.teacher.cache import GenerationCache, generate_cached
 from kdlib.teacher.recipes import item_block
+from kdlib.teacher.stage import make_backend
+from kdlib.traces.decomposition import ANSWER_LINE, ANSWER_TAG
+from kdlib.training.conditions import COUNTERFACTUAL, EXPLAIN, TRANSFORMS, task_prompt
 
 DIMENSIONS: dict[str, str] = {
     "plausibility": "The explanation is convincing: a reader would believe that the answer follows from it.",
@@ -264,8 +267,6 @@ def rate_explanations(
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """judge_explanations with the judge of ExplanationParams `params` (greedy), through its cache.
     Returns the ratings and the cache's hit / miss counts."""
-    from kdlib.teacher.stage import make_backend
-
     backend = make_backend(params.judge, device=device, seed=seed)
     decoding = Decoding(max_new_tokens=params.max_new_tokens, seed=seed)
     try:
@@ -463,8 +464,6 @@ def rating_means(ratings: pd.DataFrame, explanations: pd.DataFrame) -> pd.DataFr
 
 def read_human_ratings(paths: list[str], known_ids: set[str]) -> pd.DataFrame:
     """read_ratings of every filled sheet in `paths` (relative to the repository root), stacked."""
-    from kdlib.paths import resolve_repo_path
-
     frames = [read_ratings(resolve_repo_path(path), known_ids) for path in paths]
     columns = ["explanation_id", "rater", "dimension", "rating"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

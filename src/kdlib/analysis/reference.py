@@ -17,12 +17,12 @@ from typing import Literal
 import pandas as pd
 from pydantic import ValidationError, model_validator
 
-from kdlib.analysis import cell_summary, difference_range, paired_comparisons, pool_seeds, value_range
+from kdlib.analysis.tables import cell_summary, paired_comparisons
 from kdlib.config import ConditionSpec, Schema, SftParams, format_errors
 from kdlib.io import read_yaml
-from kdlib.paths import PACKAGE_DIR
+from kdlib.stats import difference_range, pool_seeds, value_range
 
-REFERENCE_RESULTS = PACKAGE_DIR / "reference_results.yaml"
+REFERENCE_RESULTS = Path(__file__).with_name("reference_results.yaml")
 PERCENT_METRICS = frozenset(
     {
         "accuracy",
@@ -232,7 +232,9 @@ def _condition(facts: RunFacts, selector: Selector) -> str:
 def _rating_metric(metric: str, outcomes: pd.DataFrame) -> tuple[str, str]:
     """A finding's metric as an outcome metric: a rating dimension is read from human ratings where the
     run has them, else from the LLM judge's. Returns (metric, note)."""
-    from kdlib.explanations import DIMENSIONS  # imports the model stack: only when a run is compared
+    from kdlib.evaluation.explanations import (
+        DIMENSIONS,  # imports the model stack: only when a run is compared
+    )
 
     if metric not in DIMENSIONS:
         return metric, ""

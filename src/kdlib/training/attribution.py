@@ -17,12 +17,14 @@ from functools import partial
 import pandas as pd
 import torch
 
-from kdlib.conditions import ATTRIBUTION_COLUMNS, evaluation_prompt
+from kdlib import io
+from kdlib.cells import load_trained
 from kdlib.data.schema import QAItem
-from kdlib.decomposition import format_rationale
+from kdlib.likelihood import encode_pair
 from kdlib.models import is_seq2seq, pad_token_id, student_prompt
 from kdlib.progress import progress
-from kdlib.scoring import answer_opening, encode_pair
+from kdlib.traces.decomposition import answer_opening, format_rationale
+from kdlib.training.conditions import ATTRIBUTION_COLUMNS, evaluation_prompt, pick_rationales
 
 
 def _answer_logprob(model, first: int, answer: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -129,13 +131,9 @@ def attribute_run(
     Writes run.attributions (words), run.token_attributions and, last, run.attribution_record naming
     what they came from; a record that matches (same cell params, IG settings and items) is reused.
     Returns the cell's summary row."""
-    from kdlib import io
-    from kdlib.conditions import pick_rationales
-    from kdlib.sft import load_trained
-
     attributed = items[: params.n_items]
     for cell in cells[cells["condition"] == params.condition].to_dict(orient="records"):
-        cell_dir = run.root / "sft" / cell["cell"]
+        cell_dir = run.trained_cell(cell["cell"])
         model, tokenizer = load_trained(cell_dir, device=device, seed=seed)
         if is_seq2seq(model):
             continue

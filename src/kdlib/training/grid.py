@@ -14,9 +14,7 @@ import logging
 import os
 import subprocess
 import sys
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +22,21 @@ import pandas as pd
 import torch
 
 from kdlib import io
-from kdlib.conditions import (
+from kdlib.cells import weights_folder
+from kdlib.config import CommonParams, ConditionSpec, SftParams
+from kdlib.data.schema import QAItem
+from kdlib.models import (
+    count_parameters,
+    import_peft,
+    is_seq2seq,
+    load_model,
+    peft_checkpointing_probe_quiet,
+    resolve_device,
+)
+from kdlib.paths import resolve_repo_path
+from kdlib.traces.decomposition import Steps
+from kdlib.training.attribution import attribute_run
+from kdlib.training.conditions import (
     TRANSFORMS,
     ItemTraces,
     TextExample,
@@ -34,11 +46,7 @@ from kdlib.conditions import (
     pick_rationales,
     read_key_words,
 )
-from kdlib.config import CommonParams, ConditionSpec, SftParams
-from kdlib.data.schema import QAItem
-from kdlib.decomposition import Steps
-from kdlib.models import count_parameters, is_seq2seq, load_model, resolve_device
-from kdlib.training import Checkpoint, TrainSettings, bf16_supported, encode_example, train
+from kdlib.training.loop import Checkpoint, TrainSettings, bf16_supported, encode_example, train
 
 # bitsandbytes (imported by peft) warns on every import that an optional CPU kernel package is absent.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -129,31 +137,6 @@ def texts_digest(examples: list[TextExample]) -> str:
     return hashlib.sha256(json.dumps([asdict(e) for e in examples]).encode()).hexdigest()
 
 
-def import_peft():
-    """The peft module (imported on first use: it takes about 1.6 s), without the DeprecationWarning its
-    import raises from dependencies' code: peft imports bitsandbytes 0.50.2, whose default backend calls
-    torch.compile at import, which loads torch.utils.mkldnn, whose `torch.jit.script_method` torch 2.13
-    deprecates."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="`torch.jit.script_method` is deprecated", category=DeprecationWarning
-        )
-        import peft
-    return peft
-
-
-@contextmanager
-def peft_checkpointing_probe_quiet() -> Iterator[None]:
-    """Silence the one FutureWarning PEFT's PeftModel.__init__ raises (peft 0.21.2 reads
-    `model.is_gradient_checkpointing`, which transformers 5.24 deprecates for `is_activation_checkpointing`);
-    kdlib itself never reads it."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
-        )
-        yield
-
-
 def add_lora(model, lora, seed: int):
     peft = import_peft()
     torch.manual_seed(seed)
@@ -197,36 +180,6 @@ def save_trained(model, tokenizer, folder: Path) -> None:
     with io.atomic_folder(folder) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-
-
-def weights_folder(finetune: str) -> str:
-    return "model" if finetune == "full" else "adapter"
-
-
-def trained_digest(cell_dir: Path) -> str:
-    """sha256 of a finished cell's meta.json: it changes whenever the cell is trained again."""
-    return hashlib.sha256(
-        io.require(Path(cell_dir) / "meta.json", produced_by="03_sft").read_bytes()
-    ).hexdigest()
-
-
-def load_trained(cell_dir: Path, *, device: torch.device, seed: int = 0):
-    """The student of one finished cell in eval mode: the base with its adapter merged in (a plain model,
-    as fast as the base), or the fully fine-tuned model. Weights load from safetensors only."""
-    meta = io.read_json(io.require(cell_dir / "meta.json", produced_by="03_sft"))
-    student, finetune = meta["params"]["student"], meta["params"]["training"]["finetune"]
-    trust = meta["params"].get("trust_remote_code", False)
-    if finetune == "full":
-        model, tokenizer = load_model(
-            str(cell_dir / "model"), device=device, seed=seed, trust_remote_code=trust
-        )
-    else:
-        adapter = io.require(cell_dir / "adapter" / "adapter_model.safetensors", produced_by="03_sft")
-        base, tokenizer = load_model(student, device=device, seed=seed, trust_remote_code=trust)
-        with peft_checkpointing_probe_quiet():
-            model = import_peft().PeftModel.from_pretrained(base, adapter.parent).merge_and_unload()
-    model.eval()
-    return model, tokenizer
 
 
 TRAINING_KEYS = (
@@ -426,9 +379,6 @@ def key_words_for(
     run, trained: pd.DataFrame, items: list[QAItem], sources: TraceSources, *, sft: SftParams, common
 ) -> dict[str, tuple[str, ...]]:
     """The key-token words: from sft.key_tokens.attributions, else attributed under a `trained` cell."""
-    from kdlib.attribution import attribute_run
-    from kdlib.paths import resolve_repo_path
-
     path = sft.key_tokens.attributions and resolve_repo_path(sft.key_tokens.attributions)
     if path is None:
         device = resolve_device(common.device)
@@ -465,7 +415,7 @@ def training_logs(run, summary: pd.DataFrame) -> pd.DataFrame:
     """Every cell's train_log.csv, stacked, with its student, condition and seed."""
     return pd.concat(
         [
-            pd.read_csv(run.root / "sft" / row.cell / "train_log.csv").assign(
+            pd.read_csv(run.trained_cell(row.cell) / "train_log.csv").assign(
                 student=row.student, condition=row.condition, seed=row.seed
             )
             for row in summary.itertuples()

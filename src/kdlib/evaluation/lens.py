@@ -8,7 +8,7 @@ an affine translator h + A_l h + b_l, zero-initialised so that it starts as the 
 minimise KL(final distribution || lens distribution); the last state is read as is, so both lenses end at
 the model's own output.
 
-Both are read where label-first scoring (kdlib.scoring) reads the student: the positions predicting
+Both are read where label-first scoring (kdlib.evaluation.scoring) reads the student: the positions predicting
 the answer tokens after the evaluation prompt and the answer opening. An item's gold answer is
 top-ranked at a layer when its choice has the highest summed lens log-probability among the choices
 (items with choices) or its first token ranks first in the vocabulary (open items). The emergence layer
@@ -31,10 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdlib import io
+from kdlib.cells import CELL_KEYS, load_trained, trained_digest
 from kdlib.data.schema import QAItem, items_digest
+from kdlib.evaluation.scoring import answer_context
+from kdlib.likelihood import continuation_spans
 from kdlib.models import is_seq2seq, output_cache
 from kdlib.progress import progress
-from kdlib.scoring import answer_context, continuation_spans
 
 FINAL_NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_layernorm")
 LENS_ROW_COLUMNS = [
@@ -297,10 +300,6 @@ def lens_cell(
     """Both lenses for one trained cell (a row of sft/summary.csv) under LensParams `params`:
     {"ranks": lens_ranks on `eval_items`, "training": the tuned lens's loss per step (or None),
     "tuned_lens": the fitted TunedLens (or None)}, frames tagged with the cell's keys."""
-    from kdlib import io
-    from kdlib.analysis import CELL_KEYS
-    from kdlib.sft import load_trained
-
     model, tokenizer = load_trained(cell_dir, device=device, seed=seed)
     fmt = io.read_json(cell_dir / "meta.json")["params"]["trace_format"]
     transform, tags = cell["transform"], {key: cell[key] for key in (*CELL_KEYS, "transform")}
@@ -335,8 +334,6 @@ def lens_cell(
 
 def lens_key(cell_dir, train_items, eval_items, *, seed: int, params) -> dict:
     """What one cell's lens frames depend on: the trained cell, both item lists, the seed, LensParams."""
-    from kdlib.sft import trained_digest
-
     return {
         "trained_cell": trained_digest(cell_dir),
         "train_items": items_digest(train_items[: params.train_items]) if params.tuned else None,
@@ -352,11 +349,9 @@ def lens_cells(run, cells: pd.DataFrame, train_items, eval_items, *, device, see
     run.evaluated_cell(cell, "lens") and reused while lens_key is unchanged and its tuned lens exists."""
     from safetensors.torch import save_file
 
-    from kdlib import io
-
     def compute(cell: dict) -> dict:
         found = lens_cell(
-            run.root / "sft" / cell["cell"],
+            run.trained_cell(cell["cell"]),
             cell,
             train_items,
             eval_items,
@@ -374,7 +369,7 @@ def lens_cells(run, cells: pd.DataFrame, train_items, eval_items, *, device, see
         folder = run.evaluated_cell(cell["cell"], "lens")
         if params.tuned and not run.tuned_lens(cell["cell"]).exists():
             shutil.rmtree(folder, ignore_errors=True)  # its tuned lens file is gone: fit it again
-        key = lens_key(run.root / "sft" / cell["cell"], train_items, eval_items, seed=seed, params=params)
+        key = lens_key(run.trained_cell(cell["cell"]), train_items, eval_items, seed=seed, params=params)
         frames, _ = io.stored_frames(folder, key, partial(compute, cell))
         ranks.append(frames["ranks"])
         if frames["training"] is not None:

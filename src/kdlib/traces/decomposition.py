@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from kdlib.data.generated import QUESTION_TYPES
+from kdlib.data.loaders import BABI_TASKS, COTEMPQA_SUBSETS, MSMARCO_QUERY_TYPES
+from kdlib.data.openbook import RELATIONS
 from kdlib.data.schema import QAItem
 
 TRACE_FORMATS = ("tagged", "plain")
@@ -272,10 +275,6 @@ def class_inventory(dataset: str, observed: set[str]) -> tuple[str, ...]:
     """The classes a class perturbation may draw from: the dataset's full class set where kdlib knows
     one that holds every observed class (so a 1-task bAbI sample can still get a wrong class), else the
     classes observed."""
-    from kdlib.data.generated import QUESTION_TYPES
-    from kdlib.data.loaders import BABI_TASKS, COTEMPQA_SUBSETS, MSMARCO_QUERY_TYPES
-    from kdlib.data.openbook import RELATIONS
-
     inventories = {
         "generated": [QUESTION_TYPES],
         "babi": [tuple(BABI_TASKS.values())],
@@ -480,3 +479,9 @@ def check_rationales(items: list[QAItem], traces: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=["item_id", "source", "recipe", *RETRIEVAL_SCORES])
+
+
+def answer_opening(fmt: str) -> str:
+    """The text a target puts before the answer ("<answer>" or "Answer: ")."""
+    marker = "\x00"
+    return format_answer(marker, fmt).split(marker)[0]

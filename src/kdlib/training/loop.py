@@ -26,10 +26,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from kdlib.conditions import TextExample
 from kdlib.io import atomic_folder
 from kdlib.models import encode_prompt, is_seq2seq, student_prompt
 from kdlib.progress import progress
+from kdlib.training.conditions import TextExample
 
 log = logging.getLogger(__name__)
 
