@@ -14,7 +14,7 @@ from kdlib.decomposition import decompose, steps_by_item
 from kdlib.evaluation import evaluate_cells, summarise
 from kdlib.models import load_model
 from kdlib.paths import RunLayout
-from kdlib.sft import TraceSources, grid_cells, load_trained, train_grid
+from kdlib.sft import TraceSources, grid_cells, load_trained, peft_checkpointing_probe_quiet, train_grid
 from kdlib.teacher.rationales import rule_traces
 
 COMMON = CommonParams(device="cpu")
@@ -79,7 +79,9 @@ def test_a_lora_cell_loads_with_its_adapter_merged(trained):
     ids = tokenizer("Where is the milk?", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         base_logits = base(ids).logits
-        wrapped_logits = PeftModel.from_pretrained(base, cell / "adapter").eval()(ids).logits
+        with peft_checkpointing_probe_quiet():
+            wrapped = PeftModel.from_pretrained(base, cell / "adapter").eval()
+        wrapped_logits = wrapped(ids).logits
         merged_logits = merged(ids).logits
     torch.testing.assert_close(merged_logits, wrapped_logits, rtol=1e-4, atol=1e-5)
     assert (merged_logits - base_logits).abs().max() > 1e-3
