@@ -1,3 +1,4 @@
+import logging
 import os
 import subprocess
 import sys
@@ -61,3 +62,29 @@ def smoke_run(tmp_path_factory, smoke_cache_env):
     run_dir = tmp_path_factory.mktemp("smoke")
     kdlib("run", "params/smoke.yaml", "--run-dir", str(run_dir), env=smoke_cache_env)
     return run_dir
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def no_logged_deprecations():
+    """transformers logs some deprecations instead of warning (`past_key_values`/`cache_params` are
+    deprecated ...), and once per process: every test starts with that memory cleared, and fails if
+    kdlib's calls make the library log one (Python's deprecation warnings are errors: pyproject.toml)."""
+    if hasattr(logging.Logger, "warning_once"):  # set by transformers on import
+        logging.Logger.warning_once.cache_clear()
+    records = _Records()
+    library = logging.getLogger("transformers")
+    library.addHandler(records)
+    try:
+        yield
+    finally:
+        library.removeHandler(records)
+    assert [m for m in records.messages if "deprecated" in m] == []

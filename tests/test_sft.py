@@ -12,7 +12,7 @@ import kdlib.training.grid
 from kdlib.cells import load_trained
 from kdlib.config import CommonParams, EvaluationParams, SftParams
 from kdlib.evaluation.generation import evaluate_cells, summarise
-from kdlib.models import load_model
+from kdlib.models import load_model, peft_checkpointing_probe_quiet
 from kdlib.paths import RunLayout
 from kdlib.teacher.rationales import rule_traces
 from kdlib.traces.decomposition import decompose, steps_by_item
@@ -80,7 +80,9 @@ def test_a_lora_cell_loads_with_its_adapter_merged(trained):
     ids = tokenizer("Where is the milk?", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         base_logits = base(ids).logits
-        wrapped_logits = PeftModel.from_pretrained(base, cell / "adapter").eval()(ids).logits
+        with peft_checkpointing_probe_quiet():
+            wrapped = PeftModel.from_pretrained(base, cell / "adapter").eval()
+        wrapped_logits = wrapped(ids).logits
         merged_logits = merged(ids).logits
     torch.testing.assert_close(merged_logits, wrapped_logits, rtol=1e-4, atol=1e-5)
     assert (merged_logits - base_logits).abs().max() > 1e-3

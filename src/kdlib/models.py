@@ -7,6 +7,7 @@ cached copy is loaded from then on.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata as importlib_metadata
 import inspect
 import logging
@@ -296,9 +297,10 @@ def cache_argument(model: PreTrainedModel) -> str:
 
 
 def output_cache(out) -> object:
-    """The KV cache a forward pass returned (None without one), read by key: the deprecated attribute
-    `past_key_values` would warn."""
-    return out.get("cache", out.get("past_key_values"))
+    """The KV cache a forward pass returned (None without one), under the name its output class declares:
+    `cache`, or `past_key_values` before transformers renamed it (asking for the old name warns)."""
+    name = "cache" if "cache" in {field.name for field in dataclasses.fields(out)} else "past_key_values"
+    return out.get(name)
 
 
 def is_seq2seq(model: PreTrainedModel) -> bool:
