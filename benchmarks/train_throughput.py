@@ -27,11 +27,11 @@ import torch
 
 from kdlib.config import LoraParams
 from kdlib.data.generated import generate_items
-from kdlib.models import load_model
+from kdlib.models import load_model, native_bf16
 from kdlib.traces.decomposition import decompose, steps_by_item
 from kdlib.training.conditions import ItemTraces, TransformSettings, condition_examples
 from kdlib.training.grid import add_lora
-from kdlib.training.loop import TrainSettings, bf16_supported, encode_example, train, training_flops
+from kdlib.training.loop import TrainSettings, encode_example, train, training_flops
 
 # Real configs for random-init MFU runs (no hub access needed): Llama-style dimensions as published.
 CONFIGS = {
@@ -79,7 +79,7 @@ def run_kdlib(args) -> dict:
         batch_size=args.batch_size,
         grad_accum=1,
         learning_rate=1e-4,
-        bf16=bf16_supported(torch.device("cpu")),
+        bf16=native_bf16(torch.device("cpu")),
         seed=0,
         compile=args.compile,
     )

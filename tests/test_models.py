@@ -151,3 +151,15 @@ def test_remote_code_runs_only_when_trusted(tmp_path):
     with pytest.raises(Exception, match="EvilConfig"):
         models.load_model(str(tmp_path), trust_remote_code=True)
     assert marker.exists()  # trusted, the folder's own code ran
+
+
+def test_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    """Without AVX512-BF16 or AMX, CPU bf16 is emulated (25x slower than fp32): training and the teacher
+    then run in fp32."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(models, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert not models.native_bf16(cpu) and models.preferred_dtype(cpu) == torch.float32
+    assert models.preferred_dtype(cpu, "bfloat16") == torch.bfloat16  # as chosen
+    for flag in ("avx512_bf16", "amx_bf16"):
+        monkeypatch.setattr(models, "cpu_flags", lambda flag=flag: {"avx2", flag})
+        assert models.native_bf16(cpu) and models.preferred_dtype(cpu) == torch.bfloat16

@@ -406,7 +406,11 @@ class SftParams(Schema):
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimiser step.")
     learning_rate: float = Field(2e-3, gt=0, description="AdamW peak learning rate (linear decay).")
     max_length: int = Field(512, gt=0, description="Examples longer than this many tokens are an error.")
-    bf16: bool = Field(True, description="bf16 autocast where the device supports it (CPU, recent CUDA).")
+    bf16: bool = Field(
+        True,
+        description="bf16 autocast where the device computes bf16 natively (a CPU with AVX512-BF16 or AMX, "
+        "recent CUDA); fp32 elsewhere.",
+    )
     compile: bool = Field(False, description="torch.compile the student's forward pass.")
     checkpoint_every: int = Field(
         50, ge=0, description="Optimiser steps between resumable checkpoints (0: none)."

@@ -359,14 +359,32 @@ def model_fingerprint(name_or_path: str, *, revision: str | None = None, seed: i
     return f"hub revision={revision or 'main'}"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.exists() else ""
+    return {
+        flag
+        for line in text.splitlines()
+        if line.startswith("flags")
+        for flag in line.split(":", 1)[1].split()
+    }
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16
+    or AMX-BF16 instructions. Elsewhere bf16 is emulated: a LoRA step of SmolLM2-135M under CPU bf16
+    autocast took 25x as long as in fp32 on an EPYC without them."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
 def preferred_dtype(device: torch.device, choice: str = "auto") -> torch.dtype:
-    """bf16 on a GPU that supports it or a CPU with native bf16 instructions, else fp32; or as chosen."""
+    """bf16 where the device computes it natively (native_bf16), else fp32; or as chosen."""
     if choice != "auto":
         return getattr(torch, choice)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+    return torch.bfloat16 if native_bf16(device) else torch.float32
 
 
 def resolve_device(device: str) -> torch.device:

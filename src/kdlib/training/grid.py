@@ -30,6 +30,7 @@ from kdlib.models import (
     import_peft,
     is_seq2seq,
     load_model,
+    native_bf16,
     peft_checkpointing_probe_quiet,
     resolve_device,
 )
@@ -46,7 +47,7 @@ from kdlib.training.conditions import (
     pick_rationales,
     read_key_words,
 )
-from kdlib.training.loop import Checkpoint, TrainSettings, bf16_supported, encode_example, train
+from kdlib.training.loop import Checkpoint, TrainSettings, encode_example, train
 
 # bitsandbytes (imported by peft) warns on every import that an optional CPU kernel package is absent.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -247,7 +248,7 @@ def fit_cell(job: CellJob, accelerator=None) -> None:
     """
     sft, cell, cell_dir = SftParams(**job.sft), job.cell, Path(job.cell_dir)
     device = accelerator.device if accelerator else resolve_device(job.device)
-    bf16 = sft.bf16 and bf16_supported(device)
+    bf16 = sft.bf16 and native_bf16(device)
     with accelerator.main_process_first() if accelerator else nullcontext():  # one GGUF conversion
         model, tokenizer = prepare_student(cell.student, sft, device=device, seed=cell.seed, bf16=bf16)
     examples = [encode_example(model, tokenizer, TextExample(**t), sft.max_length) for t in job.texts]

@@ -170,12 +170,6 @@ class TrainSettings:
     max_grad_norm: float = 1.0
 
 
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu"
-
-
 class Checkpoint:
     """The resumable state of one training run in a folder: trainable weights (safetensors), optimiser
     and scheduler state, torch RNG state and the log so far. Written atomically (io.atomic_folder)."""
