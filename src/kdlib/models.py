@@ -197,14 +197,7 @@ def model_config(name_or_path: str, *, trust_remote_code: bool = False) -> Pretr
     (a hub id not cached here)."""
     if name_or_path in TINY:
         return tiny_config(name_or_path)
-    try:
-        return AutoConfig.from_pretrained(
-            _weightless_source(name_or_path), trust_remote_code=trust_remote_code, local_files_only=True
-        )
-    except OSError as error:
-        if isinstance(error, FileNotFoundError) or Path(name_or_path).expanduser().is_dir():
-            raise
-        return None
+    return _load_weightless(AutoConfig, name_or_path, trust_remote_code)
 
 
 def model_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase | None:
@@ -212,15 +205,21 @@ def model_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> Pr
     the hub could tell."""
     if name_or_path in TINY:
         return byte_tokenizer()
+    tokenizer = _load_weightless(AutoTokenizer, name_or_path, trust_remote_code)
+    return None if tokenizer is None else with_pad_and_template(tokenizer)
+
+
+def _load_weightless(auto, name_or_path: str, trust_remote_code: bool):
+    """`auto`.from_pretrained (AutoConfig or AutoTokenizer) from _weightless_source, without the network;
+    None for a hub id not cached here. A missing packaged student or a broken local folder raises."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
+        return auto.from_pretrained(
             _weightless_source(name_or_path), trust_remote_code=trust_remote_code, local_files_only=True
         )
     except OSError as error:
         if isinstance(error, FileNotFoundError) or Path(name_or_path).expanduser().is_dir():
             raise
         return None
-    return with_pad_and_template(tokenizer)
 
 
 def with_pad_and_template(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

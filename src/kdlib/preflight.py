@@ -316,9 +316,9 @@ def _students(params: ExperimentParams, train_items: list | None) -> None:
             f"every student of {sft.students} is an encoder-decoder; the key-token condition's integrated "
             "gradients run on the first causal student's cell (or set sft.key_tokens.attributions)",
         )
-    for n, (student, config) in enumerate(zip(sft.students, configs, strict=True)):
+    for student, config in zip(sft.students, configs, strict=True):
         if config is not None and train_items is not None:
-            _fits_max_length(params, f"sft.students.{n}", student, config, train_items)
+            _fits_max_length(params, student, config, train_items)
         if config is not None and adapted:
             from kdlib.models import module_names
 
@@ -334,7 +334,7 @@ def _students(params: ExperimentParams, train_items: list | None) -> None:
                 )
 
 
-def _fits_max_length(params: ExperimentParams, key: str, student: str, config, train_items: list) -> None:
+def _fits_max_length(params: ExperimentParams, student: str, config, train_items: list) -> None:
     """Every training item's shortest example (its prompt and the answer alone, as no_trace trains)
     within sft.max_length under the student's tokenizer: an item over it stops notebook 03 whatever
     the condition."""
