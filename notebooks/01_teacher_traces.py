@@ -57,14 +57,7 @@ generation = {
     "top_p": 1.0,
     "max_new_tokens": 64,
     "stop": [],
-    "critique_revision": [
-        {
-            "critique": "Point out the specific ways in which your explanation is inaccurate, vague or "
-            "incomplete, and what it would need to show why this answer is right.",
-            "revision": "Rewrite your explanation so that it fixes every problem in the critique. Keep it "
-            "short, accurate and specific, and say briefly why the other choices are worse.",
-        }
-    ],
+    "critique_revision": None,
 }
 imports = []
 filters = {

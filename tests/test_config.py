@@ -5,6 +5,7 @@ import ast
 
 import jupytext
 import pytest
+import yaml
 
 from kdlib import config
 from kdlib.paths import NOTEBOOKS_DIR, PARAMS_DIR
@@ -46,6 +47,13 @@ def test_notebook_defaults_are_valid_params(notebook):
     assert set(cell) == expected
     common, section = config.notebook_params(notebook, cell)
     assert isinstance(section, config.SECTIONS[notebook])
+
+
+def test_schema_defaults_are_the_demo():
+    """Defaults live in one place: params/demo.yaml sets nothing but its run name (the default one)."""
+    demo_file = yaml.safe_load((PARAMS_DIR / "demo.yaml").read_text(encoding="utf-8"))
+    assert demo_file == {"common": {"run_name": "demo"}}
+    assert config.load_params(PARAMS_DIR / "demo.yaml") == config.ExperimentParams()
 
 
 def test_notebook_defaults_equal_demo_params():

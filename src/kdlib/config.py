@@ -191,23 +191,14 @@ class CritiqueRevisionParams(Schema):
     revision: str = Field(description="Revision request, sent after the teacher's critique.")
 
 
-DEFAULT_CRITIQUE = (
-    "Point out the specific ways in which your explanation is inaccurate, vague or incomplete, "
-    "and what it would need to show why this answer is right."
-)
-DEFAULT_REVISION = (
-    "Rewrite your explanation so that it fixes every problem in the critique. Keep it short, "
-    "accurate and specific, and say briefly why the other choices are worse."
-)
-
-
 class GenerationParams(Schema):
     """Which rationales the teacher writes, for how many items, and how it decodes."""
 
     recipes: list[
         Literal["cot_label_last", "label_first", "rationalize", "critique_revision", "counterfactual"]
     ] = Field(
-        default_factory=lambda: ["cot_label_last"], description="Prompt recipes; see kdlib.teacher.recipes."
+        default_factory=lambda: ["cot_label_last", "label_first", "rationalize", "critique_revision"],
+        description="Prompt recipes; see kdlib.teacher.recipes.",
     )
     n_items: int = Field(4, ge=0, description="Training items the teacher writes rationales for (0: none).")
     n_shots: int = Field(2, ge=0, description="Worked exemplars in each prompt (training items not asked).")
@@ -221,12 +212,11 @@ class GenerationParams(Schema):
     stop: list[str] = Field(
         default_factory=list, description="Stop strings; the completion ends before them."
     )
-    critique_revision: list[CritiqueRevisionParams] = Field(
-        default_factory=lambda: [
-            CritiqueRevisionParams(critique=DEFAULT_CRITIQUE, revision=DEFAULT_REVISION)
-        ],
+    critique_revision: list[CritiqueRevisionParams] | None = Field(
+        None,
         min_length=1,
-        description="critique_revision recipe: (critique, revision) request pairs, applied in order.",
+        description="critique_revision recipe: (critique, revision) request pairs, applied in order; null: "
+        "the recipe's own pair (kdlib.teacher.recipes.DEFAULT_CRITIQUE_REVISION).",
     )
 
     @model_validator(mode="after")
@@ -485,10 +475,10 @@ class LensParams(Schema):
     enabled: bool = Field(True, description="Read every cell's layers through the logit lens.")
     tuned: bool = Field(True, description="Also fit and read a tuned lens per cell.")
     train_items: int = Field(
-        64, gt=0, description="Training items whose answer positions fit each tuned lens (held out: eval)."
+        32, gt=0, description="Training items whose answer positions fit each tuned lens (held out: eval)."
     )
-    steps: int = Field(250, gt=0, description="Tuned-lens optimiser steps (Adam).")
-    positions_per_step: int = Field(128, gt=0, description="Residual-stream positions drawn per step.")
+    steps: int = Field(30, gt=0, description="Tuned-lens optimiser steps (Adam).")
+    positions_per_step: int = Field(32, gt=0, description="Residual-stream positions drawn per step.")
     learning_rate: float = Field(1e-3, gt=0, description="Tuned-lens Adam learning rate.")
     batch_size: int = Field(8, gt=0, description="Contexts per forward pass while reading the layers.")
 
@@ -501,7 +491,7 @@ class ExplanationParams(Schema):
     agreement."""
 
     enabled: bool = Field(True, description="Collect each cell's explanations, and rate them with the judge.")
-    n_items: int = Field(32, gt=0, description="Held-out items per cell whose explanations are rated.")
+    n_items: int = Field(16, gt=0, description="Held-out items per cell whose explanations are rated.")
     judge: TeacherParams = Field(
         default_factory=TeacherParams, description="The judge LM: any teacher backend (see teacher_traces)."
     )

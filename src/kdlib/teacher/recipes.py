@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdlib.config import DEFAULT_CRITIQUE, DEFAULT_REVISION
 from kdlib.data.schema import QAItem
 from kdlib.io import read_yaml
 from kdlib.teacher.backends import Backend, Decoding, Message, Request
@@ -59,7 +58,14 @@ class CritiqueRevision:
     revision: str
 
 
-DEFAULT_CRITIQUE_REVISION = (CritiqueRevision(DEFAULT_CRITIQUE, DEFAULT_REVISION),)
+DEFAULT_CRITIQUE_REVISION = (
+    CritiqueRevision(
+        "Point out the specific ways in which your explanation is inaccurate, vague or incomplete, "
+        "and what it would need to show why this answer is right.",
+        "Rewrite your explanation so that it fixes every problem in the critique. Keep it short, "
+        "accurate and specific, and say briefly why the other choices are worse.",
+    ),
+)
 
 
 def question_block(

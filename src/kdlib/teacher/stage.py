@@ -14,6 +14,7 @@ from kdlib.teacher.backends import Backend, Decoding, OpenAIBackend, Transformer
 from kdlib.teacher.cache import GenerationCache
 from kdlib.teacher.rationales import rule_traces, traces_frame
 from kdlib.teacher.recipes import (
+    DEFAULT_CRITIQUE_REVISION,
     CritiqueRevision,
     exemplars_from_items,
     generate_rationales,
@@ -109,7 +110,11 @@ def collect_rationales(
             report.exemplar_items = [item.id for item in shots]
         report.asked_items = [item.id for item in asked]
         backend = make_backend(cfg.teacher, device=device, seed=seed)
-        pairs = tuple(CritiqueRevision(p.critique, p.revision) for p in gen.critique_revision)
+        pairs = (
+            tuple(CritiqueRevision(p.critique, p.revision) for p in gen.critique_revision)
+            if gen.critique_revision
+            else DEFAULT_CRITIQUE_REVISION
+        )
         with GenerationCache(cfg.cache_path) as cache:
             for recipe in gen.recipes:
                 parts.append(
