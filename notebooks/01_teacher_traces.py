@@ -70,39 +70,25 @@ cache_path = None
 
 # %%
 import pandas as pd
-import plotly.express as px
 
-from kdlib import config, io, plots
-from kdlib.data import load_train_eval
-from kdlib.data.schema import items_to_frame
+from kdlib import config, plots
 from kdlib.paths import RunLayout
-from kdlib.report import headline
+from kdlib.stage_writer import StageWriter
 from kdlib.teacher.rationales import filter_traces, summarise_traces, unparseable_counts
-from kdlib.teacher.stage import collect_rationales
+from kdlib.teacher.stage import collect_rationales, load_run_items
 
 common, cfg = config.notebook_params("01_teacher_traces", globals())
 run = RunLayout(run_dir)
+out = StageWriter(run, "01_teacher_traces", common, cfg)
 plots.use_offline_renderer()
+pd.set_option("display.max_colwidth", 300)
 
 # %% [markdown]
 # ## Items
 
 # %%
-data = cfg.dataset
-train_items, eval_items = load_train_eval(
-    data.name,
-    data.train_split,
-    data.eval_split,
-    data.n_train,
-    data.n_eval,
-    seed=common.seed,
-    data_dir=common.data_dir,
-    options=data.options,
-)
-items = pd.concat(
-    [items_to_frame(train_items).assign(role="train"), items_to_frame(eval_items).assign(role="eval")],
-    ignore_index=True,
-)
+train_items, eval_items, items = load_run_items(cfg, common)
+out.table(run.items, items)
 items.groupby(["role", "question_type"], dropna=False).size().unstack(fill_value=0)
 
 # %%
@@ -118,7 +104,9 @@ traces, report = collect_rationales(
     cfg, train_items, device=common.device, seed=common.seed, data_dir=common.data_dir
 )
 print(f"model calls: {report.model_calls}; cache: {report.cache}")
-summary = summarise_traces(traces)
+summary = out.table(
+    "rationale_summary.csv", summarise_traces(traces), title="Teacher rationales per source and recipe"
+)
 summary
 
 # %% [markdown]
@@ -131,67 +119,27 @@ unparseable_counts(traces)
 
 # %%
 kept, filter_report = filter_traces(traces, **cfg.filters.model_dump())
-filter_report
+out.table(run.traces, kept)
+out.table("filter_report.csv", filter_report, title="Filters")
 
 # %% [markdown]
 # ## Parse rate, agreement with gold and leak rate
 
 # %%
-figures = {}
-rates = summary.melt(
-    id_vars=["source", "recipe"],
-    value_vars=["parse_rate", "agreement_with_gold", "leak_rate"],
-    var_name="measure",
-    value_name="share",
-)
-figures["rationale_rates"] = px.bar(
-    rates,
-    x="recipe",
-    y="share",
-    color="measure",
-    barmode="group",
-    facet_col="source",
-    range_y=[0, 1],
-    title="Per recipe: label parse rate, agreement with gold, label-leak rate",
-)
-figures["rationale_rates"]
+out.figure("rationale_rates", plots.rationale_rates(summary))
 
 # %%
-figures["rationale_lengths"] = px.histogram(
-    traces.assign(words=traces["rationale"].str.split().str.len()),
-    x="words",
-    color="recipe",
-    facet_row="source",
-    barmode="overlay",
-    title="Rationale length (words)",
-)
-figures["rationale_lengths"]
+out.figure("rationale_lengths", plots.rationale_lengths(traces))
 
 # %% [markdown]
 # ## Examples per recipe
 
 # %%
-pd.set_option("display.max_colwidth", 300)
 examples = traces.groupby(["source", "recipe"]).head(2)
 examples[["source", "recipe", "item_id", "rationale", "parsed_label", "gold_label", "leaks_label"]]
 
 # %%
-io.write_parquet(run.items, items)
-io.write_parquet(run.traces, kept)
-io.write_csv(run.stage("teacher_traces") / "filter_report.csv", filter_report)
-io.write_csv(run.stage("teacher_traces") / "rationale_summary.csv", summary)
-saved = plots.save_figures(run.stage("teacher_traces"), figures)
-io.write_meta(
-    run.stage("teacher_traces"),
-    params={"common": common.model_dump(), "teacher_traces": cfg.model_dump()},
-    artifacts=[run.items.name, run.traces.name, "filter_report.csv", "rationale_summary.csv", "figures/"],
-    report=headline(
-        [
-            {"file": "rationale_summary.csv", "title": "Teacher rationales per source and recipe"},
-            {"file": "filter_report.csv", "title": "Filters"},
-        ],
-        saved,
-    ),
+out.record(
     counts={"items": len(items), "rationales": len(traces), "kept": len(kept)},
     cache=report.cache,
     model_calls=report.model_calls,
@@ -199,3 +147,4 @@ io.write_meta(
     exemplar_items=report.exemplar_items,
     summary=summary.to_dict(orient="records"),
 )
+out.close()

@@ -32,12 +32,11 @@ perturbations = ["class", "retrieval", "both", "shuffled"]
 
 # %%
 import pandas as pd
-import plotly.express as px
 
 from kdlib import config, io, plots
 from kdlib.data.schema import frame_to_items
 from kdlib.paths import RunLayout
-from kdlib.report import headline
+from kdlib.stage_writer import StageWriter
 from kdlib.traces.decomposition import (
     check_rationales,
     decompose,
@@ -51,6 +50,7 @@ from kdlib.traces.decomposition import (
 
 common, cfg = config.notebook_params("02_decomposition", globals())
 run = RunLayout(run_dir)
+out = StageWriter(run, "02_decomposition", common, cfg)
 plots.use_offline_renderer()
 pd.set_option("display.max_colwidth", 400)
 
@@ -69,8 +69,11 @@ if not checkable_items:
 # length in words, and how each gold step was found.
 
 # %%
-decomposed = decompose(checkable_items, cfg.trace_format, cfg.perturbations, seed=common.seed)
+decomposed = out.table(
+    run.decomposed, decompose(checkable_items, cfg.trace_format, cfg.perturbations, seed=common.seed)
+)
 statistics = trace_statistics(decomposed)
+out.table(run.trace_statistics, statistics.reset_index(), title="Trace statistics per dataset")
 statistics
 
 # %% [markdown]
@@ -81,25 +84,10 @@ statistics
 perturbation_coverage(decomposed, cfg.perturbations)
 
 # %%
-figures = {}
-correct = decomposed[decomposed["variant"] == "correct"]
-figures["gold_classes"] = px.histogram(
-    correct,
-    x="question_type",
-    facet_col="dataset",
-    title="Gold classes (classification step)",
-).update_xaxes(matches=None, categoryorder="total descending")
-figures["gold_classes"]
+out.figure("gold_classes", plots.gold_classes(decomposed))
 
 # %%
-figures["gold_facts"] = px.histogram(
-    correct,
-    x="n_facts",
-    color="dataset",
-    barmode="group",
-    title="Gold supporting facts per item (retrieval step)",
-)
-figures["gold_facts"]
+out.figure("gold_facts", plots.gold_facts(decomposed))
 
 # %% [markdown]
 # ## Examples: a correct trace and each kind of incorrect trace
@@ -121,21 +109,14 @@ for item_id, rows in example_traces(decomposed).groupby("item_id", sort=False):
 # every perturbation.
 
 # %%
-check = verify_decomposition(checkable_items, decomposed, cfg.trace_format)
+check = out.table(run.verifier_check, verify_decomposition(checkable_items, decomposed, cfg.trace_format))
 verdicts = summarise_verification(check)
+out.table(run.verifier_summary, verdicts.reset_index(), title="Verifier: perturbed steps detected")
+out.record(verifier=verdicts.reset_index().to_dict(orient="records"))
 verdicts
 
 # %%
-figures["verifier"] = px.bar(
-    verdicts.reset_index(),
-    x="variant",
-    y="detected",
-    color="dataset",
-    barmode="group",
-    range_y=[0, 1.05],
-    title="Verifier: share of traces whose verdict names exactly the perturbed step",
-)
-figures["verifier"]
+out.figure("verifier", plots.verifier_bars(verdicts))
 
 # %%
 assert check["detected"].all(), check[~check["detected"]]
@@ -146,7 +127,7 @@ assert check["detected"].all(), check[~check["detected"]]
 # quote (word for word, up to case and punctuation), and how much else they say.
 
 # %%
-rationale_check = check_rationales(items, teacher_traces)
+rationale_check = out.table(run.rationale_check, check_rationales(items, teacher_traces))
 rationale_check.groupby(["source", "recipe"]).agg(
     rationales=("item_id", "size"),
     precision=("retrieval_precision", "mean"),
@@ -155,29 +136,4 @@ rationale_check.groupby(["source", "recipe"]).agg(
 )
 
 # %%
-io.write_parquet(run.decomposed, decomposed)
-io.write_csv(run.verifier_check, check)
-io.write_csv(run.trace_statistics, statistics.reset_index())
-io.write_csv(run.rationale_check, rationale_check)
-io.write_csv(run.verifier_summary, verdicts.reset_index())
-saved = plots.save_figures(run.stage("decomposition"), figures)
-io.write_meta(
-    run.stage("decomposition"),
-    params={"common": common.model_dump(), "decomposition": cfg.model_dump()},
-    artifacts=[
-        run.decomposed.name,
-        run.verifier_check.name,
-        run.verifier_summary.name,
-        run.trace_statistics.name,
-        run.rationale_check.name,
-        "figures/",
-    ],
-    report=headline(
-        [
-            {"file": run.trace_statistics.name, "title": "Trace statistics per dataset"},
-            {"file": run.verifier_summary.name, "title": "Verifier: perturbed steps detected"},
-        ],
-        saved,
-    ),
-    verifier=verdicts.reset_index().to_dict(orient="records"),
-)
+out.close()

@@ -64,33 +64,40 @@ num_processes = 1
 trust_remote_code = False
 
 # %%
-import plotly.express as px
 from IPython.display import HTML, display
 
 from kdlib import config, io, plots
+from kdlib.cells import CELL_KEYS
 from kdlib.data.schema import frame_to_items
 from kdlib.paths import RunLayout
-from kdlib.report import headline
+from kdlib.stage_writer import StageWriter, upstream_params
 from kdlib.traces.decomposition import steps_by_item
 from kdlib.training.grid import TraceSources, train_grid, training_logs
 
 common, cfg = config.notebook_params("03_sft", globals())
 run = RunLayout(run_dir)
+out = StageWriter(run, "03_sft", common, cfg)
 plots.use_offline_renderer()
 
 train_items = frame_to_items(io.read_parquet(run.items, produced_by="01_teacher_traces"), role="train")
-decomposed = io.read_parquet(run.decomposed, produced_by="02_decomposition")
 sources = TraceSources(
     traces=io.read_parquet(run.traces, produced_by="01_teacher_traces"),
-    steps=steps_by_item(decomposed),
+    steps=steps_by_item(io.read_parquet(run.decomposed, produced_by="02_decomposition")),
 )
-decomposition_meta = io.read_json(run.stage("decomposition") / "meta.json")
-trace_format = decomposition_meta["params"]["decomposition"]["trace_format"]
+trace_format = upstream_params(run, "02_decomposition").trace_format
 print(f"{len(train_items)} training items, trace format {trace_format!r}")
 print(f"grid: {len(cfg.students)} student(s) x {len(cfg.conditions)} condition(s) x {len(cfg.seeds)} seed(s)")
 
 # %%
 summary = train_grid(run, train_items, sources, sft=cfg, common=common, fmt=trace_format)
+out.table(
+    run.sft_summary,
+    summary,
+    title="Trained cells",
+    columns=[*CELL_KEYS, "status", "examples", "steps", "final_loss", "seconds", "tokens_per_second"],
+)
+for cell in sorted({f"{cell.split('/')[0]}/" for cell in summary["cell"]}):
+    out.produced(cell)
 summary[["student", "condition", "seed", "status", "examples", "skipped_items", "steps", "final_loss"]]
 
 # %% [markdown]
@@ -106,37 +113,22 @@ if key_token_cells.any() and run.attributions.exists():
     display(HTML(plots.attribution_highlights(word_attributions)))
 else:
     print("no key-token cell in the grid, or its words come from key_tokens.attributions")
+for path in run.attribution_files:
+    if path.exists():
+        out.produced(path.name)
 
 # %% [markdown]
 # ## Loss curves (target tokens only)
 
 # %%
-figures = {}
-logs = training_logs(run, summary)
-figures["loss_curves"] = plots.loss_curves(logs)
-figures["loss_curves"]
+out.figure("loss_curves", plots.loss_curves(training_logs(run, summary)))
 
 # %% [markdown]
 # ## Tokens per condition
 # Prompt + target tokens and target tokens per example: what each condition asks the student to learn.
 
 # %%
-tokens = summary.melt(
-    id_vars=["student", "condition", "seed"],
-    value_vars=["tokens_per_example", "target_tokens_per_example"],
-    var_name="count",
-    value_name="tokens",
-)
-figures["tokens_per_example"] = px.bar(
-    tokens,
-    x="condition",
-    y="tokens",
-    color="count",
-    barmode="group",
-    facet_col="student",
-    title="Tokens per training example",
-)
-figures["tokens_per_example"]
+out.figure("tokens_per_example", plots.tokens_per_example(summary))
 
 # %% [markdown]
 # ## Speed per cell
@@ -148,33 +140,7 @@ speed = summary.assign(cell=plots.cell_labels(summary))
 speed[["cell", "finetune", "bf16", "trainable_parameters", "seconds", "tokens_per_second", "padding_share"]]
 
 # %%
-figures["tokens_per_second"] = px.bar(
-    speed, x="cell", y="tokens_per_second", color="student", title="Training tokens/s per cell"
-)
-figures["tokens_per_second"]
+out.figure("tokens_per_second", plots.training_speed(summary))
 
 # %%
-io.write_csv(run.sft_summary, summary)
-saved = plots.save_figures(run.stage("sft"), figures)
-columns = [
-    "student",
-    "condition",
-    "seed",
-    "status",
-    "examples",
-    "steps",
-    "final_loss",
-    "seconds",
-    "tokens_per_second",
-]
-io.write_meta(
-    run.stage("sft"),
-    params={"common": common.model_dump(), "sft": cfg.model_dump()},
-    artifacts=[
-        run.sft_summary.name,
-        "figures/",
-        *sorted({f"{cell.split('/')[0]}/" for cell in summary["cell"]}),
-        *[path.name for path in run.attribution_files if path.exists()],
-    ],
-    report=headline([{"file": run.sft_summary.name, "title": "Trained cells", "columns": columns}], saved),
-)
+out.close()

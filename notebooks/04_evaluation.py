@@ -65,42 +65,44 @@ import pandas as pd
 from IPython.display import display
 
 from kdlib import config, io, plots
-from kdlib.cells import CELL_KEYS
 from kdlib.data.schema import frame_to_items
-from kdlib.evaluation.explanations import assess_explanations, describe_judge
+from kdlib.evaluation.explanations import assess_explanations, describe_assessment, write_assessment
 from kdlib.evaluation.generation import METRIC_COLUMNS, evaluate_cells, summarise
-from kdlib.evaluation.lens import emergence_summary, lens_cells, lens_summary
+from kdlib.evaluation.lens import write_lens_tables
 from kdlib.models import resolve_device
 from kdlib.paths import RunLayout
-from kdlib.report import headline
+from kdlib.stage_writer import StageWriter, upstream_params
 
 common, cfg = config.notebook_params("04_evaluation", globals())
 run = RunLayout(run_dir)
+out = StageWriter(run, "04_evaluation", common, cfg, upstream={"sft": upstream_params(run, "03_sft")})
 plots.use_offline_renderer()
+device = resolve_device(common.device)
 
 items_frame = io.read_parquet(run.items, produced_by="01_teacher_traces")
 eval_items = frame_to_items(items_frame, role="eval")
 train_items = frame_to_items(items_frame, role="train")
-sft = io.read_json(io.require(run.root / "sft" / "meta.json", produced_by="03_sft"))["params"]["sft"]
 cells = pd.read_csv(io.require(run.sft_summary, produced_by="03_sft"))
 print(f"{len(eval_items)} evaluation items; {len(cells)} trained cells")
 
 # %%
-frames = evaluate_cells(
-    run, cells, eval_items, device=resolve_device(common.device), seed=common.seed, params=cfg
-)
-predictions, samples, choice_scores = frames["predictions"], frames["samples"], frames["choice_scores"]
+frames = evaluate_cells(run, cells, eval_items, device=device, seed=common.seed, params=cfg)
+predictions = out.table(run.predictions, frames["predictions"])
+samples = out.table(run.samples, frames["samples"])
+choice_scores = out.table(run.choice_scores, frames["choice_scores"])
+out.produced("cells/")
 print(frames["cells"]["status"].value_counts().to_string())
 metrics = summarise(predictions, samples, choice_scores)
-metrics
+out.record(metrics=metrics.to_dict(orient="records"))
+out.table(
+    run.metrics, metrics, title="Held-out accuracy per cell (95% Wilson intervals)", columns=METRIC_COLUMNS
+)
 
 # %%
-figures = {"accuracy": plots.accuracy_bars(metrics)}
-figures["accuracy"]
+out.figure("accuracy", plots.accuracy_bars(metrics))
 
 # %%
-figures["parse_failures"] = plots.parse_failure_bars(metrics)
-figures["parse_failures"]
+out.figure("parse_failures", plots.parse_failure_bars(metrics))
 
 # %% [markdown]
 # ## Example outputs
@@ -119,20 +121,11 @@ predictions.groupby(["student", "condition", "seed"]).head(2).reindex(columns=sh
 
 # %%
 if cfg.lens.enabled:
-    lens_frames = lens_cells(
-        run,
-        cells,
-        train_items,
-        eval_items,
-        device=resolve_device(common.device),
-        seed=common.seed,
-        params=cfg.lens,
+    layer_summary, emergence = write_lens_tables(
+        out, run, cells, train_items, eval_items, device=device, seed=common.seed, params=cfg.lens
     )
-    layer_summary = lens_summary(lens_frames["ranks"], CELL_KEYS)
-    emergence = emergence_summary(lens_frames["ranks"], CELL_KEYS)
-    figures["lens_gold_top"] = plots.lens_heatmap(layer_summary)
-    figures["lens_kl"] = plots.lens_kl_lines(layer_summary)
-    display(emergence, figures["lens_gold_top"], figures["lens_kl"])
+    display(emergence, out.figure("lens_gold_top", plots.lens_heatmap(layer_summary)))
+    display(out.figure("lens_kl", plots.lens_kl_lines(layer_summary)))
 else:
     print("lens analysis off (lens.enabled: false)")
 
@@ -144,72 +137,19 @@ else:
 
 # %%
 explained = frames["explanations"]
-assessed = None
+if cfg.explanations.enabled:
+    out.table(run.explanations, explained)
 if cfg.explanations.enabled and not explained.empty:
     assessed = assess_explanations(
         explained, eval_items, cfg.explanations, device=common.device, seed=common.seed
     )
-    calls = assessed["judge_calls"]
-    print(f"judge: {calls['misses']} new calls, {calls['hits']} cached")
-    print(describe_judge(cfg.explanations, assessed["judge_ratings"]))
-    figures["explanation_quality"] = plots.explanation_bars(assessed["scores"])
-    display(figures["explanation_quality"])
-    if assessed["agreement"] is None:
-        print("no human ratings yet: fill evaluation/rating_sheet.csv or rating_form.html, list the files")
-        print("under evaluation.explanations.human_ratings, and rerun this notebook")
-    else:
+    print(describe_assessment(cfg.explanations, assessed))
+    write_assessment(out, run, assessed)
+    display(out.figure("explanation_quality", plots.explanation_bars(assessed["scores"])))
+    if assessed["agreement"] is not None:
         display(assessed["agreement"])
 elif cfg.explanations.enabled:
     print("no explanations to rate: no cell wrote one (no_trace only, or blank outputs)")
 
 # %%
-artifacts = [run.predictions.name, run.samples.name, run.choice_scores.name, run.metrics.name, "cells/"]
-if cfg.lens.enabled:
-    io.write_parquet(run.lens_ranks, lens_frames["ranks"])
-    io.write_csv(run.lens_summary, layer_summary)
-    io.write_csv(run.lens_emergence, emergence)
-    artifacts += [run.lens_ranks.name, run.lens_summary.name, run.lens_emergence.name]
-    if cfg.lens.tuned:
-        io.write_csv(run.lens_training, lens_frames["training"])
-        artifacts += [run.lens_training.name, "tuned_lens/"]
-if cfg.explanations.enabled:
-    io.write_parquet(run.explanations, explained)
-    artifacts.append(run.explanations.name)
-if assessed is not None:
-    io.write_parquet(run.judge_ratings, assessed["judge_ratings"])
-    io.write_csv(run.explanation_scores, assessed["scores"])
-    io.write_csv(run.rating_sheet, assessed["sheet"])
-    io.write_text(run.rating_form, assessed["form"])
-    artifacts += [
-        run.judge_ratings.name,
-        run.explanation_scores.name,
-        run.rating_sheet.name,
-        run.rating_form.name,
-    ]
-    if assessed["agreement"] is not None:
-        io.write_parquet(run.human_ratings, assessed["human_ratings"])
-        io.write_csv(run.rating_agreement, assessed["agreement"])
-        artifacts += [run.human_ratings.name, run.rating_agreement.name]
-io.write_parquet(run.predictions, predictions)
-io.write_parquet(run.samples, samples)
-io.write_parquet(run.choice_scores, choice_scores)
-io.write_csv(run.metrics, metrics)
-saved = plots.save_figures(run.stage("evaluation"), figures)
-headline_tables = [
-    {
-        "file": run.metrics.name,
-        "title": "Held-out accuracy per cell (95% Wilson intervals)",
-        "columns": METRIC_COLUMNS,
-    }
-]
-if cfg.lens.enabled:
-    headline_tables.append({"file": run.lens_emergence.name, "title": "Where the answer emerges (lens)"})
-if assessed is not None:
-    headline_tables.append({"file": run.explanation_scores.name, "title": "Explanation ratings"})
-io.write_meta(
-    run.stage("evaluation"),
-    params={"common": common.model_dump(), "evaluation": cfg.model_dump(), "sft": sft},
-    artifacts=[*artifacts, "figures/"],
-    report=headline(headline_tables, saved),
-    metrics=metrics.to_dict(orient="records"),
-)
+out.close()

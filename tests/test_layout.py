@@ -78,3 +78,21 @@ def test_every_stage_says_which_notebook_drives_it():
     for number, stage in enumerate(STAGES, start=1):
         doc = ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text(encoding="utf-8")))
         assert doc and f"Stage 0{number}" in doc and f"notebooks/0{number}_" in doc, stage
+
+
+def test_notebooks_only_wire():
+    """Each notebook has at most 60 code lines outside its parameters cell: logic lives in kdlib."""
+    import jupytext
+
+    from kdlib.paths import NOTEBOOKS_DIR
+
+    for path in sorted(NOTEBOOKS_DIR.glob("0*.py")):
+        cells = jupytext.read(path).cells
+        code = [
+            line
+            for cell in cells
+            if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", [])
+            for line in cell.source.splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        ]
+        assert len(code) <= 60, f"{path.name}: {len(code)} code lines"

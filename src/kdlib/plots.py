@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import plotly.express as px
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.io.base_renderers import NotebookRenderer
@@ -97,6 +98,104 @@ def cell_labels(frame: pd.DataFrame) -> pd.Series:
     for part in parts[1:]:
         label = label + " / " + part
     return label
+
+
+def rationale_rates(summary: pd.DataFrame) -> go.Figure:
+    """Per teacher recipe and source: label parse rate, agreement with gold, label-leak rate
+    (rationales.summarise_traces' table)."""
+    rates = summary.melt(
+        id_vars=["source", "recipe"],
+        value_vars=["parse_rate", "agreement_with_gold", "leak_rate"],
+        var_name="measure",
+        value_name="share",
+    )
+    return px.bar(
+        rates,
+        x="recipe",
+        y="share",
+        color="measure",
+        barmode="group",
+        facet_col="source",
+        range_y=[0, 1],
+        title="Per recipe: label parse rate, agreement with gold, label-leak rate",
+    )
+
+
+def rationale_lengths(traces: pd.DataFrame) -> go.Figure:
+    """Histogram of rationale lengths in words, per recipe and source."""
+    return px.histogram(
+        traces.assign(words=traces["rationale"].str.split().str.len()),
+        x="words",
+        color="recipe",
+        facet_row="source",
+        barmode="overlay",
+        title="Rationale length (words)",
+    )
+
+
+def gold_classes(decomposed: pd.DataFrame) -> go.Figure:
+    """Gold question classes (the classification step) of the correct decomposed traces, per dataset."""
+    correct = decomposed[decomposed["variant"] == "correct"]
+    figure = px.histogram(
+        correct, x="question_type", facet_col="dataset", title="Gold classes (classification step)"
+    )
+    return figure.update_xaxes(matches=None, categoryorder="total descending")
+
+
+def gold_facts(decomposed: pd.DataFrame) -> go.Figure:
+    """Gold supporting facts per item (the retrieval step), per dataset."""
+    correct = decomposed[decomposed["variant"] == "correct"]
+    return px.histogram(
+        correct,
+        x="n_facts",
+        color="dataset",
+        barmode="group",
+        title="Gold supporting facts per item (retrieval step)",
+    )
+
+
+def verifier_bars(verdicts: pd.DataFrame) -> go.Figure:
+    """Share of perturbed traces whose verifier verdict names exactly the perturbed step
+    (decomposition.summarise_verification's table)."""
+    return px.bar(
+        verdicts.reset_index(),
+        x="variant",
+        y="detected",
+        color="dataset",
+        barmode="group",
+        range_y=[0, 1.05],
+        title="Verifier: share of traces whose verdict names exactly the perturbed step",
+    )
+
+
+def tokens_per_example(summary: pd.DataFrame) -> go.Figure:
+    """Prompt + target and target tokens per training example, per condition (sft/summary.csv)."""
+    tokens = summary.melt(
+        id_vars=list(CELL_KEYS),
+        value_vars=["tokens_per_example", "target_tokens_per_example"],
+        var_name="count",
+        value_name="tokens",
+    )
+    return px.bar(
+        tokens,
+        x="condition",
+        y="tokens",
+        color="count",
+        barmode="group",
+        facet_col="student",
+        title="Tokens per training example",
+    )
+
+
+def training_speed(summary: pd.DataFrame) -> go.Figure:
+    """Training tokens/s of each trained cell (sft/summary.csv)."""
+    return px.bar(
+        summary.assign(cell=cell_labels(summary)),
+        x="cell",
+        y="tokens_per_second",
+        color="student",
+        title="Training tokens/s per cell",
+    )
 
 
 def loss_curves(logs: pd.DataFrame) -> go.Figure:

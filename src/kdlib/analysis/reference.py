@@ -18,8 +18,10 @@ import pandas as pd
 from pydantic import ValidationError, model_validator
 
 from kdlib.analysis.tables import cell_summary, paired_comparisons
-from kdlib.config import ConditionSpec, Schema, SftParams, format_errors
+from kdlib.config import ConditionSpec, CorrelationParams, Schema, SftParams, format_errors
 from kdlib.io import read_yaml
+from kdlib.paths import resolve_repo_path
+from kdlib.stage_writer import StageWriter
 from kdlib.stats import difference_range, pool_seeds, value_range
 
 REFERENCE_RESULTS = Path(__file__).with_name("reference_results.yaml")
@@ -505,3 +507,32 @@ def describe_findings(comparison: pd.DataFrame) -> list[str]:
             "size; see the table)."
         )
     return lines
+
+
+def write_comparison(
+    out: StageWriter,
+    run,
+    params: CorrelationParams,
+    items: pd.DataFrame,
+    sft: SftParams,
+    outcomes: pd.DataFrame,
+    contingency: pd.DataFrame,
+    **statistics,
+) -> tuple[Reference, RunFacts, pd.DataFrame]:
+    """Notebook 05's comparison with the published results: the reference table `params` name (or the
+    packaged one), this run's facts, and compare_with_reference under `statistics` (confidence,
+    n_resamples, seed), handed to `out` with the published table itself."""
+    path = resolve_repo_path(params.reference_results) if params.reference_results else None
+    published = load_reference(path)
+    out.record(reference=reference_id(path))
+    facts = run_facts(items, sft)
+    comparison = compare_with_reference(published, facts, outcomes, contingency, **statistics)
+    out.table(
+        run.reference_comparison,
+        comparison,
+        title="Against the published results",
+        columns=COMPARISON_HEADLINE,
+        rows="kind == 'finding' or verdict != 'not comparable'",
+    )
+    out.table(run.published_results, published_table(published))
+    return published, facts, comparison

@@ -17,6 +17,8 @@ import pandas as pd
 from scipy import stats
 
 from kdlib.cells import CELL_KEYS
+from kdlib.config import CorrelationParams
+from kdlib.stage_writer import StageWriter
 from kdlib.stats import bootstrap_interval, holm, pool_seeds, value_range, wilson_interval
 
 TRACE_CRITERIA = {
@@ -644,7 +646,12 @@ def flag_runs(
 
 
 def describe_contingency(table: pd.DataFrame) -> list[str]:
-    """One plain-language Markdown line per row of `table` (contingency rows of one criterion)."""
+    """One plain-language Markdown line per row of `table` (contingency rows of one criterion), or one
+    saying there is none."""
+    if table.empty:
+        return [
+            "No checkable traces: no condition writes a decomposed trace, or the items have no gold steps."
+        ]
     lines = []
     for row in table.to_dict(orient="records"):
         cell = f"**{row['condition']}** ({row['student']}, seed {row['seed']})"
@@ -659,3 +666,52 @@ def describe_contingency(table: pd.DataFrame) -> list[str]:
             f"{row['fisher_p']:.2g}."
         )
     return lines
+
+
+BINARY_METRICS = ("accuracy", "label_first_acc")  # item outcomes that are right or wrong
+
+
+def run_item_outcomes(run, predictions: pd.DataFrame, choice_scores: pd.DataFrame) -> pd.DataFrame:
+    """item_outcomes of a run (RunLayout `run`), with the judge's and humans' ratings and the rated
+    explanations where notebook 04 wrote them."""
+    ratings = [pd.read_parquet(p) for p in (run.judge_ratings, run.human_ratings) if p.exists()]
+    explanations = pd.read_parquet(run.explanations) if run.explanations.exists() else None
+    return item_outcomes(predictions, choice_scores, pd.concat(ratings) if ratings else None, explanations)
+
+
+def write_condition_tests(
+    out: StageWriter, run, cells: pd.DataFrame, outcomes: pd.DataFrame, *, confidence: float
+) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Notebook 05's group_tests of the conditions, handed to `out` (run: the RunLayout): across seeds
+    (each seed's accuracy in cell_summary `cells` one observation) and across rated explanations (each
+    rating in `outcomes` one observation). Returns {"seed": (omnibus, posthoc), "rating": (...)}."""
+    family = {"family": ["student", "metric"], "group": "condition", "value": "value"}
+    rated = outcomes[~outcomes["metric"].isin(BINARY_METRICS)]
+    tests = {
+        "seed": group_tests(cells[cells["metric"].isin(BINARY_METRICS)], **family),
+        "rating": group_tests(rated, **family, confidence=confidence),
+    }
+    for units, (omnibus, posthoc) in tests.items():
+        out.table(run.group_tests(units, "omnibus"), omnibus)
+        out.table(run.group_tests(units, "posthoc"), posthoc)
+    return tests
+
+
+def write_run_flags(
+    out: StageWriter,
+    run,
+    predictions: pd.DataFrame,
+    items: pd.DataFrame,
+    sft_summary: pd.DataFrame,
+    params: CorrelationParams,
+) -> pd.DataFrame:
+    """flag_runs under notebook 05's thresholds (`items`: items.parquet), handed to `out`."""
+    flags = flag_runs(
+        predictions,
+        items.set_index("id")["answer"],
+        sft_summary,
+        min_parse_rate=params.min_parse_rate,
+        collapse_share=params.collapse_share,
+        seed_gap=params.seed_outlier_gap,
+    )
+    return out.table(run.run_flags, flags, title="Flagged runs", rows="flags.notna()")

@@ -33,6 +33,7 @@ from kdlib.config import JudgeMode
 from kdlib.data.schema import QAItem
 from kdlib.models import generate_texts, student_prompt
 from kdlib.paths import resolve_repo_path
+from kdlib.stage_writer import StageWriter
 from kdlib.stats import RATING_SCALE as SCALE
 from kdlib.stats import t_interval
 from kdlib.teacher.backends import Backend, Decoding, Request
@@ -208,6 +209,33 @@ def describe_judge(params, ratings: pd.DataFrame) -> str:
             "the rest being renormalised away"
         )
     return text
+
+
+def write_assessment(out: StageWriter, run, assessed: dict) -> None:
+    """Hand assess_explanations' tables to notebook 04's StageWriter `out` (run: the RunLayout)."""
+    out.table(run.judge_ratings, assessed["judge_ratings"])
+    out.table(run.explanation_scores, assessed["scores"], title="Explanation ratings")
+    out.table(run.rating_sheet, assessed["sheet"])
+    out.text(run.rating_form, assessed["form"])
+    if assessed["agreement"] is not None:
+        out.table(run.human_ratings, assessed["human_ratings"])
+        out.table(run.rating_agreement, assessed["agreement"])
+
+
+def describe_assessment(params, assessed: dict) -> str:
+    """What notebook 04 says of an assess_explanations result: the judge calls made and cached, the
+    judge (describe_judge), and where human ratings stand."""
+    calls = assessed["judge_calls"]
+    lines = [
+        f"judge: {calls['misses']} new calls, {calls['hits']} cached",
+        describe_judge(params, assessed["judge_ratings"]),
+    ]
+    if assessed["agreement"] is None:
+        lines.append(
+            "no human ratings yet: fill evaluation/rating_sheet.csv or rating_form.html, list the files "
+            "under evaluation.explanations.human_ratings, and rerun this notebook"
+        )
+    return "\n".join(lines)
 
 
 def _rating(match: re.Match | None) -> float:

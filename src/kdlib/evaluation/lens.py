@@ -38,6 +38,7 @@ from kdlib.evaluation.scoring import answer_context
 from kdlib.likelihood import continuation_spans
 from kdlib.models import is_seq2seq, output_cache
 from kdlib.progress import progress
+from kdlib.stage_writer import StageWriter
 
 FINAL_NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_layernorm")
 LENS_ROW_COLUMNS = [
@@ -378,6 +379,22 @@ def lens_cells(run, cells: pd.DataFrame, train_items, eval_items, *, device, see
         "ranks": pd.concat(ranks, ignore_index=True),
         "training": pd.concat(training, ignore_index=True) if training else pd.DataFrame(),
     }
+
+
+def write_lens_tables(
+    out: StageWriter, run, cells: pd.DataFrame, train_items, eval_items, *, device, seed: int, params
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """lens_cells for notebook 04, its tables handed to `out` (ranks, per-layer summary, emergence, and
+    the tuned lenses' training); returns (lens_summary, emergence_summary) over the grid's cells."""
+    lens = lens_cells(run, cells, train_items, eval_items, device=device, seed=seed, params=params)
+    layer_summary = out.table(run.lens_summary, lens_summary(lens["ranks"], list(CELL_KEYS)))
+    emergence = emergence_summary(lens["ranks"], list(CELL_KEYS))
+    out.table(run.lens_emergence, emergence, title="Where the answer emerges (lens)")
+    out.table(run.lens_ranks, lens["ranks"])
+    if params.tuned:
+        out.table(run.lens_training, lens["training"])
+        out.produced("tuned_lens/")
+    return layer_summary, emergence
 
 
 def emergence_summary(ranks: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Notebook 01's wiring: every rationale a run asks for (rule-written, generated, imported) as one table."""
+"""Notebook 01's wiring: the run's items, and every rationale it asks for (rule-written, generated,
+imported) as one table."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from kdlib.config import GenerationParams, ImportParams, TeacherParams, TeacherTracesParams
-from kdlib.data.schema import QAItem
+from kdlib.config import CommonParams, GenerationParams, ImportParams, TeacherParams, TeacherTracesParams
+from kdlib.data import load_train_eval
+from kdlib.data.schema import QAItem, items_to_frame
 from kdlib.paths import resolve_repo_path
 from kdlib.teacher import importers
 from kdlib.teacher.backends import Backend, Decoding, OpenAIBackend, TransformersBackend, VLLMBackend
@@ -20,6 +22,28 @@ from kdlib.teacher.recipes import (
     generate_rationales,
     load_exemplars,
 )
+
+
+def load_run_items(
+    cfg: TeacherTracesParams, common: CommonParams
+) -> tuple[list[QAItem], list[QAItem], pd.DataFrame]:
+    """(training items, evaluation items, both as one frame with a `role` column: items.parquet)."""
+    data = cfg.dataset
+    train_items, eval_items = load_train_eval(
+        data.name,
+        data.train_split,
+        data.eval_split,
+        data.n_train,
+        data.n_eval,
+        seed=common.seed,
+        data_dir=common.data_dir,
+        options=data.options,
+    )
+    frame = pd.concat(
+        [items_to_frame(train_items).assign(role="train"), items_to_frame(eval_items).assign(role="eval")],
+        ignore_index=True,
+    )
+    return train_items, eval_items, frame
 
 
 def make_backend(params: TeacherParams, *, device: str, seed: int) -> Backend:
