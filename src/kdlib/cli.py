@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
+import pandas as pd
+
 from kdlib.config import NOTEBOOKS, ParamsError, load_params
+from kdlib.io import RunLocked
 from kdlib.progress import LogFormatter
 
 
@@ -74,11 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_traces(args: argparse.Namespace) -> None:
-    import json
-
-    import pandas as pd
-
-    from kdlib.data.loaders import load_items
+    from kdlib.data.loaders import load_items  # this subcommand's own imports: `kdlib --help` starts fast
     from kdlib.traces.decomposition import (
         PERTURBATIONS,
         decompose,
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[console])
     try:
         if args.command == "validate":
-            from kdlib.preflight import preflight
+            from kdlib.preflight import preflight  # this subcommand's own imports: `kdlib --help` starts fast
 
             for path in args.params:
                 params = load_params(path)
@@ -121,27 +121,33 @@ def main(argv: list[str] | None = None) -> int:
                     preflight(params, path)
                 print(f"{path}: ok" + (" (schema only)" if args.schema_only else ""))
         elif args.command == "results":
-            from kdlib.analysis.results import write_results
+            from kdlib.analysis.results import (
+                write_results,  # this subcommand's own imports: `kdlib --help` starts fast
+            )
 
             print(write_results(args.outputs, args.docs))
         elif args.command == "check-traces":
             _check_traces(args)
         elif args.command == "prepare-model":
-            from kdlib.model_registry import PRETRAINED
+            from kdlib.model_registry import (
+                PRETRAINED,  # this subcommand's own imports: `kdlib --help` starts fast
+            )
             from kdlib.models import convert_gguf_to_cache
 
             if args.name not in PRETRAINED:
                 raise ParamsError(f"unknown model {args.name!r}; choose from {sorted(PRETRAINED)}")
             print(convert_gguf_to_cache(args.name))
         elif args.command == "train-cell":
-            from accelerate import Accelerator
+            from accelerate import Accelerator  # this subcommand's own imports: `kdlib --help` starts fast
 
             from kdlib.training.grid import CellJob, fit_cell
 
             fit_cell(CellJob.read(args.job), Accelerator())
         else:
-            from kdlib.io import RunLocked
-            from kdlib.runner import NotebookFailed, run
+            from kdlib.runner import (  # this subcommand's own imports: `kdlib --help` starts fast
+                NotebookFailed,
+                run,
+            )
 
             try:
                 run_dir = run(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from kdlib.paths import REPO_ROOT
 
@@ -118,7 +119,6 @@ def read_text_file(path: str | os.PathLike, what: str, error: type[Exception] = 
 
 def parse_yaml(text: str, path: str | os.PathLike, error: type[Exception] = ValueError) -> Any:
     """safe_load `text` read from `path`; bad YAML raises `error` naming the file, line and column."""
-    import yaml
 
     try:
         return yaml.safe_load(text)

@@ -8,8 +8,10 @@ cached copy is loaded from then on.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata as importlib_metadata
 import inspect
+import json
 import logging
 import os
 import tempfile
@@ -18,12 +20,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import tokenizers
 import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    BitsAndBytesConfig,
     LlamaConfig,
     LlamaForCausalLM,
     LogitsProcessor,
@@ -38,9 +42,10 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from kdlib.io import atomic_folder
+from kdlib.io import atomic_folder, write_json
 from kdlib.model_registry import PRETRAINED, TINY
 from kdlib.paths import cache_dir
+from kdlib.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +59,11 @@ CHATML_TEMPLATE = (
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """A 256-symbol byte-level tokenizer with ChatML specials; needs no files and no training."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
+    alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = tokenizers.decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<|im_start|>",
@@ -276,8 +280,6 @@ def _from_pretrained(
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     quantized = {}
     if quantize_4bit:
-        from transformers import BitsAndBytesConfig
-
         quantized = {
             "quantization_config": BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
@@ -324,8 +326,6 @@ def encode_prompt(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
 
 def _weights_digest(folder: Path) -> str:
     """sha256 over a model folder's config and weight files, memoised by (path, size, mtime)."""
-    import hashlib
-    import json
 
     files = sorted(
         f for f in folder.iterdir() if f.suffix in {".safetensors", ".bin"} or f.name == "config.json"
@@ -342,7 +342,6 @@ def _weights_digest(folder: Path) -> str:
                 while block := handle.read(1 << 24):
                     digest.update(block)
         memo[memo_key] = digest.hexdigest()
-        from kdlib.io import write_json
 
         write_json(memo_path, memo)
     return memo[memo_key]
@@ -431,7 +430,6 @@ class _RowSeededSampling(LogitsProcessor):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """scores [batch, vocab] -> perturbed scores [batch, vocab]."""
-        import hashlib
 
         scores = scores.float() / self.temperature
         if self.top_p < 1.0:
@@ -481,7 +479,6 @@ def iter_generate(
     prompt's sample depends on neither the batch size nor its neighbours. Texts are decoded without
     special tokens and cut at the first end-of-turn and at the first stop string.
     """
-    from kdlib.progress import progress
 
     tokenizer.padding_side = "left"
     encoded = [encode_prompt(model, tokenizer, p) for p in prompts]

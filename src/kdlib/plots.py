@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -50,7 +52,6 @@ PNG_WIDTH = 1000  # pixels, where a figure sets no width: wide enough for long c
 def write_pngs(figures: list[go.Figure], paths: list) -> str | None:
     """Render figures to PNG files with kaleido, one browser for all; None, or why no PNG was written
     (kaleido missing, or no Chromium for it)."""
-    import os
 
     try:
         import kaleido  # noqa: F401
@@ -375,7 +376,6 @@ def reference_forest(comparison: pd.DataFrame) -> go.Figure:
 def attribution_highlights(words: pd.DataFrame, n_items: int = 3) -> str:
     """HTML: the rationale of the first `n_items` items, each word shaded by its attribution (green
     raises the gold answer's log-probability, red lowers it; scaled per item)."""
-    import html
 
     blocks = []
     for item_id, rows in list(words.groupby("item_id", sort=False))[:n_items]:

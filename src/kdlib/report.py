@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
 
 from kdlib import io
 from kdlib.config import NOTEBOOKS, SECTION_KEYS, ExperimentParams, dump_params
@@ -53,8 +55,6 @@ def _table_html(stage_dir: Path, entry: dict) -> str:
 
 
 def _figure_html(stage_dir: Path, name: str, files: list[str]) -> str:
-    import plotly.io as pio
-
     json_file = next((f for f in files if f.endswith(".json")), None)
     if json_file is None or not (stage_dir / json_file).exists():
         return f"<p>missing figure {html.escape(name)}</p>"
@@ -91,7 +91,6 @@ td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}
 
 def write_report(run_dir: Path, record: dict, params: ExperimentParams) -> Path:
     """Write index.html (and plotly.min.js beside it) for the run in `run_dir`; `record` is run.json."""
-    from plotly.offline import get_plotlyjs
 
     run_dir = Path(run_dir)
     plotly_js = run_dir / "plotly.min.js"

@@ -11,6 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import jupytext
+import nbformat
+import papermill
+from jinja2 import DictLoader
+from jupyter_client.kernelspec import KernelSpecManager
+from nbconvert import HTMLExporter
+from papermill.exceptions import PapermillExecutionError
+
 from kdlib import io
 from kdlib.config import NOTEBOOKS, ExperimentParams, dump_params, load_params
 from kdlib.paths import NOTEBOOKS_DIR, default_run_dir
@@ -54,14 +62,11 @@ def select_notebooks(
 
 
 def default_kernel() -> str:
-    from jupyter_client.kernelspec import KernelSpecManager
-
     return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
 
 
 def load_notebook(name: str):
     """The jupytext percent source notebooks/<name>.py as an in-memory notebook."""
-    import jupytext
 
     return jupytext.read(NOTEBOOKS_DIR / f"{name}.py")
 
@@ -79,9 +84,6 @@ OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
 
 def export_html(ipynb: Path) -> Path:
     """Write the executed notebook `ipynb` as HTML beside it, with OFFLINE_TEMPLATE."""
-    import nbformat
-    from jinja2 import DictLoader
-    from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(
         extra_loaders=[DictLoader({"kdlib_offline.html.j2": OFFLINE_TEMPLATE})],
@@ -111,9 +113,6 @@ def kernel_environment() -> Iterator[None]:
 
 
 def run_notebook(name: str, params: ExperimentParams, run_dir: Path, kernel: str) -> Path:
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     executed = run_dir / "notebooks" / f"{name}.ipynb"
     running = executed.with_name(f".{name}.running.ipynb")  # papermill saves it as cells finish
     executed.parent.mkdir(parents=True, exist_ok=True)

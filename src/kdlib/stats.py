@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 
 def bootstrap_interval(
@@ -97,7 +98,6 @@ def pool_seeds(
 
 def holm(p_values: pd.Series) -> pd.Series:
     """Holm-adjusted p-values (statsmodels), NaNs kept as NaN."""
-    from statsmodels.stats.multitest import multipletests
 
     adjusted = pd.Series(np.nan, index=p_values.index)
     known = p_values.dropna()

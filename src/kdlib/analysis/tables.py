@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.contingency_tables import cochrans_q, mcnemar
 
 from kdlib.cells import CELL_KEYS
 from kdlib.config import CorrelationParams
@@ -384,7 +385,6 @@ def paired_comparisons(
     both were scored on: mean difference a - b with a paired bootstrap interval; for 0/1 metrics McNemar's
     test (exact binomial when fewer than `exact_below` discordant items, else chi-square with continuity
     correction; statsmodels). p_holm adjusts the McNemar p-values within each student, seed and metric."""
-    from statsmodels.stats.contingency_tables import mcnemar
 
     known = list(dict.fromkeys(outcomes["condition"]))
     if baseline is not None and baseline not in known:
@@ -452,7 +452,6 @@ COCHRAN_COLUMNS = ["student", "seed", "metric", "n_conditions", "n_items", "q", 
 def cochran_q(outcomes: pd.DataFrame) -> pd.DataFrame:
     """Per student, seed and 0/1 metric with three or more conditions: Cochran's Q test (statsmodels)
     that all conditions have the same accuracy, on the items every condition was scored on."""
-    from statsmodels.stats.contingency_tables import cochrans_q
 
     rows = []
     for (student, seed_, metric), group in outcomes.groupby(["student", "seed", "metric"], sort=False):

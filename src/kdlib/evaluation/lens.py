@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
 from kdlib import io
@@ -348,7 +349,6 @@ def lens_cells(run, cells: pd.DataFrame, train_items, eval_items, *, device, see
     """lens_cell for every row of sft/summary.csv of `run` (a RunLayout); each tuned lens is saved to
     run.tuned_lens(cell). Returns {"ranks", "training"} frames, stacked. Each cell's frames are kept under
     run.evaluated_cell(cell, "lens") and reused while lens_key is unchanged and its tuned lens exists."""
-    from safetensors.torch import save_file
 
     def compute(cell: dict) -> dict:
         found = lens_cell(

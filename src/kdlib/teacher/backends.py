@@ -16,6 +16,19 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from kdlib.likelihood import iter_loglikelihoods
+from kdlib.models import (
+    cut_at_stop,
+    iter_generate,
+    load_model,
+    model_fingerprint,
+    preferred_dtype,
+    render_messages,
+    resolve_device,
+    resolve_pretrained,
+)
+from kdlib.progress import progress
+
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 Endpoint = Literal["chat", "completions"]
 BACKEND_KINDS = ("transformers", "openai", "vllm")
@@ -141,7 +154,6 @@ class TransformersBackend(Backend):
 
     def identity(self) -> dict[str, Any]:
         """Includes the resolved dtype: bf16 and fp32 weights write different completions."""
-        from kdlib.models import model_fingerprint, preferred_dtype, resolve_device
 
         if self._identity is None:
             self._identity = {
@@ -153,8 +165,6 @@ class TransformersBackend(Backend):
         return self._identity
 
     def _model(self) -> tuple[Any, Any]:
-        from kdlib.models import load_model, preferred_dtype, resolve_device
-
         if self._loaded is None:
             device = resolve_device(self.device)
             self._loaded = load_model(
@@ -167,16 +177,12 @@ class TransformersBackend(Backend):
         return self._loaded
 
     def prompt_text(self, request: Request) -> str:
-        from kdlib.models import render_messages
-
         model, tokenizer = self._model()
         if self.endpoint == "chat":
             return render_messages(tokenizer, request.message_dicts())
         return (tokenizer.bos_token or "") + flatten_messages(request.message_dicts())
 
     def _stream(self, requests: list[Request], decoding: Decoding) -> Iterator[list[tuple[int, str]]]:
-        from kdlib.models import iter_generate
-
         if decoding.choices:
             yield from self._score_choices(requests, decoding.choices)
             return
@@ -200,7 +206,6 @@ class TransformersBackend(Backend):
     ) -> Iterator[list[tuple[int, str]]]:
         """choice_reply per request, yielded as each request's choices are scored (one forward pass of
         its prompt when every choice is a single token)."""
-        from kdlib.likelihood import iter_loglikelihoods
 
         model, tokenizer = self._model()
         pairs = [(self.prompt_text(request), choice) for request in requests for choice in choices]
@@ -258,7 +263,7 @@ class OpenAIBackend(Backend):
         return key
 
     def client(self) -> Any:
-        from openai import OpenAI
+        from openai import OpenAI  # optional: only the openai backend needs the client
 
         if self._client is None:
             self._client = OpenAI(
@@ -270,8 +275,6 @@ class OpenAIBackend(Backend):
         return self._client
 
     def complete(self, request: Request, decoding: Decoding) -> str:
-        from kdlib.models import cut_at_stop
-
         common = {
             "model": self.model_name,
             "max_tokens": decoding.max_new_tokens,
@@ -289,8 +292,6 @@ class OpenAIBackend(Backend):
         return cut_at_stop(text, decoding.stop).strip()
 
     def _stream(self, requests: list[Request], decoding: Decoding) -> Iterator[list[tuple[int, str]]]:
-        from kdlib.progress import progress
-
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             futures = {pool.submit(self.complete, r, decoding): i for i, r in enumerate(requests)}
             try:
@@ -330,8 +331,6 @@ class VLLMBackend(Backend):
         self._llm: Any = None
 
     def identity(self) -> dict[str, Any]:
-        from kdlib.models import model_fingerprint
-
         return {
             "backend": self.kind,
             "model": self.model_name,
@@ -340,13 +339,12 @@ class VLLMBackend(Backend):
 
     def _engine(self) -> Any:
         try:
-            from vllm import LLM
+            from vllm import LLM  # optional, GPU only: imported when a vllm backend starts
         except ImportError:
             raise ImportError(
                 "teacher.backend 'vllm' needs the vllm package on a GPU machine (pip install vllm); "
                 "or serve the model with `vllm serve` and use backend 'openai'"
             ) from None
-        from kdlib.models import resolve_pretrained
 
         if self._llm is None:
             self._llm = LLM(
@@ -360,7 +358,7 @@ class VLLMBackend(Backend):
         return self._llm
 
     def _stream(self, requests: list[Request], decoding: Decoding) -> Iterator[list[tuple[int, str]]]:
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # optional, as in _engine
 
         llm = self._engine()
         for start in range(0, len(requests), self.chunk_size):

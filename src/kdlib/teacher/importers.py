@@ -18,6 +18,7 @@ import operator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from kdlib.data.schema import QAItem
 from kdlib.io import read_utf8, read_utf8_lines
@@ -167,8 +168,6 @@ def _equation_value(text: str) -> float | None:
 
 
 def _read_arrow_shards(folder: Path) -> pd.DataFrame:
-    import pyarrow as pa
-
     shards = sorted(folder.glob("shard_*"), key=lambda p: int(p.name.split("_")[1]))
     if not shards:
         raise FileNotFoundError(f"{folder}: no shard_*/ folders (see hendriks_llm_distillation/README.md)")

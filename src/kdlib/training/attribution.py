@@ -67,7 +67,7 @@ def integrated_gradients(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(word attributions: ATTRIBUTION_COLUMNS + convergence_delta, token attributions: item_id,
     token_index, token, attribution) for the items that have a rationale, under a causal student."""
-    from captum.attr import LayerIntegratedGradients
+    from captum.attr import LayerIntegratedGradients  # heavy: only key-token grids attribute
 
     if is_seq2seq(model):
         raise ValueError("integrated gradients over rationale tokens needs a causal student (decoder-only)")

@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from kdlib.io import atomic_folder
 from kdlib.models import encode_prompt, is_seq2seq, student_prompt
@@ -178,8 +179,6 @@ class Checkpoint:
         self.folder, self.fingerprint = Path(folder), fingerprint
 
     def save(self, model, optimizer, scheduler, step: int, log_rows: list[dict]) -> None:
-        from safetensors.torch import save_file
-
         trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
         with atomic_folder(self.folder) as staging:
             save_file(trainable, staging / "trainable.safetensors")
@@ -206,7 +205,6 @@ class Checkpoint:
     def load(self, model, optimizer, scheduler) -> tuple[int, list[dict]]:
         """Restore into model/optimizer/scheduler; returns (steps done, log rows). (0, []) when there is
         no checkpoint of this run (another run's is ignored and later replaced)."""
-        from safetensors.torch import load_file
 
         progress = self.progress()
         if progress is None:
