@@ -9,7 +9,7 @@ import kdlib
 
 PACKAGE = Path(kdlib.__file__).parent
 STAGES = ("teacher", "traces", "training", "evaluation", "analysis")  # notebooks 01..05
-ENTRY_POINTS = ("cli", "runner", "preflight", "__main__")  # run the chain: may import every stage
+ENTRY_POINTS = ("cli", "runner", "preflight", "planner", "__main__")  # run the chain: may import every stage
 
 
 def module_name(path: Path) -> str:

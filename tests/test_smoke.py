@@ -9,6 +9,7 @@ import pytest
 
 from kdlib.config import NOTEBOOKS, load_params
 from kdlib.paths import PARAMS_DIR
+from kdlib.planner import plan_params
 from kdlib.training.grid import grid_cells
 from tests.conftest import kdlib
 
@@ -328,3 +329,25 @@ def test_key_token_cells_train_on_integrated_gradients_words(run_dir):
             seed=0,
             params=other,
         )
+
+
+def test_plan_counts_what_the_run_did(run_dir):
+    """The planner's counts, made from the data alone before the run, are what notebooks 03-04 did."""
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["plan"]["estimated_seconds"] > 0, record["plan"]
+    plan = plan_params(SMOKE, measure=False)  # the run calibrated the tiny models
+    summary = pd.read_csv(run_dir / "sft" / "summary.csv")
+    cells = plan.cells.merge(summary, on=["student", "condition", "seed"], suffixes=("", "_run"))
+    assert len(cells) == len(summary) == len(plan.cells)
+    assert (cells["examples"] == cells["examples_run"]).all()
+    assert (cells["steps"] == cells["steps_run"]).all()
+    exact = cells[cells["condition"] != "key_tokens_after_label"]  # the planner's key words are stand-ins
+    assert exact["target_tokens"].tolist() == pytest.approx(
+        (exact["target_tokens_per_example"] * exact["examples"]).tolist()
+    )
+    choices = pd.read_parquet(run_dir / "evaluation" / "choice_scores.parquet")
+    requests = choices.groupby(["student", "condition", "seed"])["choice_logprobs"].agg(
+        lambda rows: sum(len(r) for r in rows)
+    )
+    planned = plan.cells.set_index(["student", "condition", "seed"])["label_first_requests"]
+    assert requests.sort_index().tolist() == planned.sort_index().tolist()

@@ -54,6 +54,18 @@ def _parser() -> argparse.ArgumentParser:
         help="skip the preflight checks, e.g. for a GPU twin checked on a laptop",
     )
 
+    plan = commands.add_parser(
+        "plan",
+        help="count each notebook's and training cell's work (items, tokens, optimiser steps, evaluation "
+        "passes) and estimate its wall time here; no training",
+    )
+    plan.add_argument("params", nargs="+")
+    plan.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="counts only for models not yet calibrated on this machine (calibrating takes about a minute)",
+    )
+
     check = commands.add_parser(
         "check-traces",
         help="decompose every item of a dataset split, run the verifier, print trace statistics and verdicts",
@@ -126,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
             )
 
             print(write_results(args.outputs, args.docs))
+        elif args.command == "plan":
+            from kdlib.planner import describe_plan, plan_params  # this subcommand's own imports
+
+            for path in args.params:
+                params = load_params(path)
+                print(describe_plan(path, plan_params(params, measure=not args.no_calibrate)))
         elif args.command == "check-traces":
             _check_traces(args)
         elif args.command == "prepare-model":

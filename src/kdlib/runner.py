@@ -22,6 +22,7 @@ from papermill.exceptions import PapermillExecutionError
 from kdlib import io
 from kdlib.config import NOTEBOOKS, ExperimentParams, dump_params, load_params
 from kdlib.paths import NOTEBOOKS_DIR, default_run_dir
+from kdlib.planner import plan_params
 from kdlib.preflight import preflight
 from kdlib.progress import PROGRESS_ENV, LogFormatter
 from kdlib.report import write_report
@@ -176,6 +177,8 @@ def _run_locked(
     handler = _attach_log_file(run_dir / "run.log")
     record = _read_record(run_dir)
     record.update({"params_file": str(params_path), "git_sha": io.git_sha(), "kernel": kernel})
+    record["plan"] = planned(params)
+    io.write_json(run_dir / "run.json", record)
     try:
         for name in notebooks:
             log.info("running %s into %s", name, run_dir)
@@ -198,6 +201,25 @@ def _run_locked(
         for name in ("kdlib", "papermill"):
             logging.getLogger(name).removeHandler(handler)
         handler.close()
+
+
+def planned(params: ExperimentParams) -> dict:
+    """kdlib.planner's estimate for the whole chain from scratch (Plan.summary), logged as the run starts;
+    a planner that fails is logged and recorded, and the run goes on (it is an estimate)."""
+    try:
+        summary = plan_params(params).summary()
+    except Exception as error:  # noqa: BLE001 - an estimate must not stop the run it estimates
+        log.warning("no plan: %s: %s", type(error).__name__, error)
+        return {"error": f"{type(error).__name__}: {error}"}
+    total = summary["estimated_seconds"]
+    log.info("plan: about %s for notebooks 01-04 from scratch (kdlib plan for the details)", _minutes(total))
+    for warning in summary["warnings"]:
+        log.info("plan: %s", warning)
+    return summary
+
+
+def _minutes(seconds: float | None) -> str:
+    return "? min (a model is not calibrated)" if seconds is None else f"{seconds / 60:.0f} min"
 
 
 def _read_record(run_dir: Path) -> dict:

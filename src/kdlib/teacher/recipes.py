@@ -205,7 +205,7 @@ class _Job:
     sample: int
 
 
-def _jobs(recipe: str, items: list[QAItem], exemplars: list[Exemplar], samples: int) -> list[_Job]:
+def recipe_jobs(recipe: str, items: list[QAItem], exemplars: list[Exemplar], samples: int) -> list[_Job]:
     build: dict[str, Callable[[QAItem], list[tuple[str | None, list[Message]]]]] = {
         "cot_label_last": lambda it: [(None, cot_label_last_messages(it, exemplars))],
         "label_first": lambda it: [(None, label_first_messages(it, exemplars))],
@@ -243,7 +243,7 @@ def generate_rationales(
 ) -> pd.DataFrame:
     """Rationale rows (see rationales.TRACE_COLUMNS) for `items` under one recipe, `samples` per prompt."""
     recipe = RECIPES[recipe_name]
-    jobs = _jobs(recipe_name, items, exemplars, samples)
+    jobs = recipe_jobs(recipe_name, items, exemplars, samples)
     texts = generate_cached(backend, cache, [Request.of(j.messages, j.sample) for j in jobs], decoding)
     critiques: list[str | None] = [None] * len(jobs)
     if recipe_name == "critique_revision":

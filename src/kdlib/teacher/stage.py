@@ -106,6 +106,39 @@ class TeacherReport:
     model_calls: int = 0
 
 
+def teacher_prompts(gen: GenerationParams, train_items: list[QAItem]) -> tuple[list, list[QAItem], list[str]]:
+    """(worked exemplars, the items the teacher is asked about, ids of training items used as
+    exemplars): from generation.exemplars_file, else the first n_shots training items, never asked."""
+    if gen.exemplars_file:
+        exemplars = load_exemplars(resolve_repo_path(gen.exemplars_file))[: gen.n_shots]
+        return exemplars, train_items[: gen.n_items], []
+    shots = train_items[: gen.n_shots]
+    asked = train_items[gen.n_shots : gen.n_shots + gen.n_items]
+    return exemplars_from_items(shots), asked, [item.id for item in shots]
+
+
+def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else traces_frame([])
+
+
+def _rule_and_imported(
+    cfg: TeacherTracesParams, train_items: list[QAItem], data_dir: str | None
+) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+    with_gold = [item for item in train_items if item.supporting_facts is not None]
+    rule = [rule_traces(with_gold)] if cfg.rule_traces else []
+    return rule, [import_rationales(spec, train_items, data_dir) for spec in cfg.imports]
+
+
+def offline_rationales(
+    cfg: TeacherTracesParams, train_items: list[QAItem], data_dir: str | None
+) -> pd.DataFrame:
+    """The rationale rows that need no teacher model: written by rule from gold supporting facts, and
+    imported from published outputs."""
+    rule, imported = _rule_and_imported(cfg, train_items, data_dir)
+    return _stacked([*rule, *imported])
+
+
 def collect_rationales(
     cfg: TeacherTracesParams,
     train_items: list[QAItem],
@@ -116,22 +149,10 @@ def collect_rationales(
 ) -> tuple[pd.DataFrame, TeacherReport]:
     """All rationale rows of a run, before filtering, and a report for meta.json."""
     report = TeacherReport()
-    with_gold = [item for item in train_items if item.supporting_facts is not None]
-    parts = [rule_traces(with_gold)] if cfg.rule_traces else []
+    generated = []
     gen = cfg.generation
     if gen.recipes and gen.n_items:
-        if gen.exemplars_file:
-            exemplars, asked = (
-                load_exemplars(resolve_repo_path(gen.exemplars_file))[: gen.n_shots],
-                train_items[: gen.n_items],
-            )
-        else:
-            shots = train_items[: gen.n_shots]
-            exemplars, asked = (
-                exemplars_from_items(shots),
-                train_items[gen.n_shots : gen.n_shots + gen.n_items],
-            )
-            report.exemplar_items = [item.id for item in shots]
+        exemplars, asked, report.exemplar_items = teacher_prompts(gen, train_items)
         report.asked_items = [item.id for item in asked]
         backend = make_backend(cfg.teacher, device=device, seed=seed)
         pairs = (
@@ -141,7 +162,7 @@ def collect_rationales(
         )
         with GenerationCache(cfg.cache_path) as cache:
             for recipe in gen.recipes:
-                parts.append(
+                generated.append(
                     generate_rationales(
                         recipe,
                         asked,
@@ -157,7 +178,5 @@ def collect_rationales(
             report.cache = {**cache.stats.as_dict(), "entries": len(cache), "path": str(cache.path)}
         report.model_calls = backend.calls
         backend.close()
-    parts += [import_rationales(spec, train_items, data_dir) for spec in cfg.imports]
-    parts = [p for p in parts if len(p)]
-    traces = pd.concat(parts, ignore_index=True) if parts else traces_frame([])
-    return traces, report
+    rule, imported = _rule_and_imported(cfg, train_items, data_dir)
+    return _stacked([*rule, *generated, *imported]), report

@@ -1,0 +1,563 @@
+"""`kdlib plan`: what a params file will cost, before anything is trained.
+
+The planner builds what notebooks 01-04 will build from the data alone (items, rule-written and imported
+rationales, decomposed traces, every cell's training texts) and tokenises it under each student's
+tokenizer, with no weights loaded. It counts, per notebook and per training cell: items, examples,
+prompt and target tokens, optimiser steps, and the evaluation work (generation prompts x new tokens,
+label-first requests, lens and attribution passes, judge calls). Wall time comes from a short calibration
+of each model on this machine (a few training steps, one prefill, one decode batch), cached per model,
+dtype, fine-tuning mode and machine. Students that only the hub has (the `_full` twins) get FLOPs and
+GPU-hours at a stated MFU instead.
+
+Counts that depend on what a teacher LLM writes are bounded, not known: each generated rationale is
+counted at `generation.max_new_tokens` tokens, key-token words at the share `key_tokens` keeps of a
+rationale's words, and generation at `max_new_tokens` per prompt (students may stop earlier).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
+from types import SimpleNamespace
+
+import pandas as pd
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+from kdlib import io
+from kdlib.config import ExperimentParams, SftParams
+from kdlib.data.schema import QAItem
+from kdlib.evaluation.explanations import DIMENSIONS, gives_explanations
+from kdlib.evaluation.scoring import answer_context
+from kdlib.model_registry import PRETRAINED, TINY
+from kdlib.models import (
+    encode_prompt,
+    model_config,
+    model_tokenizer,
+    native_bf16,
+    resolve_device,
+    student_prompt,
+)
+from kdlib.paths import cache_dir, resolve_repo_path
+from kdlib.stats import wilson_interval
+from kdlib.teacher.rationales import filter_traces, traces_frame
+from kdlib.teacher.recipes import recipe_jobs
+from kdlib.teacher.stage import load_run_items, offline_rationales, teacher_prompts
+from kdlib.traces.decomposition import decompose, has_gold_steps, steps_by_item
+from kdlib.training.conditions import TRANSFORMS, evaluation_prompt, pick_rationales, read_key_words
+from kdlib.training.grid import TraceSources, cell_text_examples, grid_cells, prepare_student
+from kdlib.training.loop import Example, TrainSettings, encode_example, step_plan, train
+
+MIN_STEPS = 100  # fewer optimiser steps per cell draw a warning: 16-24 left every CPU-study student at chance
+RESOLVE_POINTS = 5.0  # an evaluation set should resolve this many accuracy points ...
+CONFIDENCE = 0.95  # ... as the half-width of one cell's Wilson interval at 50 % accuracy
+# GPU estimates: an H100 SXM's dense bf16 peak (NVIDIA's datasheet), at a model FLOPs utilisation that
+# a tuned fine-tuning run reaches; both stated in every GPU line.
+GPU_NAME, GPU_PEAK_FLOPS, GPU_MFU = "H100 SXM", 989e12, 0.40
+# Parameter counts (model cards) of the hub students the `_full` twins name, for FLOPs without weights.
+HUB_PARAMETERS = {
+    "gpt2": 124e6,
+    "microsoft/phi-1_5": 1.42e9,
+    "google/gemma-2b": 2.51e9,
+    "google/t5-v1_1-base": 248e6,
+    "google/t5-v1_1-large": 783e6,
+    "meta-llama/Llama-3.2-1B-Instruct": 1.24e9,
+    "Qwen/Qwen3-1.7B": 2.03e9,
+}
+PROXY_TOKENIZER = "smollm2-135m-instruct"  # counts tokens for a student whose tokenizer only the hub has
+CALIBRATION_LENGTH = 128  # tokens per calibration sequence
+CALIBRATION_STEPS = 3  # training steps timed (the first is a warm-up and not counted)
+DECODE_TOKENS = 16  # new tokens per calibration decode
+
+
+def min_eval_items(points: float = RESOLVE_POINTS, confidence: float = CONFIDENCE) -> int:
+    """The fewest items whose Wilson interval at 50 % accuracy is at most `points` wide on each side."""
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    n = 2
+    while True:
+        low, high = wilson_interval(n // 2, n, z)
+        if (high - low) / 2 * 100 <= points:
+            return n
+        n += 1
+
+
+@dataclass
+class Calibration:
+    """Measured speeds of one model on this machine: training (padded tokens/s, LoRA or full as
+    planned), prefill (tokens/s) and decode (seconds per generation step of a batch)."""
+
+    key: str
+    train_tokens_per_second: float
+    prefill_tokens_per_second: float
+    decode_step_seconds: float
+    batch_size: int
+
+
+def machine_key(device: torch.device) -> str:
+    """What a calibration holds for: the processor, the cores torch uses, torch's version, the device."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    if device.type == "cpu":
+        model = next((line for line in _cpuinfo_lines() if line.startswith("model name")), "model name: ?")
+        name = model.split(":", 1)[1].strip()
+    return f"{name}|{torch.get_num_threads()} threads|torch {torch.__version__}|{device.type}"
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            return handle.read().splitlines()
+    except OSError:
+        return []
+
+
+def _forward(model, ids: torch.Tensor):
+    """One forward pass over ids [batch, length] (an encoder-decoder reads them as its input)."""
+    if model.config.is_encoder_decoder:
+        return model(input_ids=ids, decoder_input_ids=ids[:, :1])
+    return model(input_ids=ids)
+
+
+def calibrate(student: str, sft: SftParams, *, device: torch.device, batch_size: int) -> Calibration:
+    """Time `student` here: CALIBRATION_STEPS training steps as notebook 03 trains (kdlib's loop, the
+    planned fine-tuning mode, bf16 where native), one prefill and one decode batch of `batch_size`."""
+    bf16 = sft.bf16 and native_bf16(device)
+    key = "|".join([student, sft.finetune, "bf16" if bf16 else "fp32", machine_key(device)])
+    model, tokenizer = prepare_student(student, sft, device=device, seed=0, bf16=bf16)
+    generator = torch.Generator().manual_seed(0)
+    vocab = min(model.config.vocab_size, len(tokenizer))
+
+    def random_ids(rows: int, length: int) -> torch.Tensor:
+        return torch.randint(3, vocab, (rows, length), generator=generator)
+
+    ids = random_ids(batch_size * CALIBRATION_STEPS, CALIBRATION_LENGTH).tolist()
+    half = CALIBRATION_LENGTH // 2
+    examples = [Example(f"c{n}", "answer", row, [-100] * half + row[half:]) for n, row in enumerate(ids)]
+    if model.config.is_encoder_decoder:
+        examples = [Example(e.item_id, e.task, e.input_ids[:half], e.input_ids[half:]) for e in examples]
+    settings = TrainSettings(
+        epochs=1, batch_size=batch_size, grad_accum=1, learning_rate=1e-4, bf16=bf16, seed=0
+    )
+    log = train(model, examples, settings, pad_token_id=tokenizer.pad_token_id, desc=f"calibrate {student}")
+    timed = log.iloc[1:]
+    seconds = timed["seconds"].iloc[-1] - log["seconds"].iloc[0]
+    padded = timed["padded_tokens"].iloc[-1] - log["padded_tokens"].iloc[0]
+    model.eval()
+    prompts = random_ids(batch_size, CALIBRATION_LENGTH).to(device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        _forward(model, prompts)  # warm-up
+        started = time.perf_counter()
+        _forward(model, prompts)
+        prefill = time.perf_counter() - started
+        started = time.perf_counter()
+        model.generate(
+            input_ids=prompts,
+            attention_mask=torch.ones_like(prompts),
+            max_new_tokens=DECODE_TOKENS,
+            min_new_tokens=DECODE_TOKENS,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        decode = time.perf_counter() - started - prefill
+    return Calibration(
+        key=key,
+        train_tokens_per_second=padded / seconds,
+        prefill_tokens_per_second=prompts.numel() / prefill,
+        decode_step_seconds=max(decode, 0.0) / DECODE_TOKENS,
+        batch_size=batch_size,
+    )
+
+
+def cached_calibration(
+    student: str, sft: SftParams, *, device: torch.device, batch_size: int, measure: bool
+) -> Calibration | None:
+    """The calibration of `student` from $KDLIB_CACHE/plan_calibration.json, measured (and stored) when
+    missing and `measure`; None when missing and not `measure`."""
+    path = cache_dir() / "plan_calibration.json"
+    stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    bf16 = sft.bf16 and native_bf16(device)
+    key = "|".join([student, sft.finetune, "bf16" if bf16 else "fp32", machine_key(device)])
+    if key in stored:
+        return Calibration(**stored[key])
+    if not measure:
+        return None
+    found = calibrate(student, sft, device=device, batch_size=batch_size)
+    stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    io.write_json(path, {**stored, key: asdict(found)})
+    return found
+
+
+@dataclass
+class Plan:
+    """A params file's planned work: `cells` (one row per training cell), `notebooks` (one row per
+    notebook: its work in words and its estimated seconds), `warnings`, and the GPU lines of hub students."""
+
+    cells: pd.DataFrame
+    notebooks: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    gpu: list[str] = field(default_factory=list)
+
+    @property
+    def total_seconds(self) -> float | None:
+        """The estimated wall time of notebooks 01-04 here; None where a model has no calibration."""
+        seconds = self.notebooks["estimated_seconds"]
+        return None if seconds.isna().any() else float(seconds.sum())
+
+    def summary(self) -> dict:
+        """What run.json records: the total, per notebook, and the warnings."""
+        per_notebook = dict(zip(self.notebooks["notebook"], self.notebooks["estimated_seconds"], strict=True))
+        return {"estimated_seconds": self.total_seconds, "notebooks": per_notebook, "warnings": self.warnings}
+
+
+def _planned_rationales(params: ExperimentParams, train_items: list[QAItem]) -> tuple[pd.DataFrame, int]:
+    """(the rationale rows notebook 01 keeps, with each generated one as a stand-in of max_new_tokens
+    words; the teacher calls it makes)."""
+    cfg = params.teacher_traces
+    gen = cfg.generation
+    rows, calls = [], 0
+    if gen.recipes and gen.n_items:
+        _, asked, _ = teacher_prompts(gen, train_items)
+        stand_in = " ".join(["word"] * gen.max_new_tokens)
+        pairs = len(gen.critique_revision or [None])
+        for recipe in gen.recipes:
+            jobs = recipe_jobs(recipe, asked, [], gen.samples)
+            calls += len(jobs) * (1 + 2 * pairs if recipe == "critique_revision" else 1)
+            rows += [
+                {"item_id": job.item.id, "source": "llm", "recipe": recipe, "rationale": stand_in}
+                for job in jobs
+            ]
+        if "critique_revision" in gen.recipes and "rationalize" in gen.recipes:
+            calls -= gen.n_items * gen.samples  # its first stage is rationalize's prompt: a cache hit
+    offline = offline_rationales(cfg, train_items, params.common.data_dir)
+    kept, _ = filter_traces(offline, **cfg.filters.model_dump())
+    generated = pd.DataFrame(rows, columns=["item_id", "source", "recipe", "rationale"])
+    frames = [f for f in (kept, generated.reindex(columns=kept.columns)) if len(f)]
+    return (pd.concat(frames, ignore_index=True) if frames else traces_frame([])), calls
+
+
+def _key_words(
+    sft: SftParams, train_items: list[QAItem], rationales: dict[str, str]
+) -> dict[str, tuple[str, ...]]:
+    """The key-token words: read from key_tokens.attributions where given; else stand-ins for the items
+    notebook 03 attributes (the first n_items training items with a rationale), as many of each
+    rationale's first words as key_tokens keeps (top_k, or the fraction rounded up)."""
+    settings = sft.key_tokens
+    if settings.attributions:
+        path = resolve_repo_path(settings.attributions)
+        return read_key_words(path, top_k=settings.top_k, fraction=settings.fraction)
+    kept = {}
+    for item in train_items[: settings.n_items]:
+        words = rationales.get(item.id, "").split()
+        if words:
+            kept[item.id] = tuple(words[: settings.top_k or math.ceil(settings.fraction * len(words))])
+    return kept
+
+
+def _student_shape(student: str, sft: SftParams):
+    """(tokenizer, a stand-in exposing .config for encode_example, whether a proxy was used)."""
+    config = model_config(student, trust_remote_code=sft.trust_remote_code)
+    tokenizer = model_tokenizer(student, trust_remote_code=sft.trust_remote_code)
+    if config is None or tokenizer is None:
+        return model_tokenizer(PROXY_TOKENIZER), SimpleNamespace(config=model_config(PROXY_TOKENIZER)), True
+    return tokenizer, SimpleNamespace(config=config), False
+
+
+def plan_params(params: ExperimentParams, *, measure: bool = True) -> Plan:
+    """The Plan of `params` on this machine (`measure`: calibrate models not yet calibrated here)."""
+    sft, evaluation = params.sft, params.evaluation
+    device = resolve_device(params.common.device)
+    train_items, eval_items, _ = load_run_items(params.teacher_traces, params.common)
+    traces, teacher_calls = _planned_rationales(params, train_items)
+    fmt = params.decomposition.trace_format
+    checkable = [item for item in train_items if has_gold_steps(item)]
+    steps = steps_by_item(
+        decompose(checkable, fmt, params.decomposition.perturbations, seed=params.common.seed)
+    )
+    key_spec = next((s for s in sft.condition_specs() if s.name == sft.key_tokens.condition), None)
+    key_rationales = (
+        pick_rationales(traces, key_spec.rationale_recipe, key_spec.rationale_source) if key_spec else {}
+    )
+    key_words = _key_words(sft, train_items, key_rationales)
+    sources = TraceSources(traces, steps, key_words)
+    rows, warnings, gpu = [], [], []
+    for student in sft.students:
+        tokenizer, shape, proxy = _student_shape(student, sft)
+        if proxy:
+            warnings.append(
+                f"{student}: tokens counted under {PROXY_TOKENIZER}'s tokenizer (hub-only student)"
+            )
+        for cell in (c for c in grid_cells(sft) if c.student == student):
+            examples, skipped = cell_text_examples(cell.condition, train_items, sources, sft, fmt, cell.seed)
+            encoded = [encode_example(shape, tokenizer, e, sft.max_length) for e in examples]
+            plan = step_plan(
+                [e.length for e in encoded], sft.batch_size, sft.grad_accum, sft.epochs, cell.seed
+            )
+            padded = sum(
+                max(encoded[i].length for i in batch)
+                * len(batch)
+                * (2 if shape.config.is_encoder_decoder else 1)
+                for step in plan
+                for batch in step["batches"]
+            )
+            transform = cell.condition.transform
+            prompts = [
+                len(
+                    encode_prompt(
+                        shape, tokenizer, student_prompt(shape, tokenizer, evaluation_prompt(transform, i))
+                    )
+                )
+                for i in eval_items
+            ]
+            with_choices = [i for i in eval_items if i.choices] if evaluation.label_first else []
+            label_first_tokens = sum(
+                len(tokenizer(answer_context(shape, tokenizer, transform, fmt, i) + c)["input_ids"])
+                for i in with_choices
+                for c in i.choices
+            )
+            lens_passes = (
+                len(eval_items)
+                + (min(evaluation.lens.train_items, len(train_items)) if evaluation.lens.tuned else 0)
+                if evaluation.lens.enabled
+                else 0
+            )
+            explained = (
+                min(evaluation.explanations.n_items, len(eval_items))
+                if evaluation.explanations.enabled and gives_explanations(transform)
+                else 0
+            )
+            rows.append(
+                {
+                    "student": student,
+                    "condition": cell.condition.name,
+                    "seed": cell.seed,
+                    "examples": len(encoded),
+                    "skipped_items": len(skipped),
+                    "prompt_tokens": sum(len(e.input_ids) - e.n_target_tokens for e in encoded)
+                    if not shape.config.is_encoder_decoder
+                    else sum(len(e.input_ids) for e in encoded),
+                    "target_tokens": sum(e.n_target_tokens for e in encoded),
+                    "steps": len(plan),
+                    "training_padded_tokens": padded,
+                    "generation_prompts": len(eval_items) * (1 + evaluation.generation.samples) + explained,
+                    "generation_prompt_tokens": sum(prompts) * (1 + evaluation.generation.samples),
+                    "generation_new_tokens": evaluation.max_new_tokens
+                    * (len(eval_items) * (1 + evaluation.generation.samples) + explained),
+                    "label_first_requests": sum(len(i.choices) for i in with_choices),
+                    "label_first_tokens": label_first_tokens,
+                    "lens_passes": lens_passes,
+                    "lens_tokens": round(sum(prompts) / len(prompts) * lens_passes) if prompts else 0,
+                    "judge_calls": explained
+                    * (1 if evaluation.explanations.judge_mode == "joint" else len(DIMENSIONS)),
+                    "proxy_tokenizer": proxy,
+                }
+            )
+    cells = pd.DataFrame(rows)
+    attributed = (
+        len(key_words)
+        if any("key_words" in TRANSFORMS[s.transform].needs for s in sft.condition_specs())
+        and sft.key_tokens.attributions is None
+        else 0
+    )
+    few = cells[cells["steps"] < MIN_STEPS]
+    if len(few):
+        warnings.append(
+            f"{len(few)} of {len(cells)} cells train fewer than {MIN_STEPS} optimiser steps "
+            f"({few['steps'].min()}-{few['steps'].max()}): too few to learn (the CPU studies' 16-24 left "
+            "every student at chance)"
+        )
+    needed = min_eval_items()
+    if len(eval_items) < needed:
+        warnings.append(
+            f"{len(eval_items)} evaluation items: one cell's {CONFIDENCE:.0%} Wilson interval at 50 % "
+            f"accuracy is wider than ±{RESOLVE_POINTS:g} points below {needed} items"
+        )
+    speeds = _calibrations(params, device, measure)
+    notebooks = _notebook_rows(
+        params, cells, speeds, teacher_calls, attributed, len(train_items), len(eval_items)
+    )
+    gpu = _gpu_lines(params, cells)
+    return Plan(cells=cells, notebooks=notebooks, warnings=warnings, gpu=gpu)
+
+
+def _offline(model: str) -> bool:
+    """Whether `model` loads here (a kdlib name, or a folder), so that it can be calibrated."""
+    return model in PRETRAINED or model in TINY or model_config(model) is not None
+
+
+def _calibrations(
+    params: ExperimentParams, device: torch.device, measure: bool
+) -> dict[str, Calibration | None]:
+    """model name -> its Calibration (None: a hub-only model, or not calibrated and not `measure`)."""
+    speeds = {}
+    batch = params.evaluation.batch_size
+    for student in params.sft.students:
+        speeds[student] = (
+            cached_calibration(
+                student, params.sft, device=device, batch_size=params.sft.batch_size, measure=measure
+            )
+            if _offline(student)
+            else None
+        )
+    inference = params.sft.model_copy(update={"finetune": "full"})
+    for model in (params.teacher_traces.teacher.model, params.evaluation.explanations.judge.model):
+        if model not in speeds:
+            speeds[model] = (
+                cached_calibration(model, inference, device=device, batch_size=batch, measure=measure)
+                if _offline(model)
+                else None
+            )
+    return speeds
+
+
+def _generation_seconds(
+    speed: Calibration | None, prompt_tokens: float, prompts: int, new_tokens: int, batch: int
+) -> float:
+    if speed is None:
+        return math.nan
+    batches = math.ceil(prompts / batch)
+    return prompt_tokens / speed.prefill_tokens_per_second + batches * new_tokens * speed.decode_step_seconds
+
+
+def _notebook_rows(params, cells, speeds, teacher_calls, attributed, n_train, n_eval) -> pd.DataFrame:
+    sft, evaluation, gen = params.sft, params.evaluation, params.teacher_traces.generation
+    teacher = params.teacher_traces.teacher
+    teacher_speed = speeds.get(teacher.model) if teacher.backend == "transformers" else None
+    mean_prompt = cells["generation_prompt_tokens"].sum() / max(cells["generation_prompts"].sum(), 1)
+    teacher_seconds = (
+        _generation_seconds(
+            teacher_speed,
+            teacher_calls * mean_prompt * (gen.n_shots + 1),
+            teacher_calls,
+            gen.max_new_tokens,
+            teacher.batch_size,
+        )
+        if teacher_calls
+        else 0.0
+    )
+    training, evaluating = 0.0, 0.0
+    for row in cells.to_dict(orient="records"):
+        speed = speeds.get(row["student"])
+        if speed is None:
+            training, evaluating = math.nan, math.nan
+            continue
+        training += row["training_padded_tokens"] / speed.train_tokens_per_second
+        per_prompt = row["generation_new_tokens"] / max(row["generation_prompts"], 1)
+        evaluating += _generation_seconds(
+            speed,
+            row["generation_prompt_tokens"],
+            row["generation_prompts"],
+            per_prompt,
+            evaluation.batch_size,
+        )
+        evaluating += (row["label_first_tokens"] + row["lens_tokens"]) / speed.prefill_tokens_per_second
+    if attributed and sft.students[0] in speeds and speeds[sft.students[0]] is not None:
+        rationale_cells = cells[cells["condition"] == sft.key_tokens.condition]
+        tokens_per_example = (
+            rationale_cells["prompt_tokens"] + rationale_cells["target_tokens"]
+        ).sum() / max(rationale_cells["examples"].sum(), 1)
+        training += (
+            attributed
+            * sft.key_tokens.n_steps
+            * tokens_per_example
+            / speeds[sft.students[0]].train_tokens_per_second
+        )
+    judge = evaluation.explanations.judge
+    judge_speed = speeds.get(judge.model) if judge.backend == "transformers" else None
+    judge_calls = int(cells["judge_calls"].sum())
+    judge_new = (
+        0
+        if evaluation.explanations.judge_mode == "rating_probabilities"
+        else evaluation.explanations.max_new_tokens
+    )
+    if judge_calls:
+        evaluating += _generation_seconds(
+            judge_speed,
+            judge_calls * (mean_prompt + evaluation.max_new_tokens),
+            judge_calls,
+            judge_new,
+            judge.batch_size,
+        )
+    steps, padded = int(cells["steps"].sum()), int(cells["training_padded_tokens"].sum())
+    work = {
+        "01_teacher_traces": f"{n_train} train / {n_eval} eval items; {teacher_calls} teacher calls x "
+        f"{gen.max_new_tokens} new tokens",
+        "02_decomposition": "rule-based decomposition and verifier",
+        "03_sft": f"{len(cells)} cells, {steps} optimiser steps, {padded:,} padded training tokens; "
+        f"{attributed} items x {sft.key_tokens.n_steps} integrated-gradients steps",
+        "04_evaluation": f"{int(cells['generation_prompts'].sum())} generation prompts, "
+        f"{int(cells['label_first_requests'].sum())} label-first requests, "
+        f"{int(cells['lens_passes'].sum())} lens passes, {judge_calls} judge calls",
+        "05_correlation": "statistics over the predictions",
+    }
+    seconds = {"01_teacher_traces": teacher_seconds, "03_sft": training, "04_evaluation": evaluating}
+    rows = [
+        {"notebook": name, "work": text, "estimated_seconds": seconds.get(name, 0.0)}
+        for name, text in work.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def _parameters(student: str, sft: SftParams) -> float | None:
+    config = model_config(student, trust_remote_code=sft.trust_remote_code) if _offline(student) else None
+    if config is None:
+        return HUB_PARAMETERS.get(student)
+    with torch.device("meta"):
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        return float(sum(p.numel() for p in auto.from_config(config).parameters()))
+
+
+def _gpu_lines(params: ExperimentParams, cells: pd.DataFrame) -> list[str]:
+    """FLOPs and GPU-hours of each hub-only student's cells (training 6 N per token, inference 2 N)."""
+    lines = []
+    for student, group in cells.groupby("student", sort=False):
+        if _offline(student):
+            continue
+        parameters = _parameters(student, params.sft)
+        if parameters is None:
+            lines.append(f"{student}: parameter count unknown offline; FLOPs not estimated")
+            continue
+        train_flops = 6 * parameters * group["training_padded_tokens"].sum()
+        infer_tokens = (
+            group[["generation_prompt_tokens", "generation_new_tokens", "label_first_tokens", "lens_tokens"]]
+            .sum()
+            .sum()
+        )
+        flops = train_flops + 2 * parameters * infer_tokens
+        hours = flops / (GPU_PEAK_FLOPS * GPU_MFU) / 3600
+        lines.append(
+            f"{student} ({parameters / 1e9:.2f} B parameters): {train_flops:.3g} training + "
+            f"{flops - train_flops:.3g} evaluation FLOPs = {hours:.2f} GPU-hours on one {GPU_NAME} at "
+            f"{GPU_MFU:.0%} MFU ({GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16 peak)"
+        )
+    return lines
+
+
+CELL_COLUMNS = ["student", "condition", "seed", "examples", "prompt_tokens", "target_tokens", "steps"]
+EVALUATION_COLUMNS = ["generation_prompts", "generation_new_tokens", "label_first_requests", "lens_passes"]
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds):
+        return "not calibrated"
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def describe_plan(source: str, plan: Plan) -> str:
+    """The plan as `kdlib plan` prints it: per notebook, per cell, warnings, GPU lines and the total."""
+    notebooks = plan.notebooks.assign(estimate=plan.notebooks["estimated_seconds"].map(_duration))
+    seeds = plan.cells.groupby(["student", "condition"], sort=False).head(1)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 120, "display.max_rows", 200):
+        parts = [
+            f"== {source}",
+            notebooks[["notebook", "estimate", "work"]].to_string(index=False),
+            "",
+            "training cells (first seed of each; others differ only in batch order):",
+            seeds[[*CELL_COLUMNS, *EVALUATION_COLUMNS]].to_string(index=False),
+        ]
+    parts += ["", *(f"warning: {w}" for w in plan.warnings), *(f"GPU: {line}" for line in plan.gpu)]
+    parts.append(f"total (notebooks 01-04 on this machine): {_duration(plan.total_seconds)}")
+    return "\n".join(parts)

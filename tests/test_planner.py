@@ -1,0 +1,102 @@
+"""kdlib.planner: counts made from the data alone, the evaluation-size rule, calibration caching and the
+GPU lines of hub-only students (no weights are loaded: measure=False)."""
+
+import math
+
+import pytest
+
+from kdlib import planner
+from kdlib.config import load_params, validate_params
+from kdlib.paths import PARAMS_DIR
+
+SMOKE = load_params(PARAMS_DIR / "smoke.yaml")
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLIB_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_smoke_counts(empty_cache):
+    plan = planner.plan_params(SMOKE, measure=False)
+    cells = plan.cells.set_index(["student", "condition"])
+    n_train, batch = SMOKE.teacher_traces.dataset.n_train, SMOKE.sft.batch_size
+    assert len(plan.cells) == 2 * 6
+    # every generated item has gold steps: one example per item, two for multitask ([predict] + [explain])
+    assert cells.loc[("tiny-llama", "no_trace"), "examples"] == n_train
+    assert cells.loc[("tiny-llama", "multitask_rule"), "examples"] == 2 * n_train
+    # key-token examples only for the n_items attributed items
+    assert cells.loc[("tiny-llama", "key_tokens_after_label"), "examples"] == SMOKE.sft.key_tokens.n_items
+    for row in plan.cells.itertuples():
+        assert row.steps == math.ceil(row.examples / batch) * SMOKE.sft.epochs
+    # 8 eval items, greedy + 1 sample; explanations of 4 items except no_trace; 5 choices per item
+    n_eval = SMOKE.teacher_traces.dataset.n_eval
+    assert cells.loc[("tiny-llama", "no_trace"), "generation_prompts"] == 2 * n_eval
+    assert cells.loc[("tiny-llama", "correct_trace"), "generation_prompts"] == 2 * n_eval + 4
+    assert cells.loc[("tiny-llama", "correct_trace"), "judge_calls"] == 4
+    assert cells.loc[("tiny-t5", "no_trace"), "lens_passes"] == n_eval + 8
+    # a trace adds target tokens: the answer alone is the shortest target
+    per_example = cells["target_tokens"] / cells["examples"]
+    assert per_example.xs("tiny-llama").idxmin() == "no_trace"
+    assert plan.total_seconds is None  # nothing calibrated in an empty cache
+    assert any("fewer than 100 optimiser steps" in w for w in plan.warnings)
+    assert any("below 381 items" in w for w in plan.warnings)
+
+
+def test_min_eval_items_is_the_wilson_rule():
+    z = 1.959963984540054
+    half_width = lambda n: z * math.sqrt(0.25 / n + z * z / (4 * n * n)) / (1 + z * z / n)  # noqa: E731
+    n = planner.min_eval_items()
+    assert half_width(n) <= 0.05 < half_width(n - 1)
+    assert planner.min_eval_items(10) < n < planner.min_eval_items(2)
+
+
+def test_calibration_is_cached_per_model_and_machine(empty_cache, monkeypatch):
+    device = planner.resolve_device("cpu")
+    calls = []
+
+    def fake(student, sft, *, device, batch_size):
+        calls.append(student)
+        return planner.Calibration("k", 100.0, 1000.0, 0.01, batch_size)
+
+    monkeypatch.setattr(planner, "calibrate", fake)
+    sft = SMOKE.sft
+    assert planner.cached_calibration("tiny-llama", sft, device=device, batch_size=8, measure=False) is None
+    first = planner.cached_calibration("tiny-llama", sft, device=device, batch_size=8, measure=True)
+    again = planner.cached_calibration("tiny-llama", sft, device=device, batch_size=8, measure=True)
+    assert first == again and calls == ["tiny-llama"]
+    full = sft.model_copy(update={"finetune": "full"})
+    planner.cached_calibration("tiny-llama", full, device=device, batch_size=8, measure=True)
+    assert calls == ["tiny-llama", "tiny-llama"]  # another fine-tuning mode is another key
+
+
+def test_estimates_follow_the_calibration(empty_cache, monkeypatch):
+    speed = planner.Calibration("k", 100.0, 1000.0, 0.01, 8)
+    monkeypatch.setattr(planner, "cached_calibration", lambda *a, **k: speed)
+    plan = planner.plan_params(SMOKE, measure=False)
+    notebooks = plan.notebooks.set_index("notebook")["estimated_seconds"]
+    padded = plan.cells["training_padded_tokens"].sum()
+    assert notebooks["03_sft"] >= padded / 100.0
+    assert plan.total_seconds == pytest.approx(notebooks.sum())
+    assert plan.summary()["notebooks"]["03_sft"] == notebooks["03_sft"]
+
+
+def test_hub_students_get_flops_and_gpu_hours(empty_cache):
+    raw = SMOKE.model_dump(mode="json")
+    raw["sft"]["students"] = ["gpt2"]
+    raw["sft"]["conditions"] = ["no_trace"]
+    plan = planner.plan_params(validate_params(raw), measure=False)
+    cells = plan.cells
+    assert cells["proxy_tokenizer"].all()
+    parameters = planner.HUB_PARAMETERS["gpt2"]
+    inference = (
+        cells[["generation_prompt_tokens", "generation_new_tokens", "label_first_tokens", "lens_tokens"]]
+        .sum()
+        .sum()
+    )
+    flops = 6 * parameters * cells["training_padded_tokens"].sum() + 2 * parameters * inference
+    hours = flops / (planner.GPU_PEAK_FLOPS * planner.GPU_MFU) / 3600
+    (line,) = plan.gpu
+    assert line.startswith("gpt2 (0.12 B parameters)") and f"{hours:.2f} GPU-hours" in line
+    assert "H100 SXM at 40% MFU" in line
