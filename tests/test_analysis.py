@@ -10,6 +10,7 @@ from kdlib.analysis.tables import (
     checkable_traces,
     cochran_q,
     contingency,
+    describe_contingency,
     flag_runs,
     group_tests,
     item_outcomes,
@@ -18,6 +19,7 @@ from kdlib.analysis.tables import (
     point_biserial,
     seed_summary,
     with_graded_scores,
+    with_joint_share,
 )
 from kdlib.stats import bootstrap_interval, difference_range, t_interval, value_range, wilson_interval
 from tests.conftest import accuracy_outcomes
@@ -74,6 +76,33 @@ def test_contingency_counts_conditionals_and_tests():
     assert row["p_answer_given_trace_right_ci_low"] < 2 / 3 < row["p_answer_given_trace_right_ci_high"]
     assert (row["student"], row["condition"], row["seed"]) == ("s", "c", 0)
     assert contingency(predictions.iloc[:0]).columns.tolist() == contingency(predictions).columns.tolist()
+
+
+def test_joint_share_divides_by_every_item_and_the_conditional_by_right_traces():
+    # 10 items: 4 right traces, 3 of them with a right answer; 2 right answers after the 6 wrong traces
+    trace = [True] * 4 + [False] * 6
+    answer = [True, True, True, False, True, True, False, False, False, False]
+    row = contingency(_cell_predictions(trace, answer), ("both_steps",), n_resamples=50).iloc[0]
+    assert row["p_trace_right_and_answer_right"] == pytest.approx(3 / 10)
+    assert row["p_answer_given_trace_right"] == pytest.approx(3 / 4)
+    assert row["p_answer_given_trace_wrong"] == pytest.approx(2 / 6)
+    low, high = wilson_interval(3, 10)
+    assert (row["p_trace_right_and_answer_right_ci_low"], row["p_trace_right_and_answer_right_ci_high"]) == (
+        pytest.approx(low),
+        pytest.approx(high),
+    )
+    assert "both right on 30% of all items" in describe_contingency(pd.DataFrame([row]))[0]
+
+
+def test_with_joint_share_fills_a_contingency_file_written_before_the_column(tmp_path):
+    rng = np.random.default_rng(4)
+    trace, answer = rng.random(50) < 0.5, rng.random(50) < 0.6
+    table = contingency(_cell_predictions(trace, answer), n_resamples=50)
+    joint = [c for c in table.columns if c.startswith("p_trace_right_and_answer_right")]
+    table.drop(columns=joint).to_csv(tmp_path / "contingency.csv", index=False)
+    filled = with_joint_share(pd.read_csv(tmp_path / "contingency.csv"))
+    pd.testing.assert_frame_equal(filled[joint], table[joint], check_dtype=False)
+    assert filled.loc[0, "p_trace_right_and_answer_right"] == (trace & answer).sum() / 50
 
 
 def test_contingency_reads_each_criterion_from_its_own_step():

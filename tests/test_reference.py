@@ -269,3 +269,71 @@ def test_published_numbers_are_compared_only_in_the_same_setup():
     assert "dataset cotempqa (paper: babi)" in rows.loc["bhambri.babi.qwen1.7b.no_trace", "reason"]
     correlation = table.set_index("id").loc["bhambri.trace_answer_correlation_is_low"]
     assert correlation["verdict"] == "replicated"  # independent trace and answer: phi near 0
+
+
+def _matrix_predictions(student, right_right, right_wrong, wrong_right, wrong_wrong):
+    """Greedy predictions of one correct_trace cell with the given 2x2 counts (trace x answer)."""
+    cells = [(True, True)] * right_right + [(True, False)] * right_wrong
+    cells += [(False, True)] * wrong_right + [(False, False)] * wrong_wrong
+    trace, answer = (np.array(column) for column in zip(*cells, strict=True))
+    return pd.DataFrame(
+        {
+            "student": student,
+            "condition": "correct_trace",
+            "seed": 0,
+            "answer_correct": answer,
+            "trace_correct": trace,
+            "class_correct": trace,
+            "retrieval_exact": trace,
+        }
+    )
+
+
+def test_a_joint_share_is_compared_with_the_joint_share_and_a_conditional_with_the_conditional():
+    """The authors' CoTempQA matrix for Qwen3-1.7B (261, 195, 248, 245): v1's 57.2 % is the conditional
+    P(answer | trace right) = 261/456, v2's 28 % the joint share 261/949."""
+    student = "Qwen/Qwen3-1.7B"
+    predictions = _matrix_predictions(student, 261, 195, 248, 245)
+    outcomes = accuracy_outcomes({"correct_trace": predictions["answer_correct"]}, 0, student)
+    reference = load_reference()
+    table = compare_with_reference(
+        reference,
+        _facts("cotempqa", ["correct_trace"], 5000, 949),
+        outcomes,
+        contingency(predictions, n_resamples=200),
+        n_resamples=200,
+    ).set_index("id")
+    joint = table.loc["bhambri.cotempqa.qwen1.7b.p_trace_right_and_answer_right"]
+    assert joint["estimate"] == pytest.approx(100 * 261 / 949) and joint["paper"] == 28
+    assert joint["verdict"] == "replicated" and joint["claim"].endswith("on cotempqa (v2)")
+    conditional = table.loc["bhambri.cotempqa.qwen1.7b.p_answer_given_trace_right"]
+    assert conditional["estimate"] == pytest.approx(100 * 261 / 456)
+    assert conditional["verdict"] == "replicated"
+    assert table.loc["bhambri.cotempqa.qwen1.7b.p_answer_given_trace_wrong", "verdict"] == "replicated"
+    # the conditional's value published as a joint share is judged against the joint share, and fails
+    v2 = next(p for p in reference.published if p.id == joint.name)
+    misread = reference.model_copy(update={"published": [v2.model_copy(update={"value": 57.2})]})
+    row = (
+        compare_with_reference(
+            misread,
+            _facts("cotempqa", ["correct_trace"], 5000, 949),
+            outcomes,
+            contingency(predictions, n_resamples=200),
+            n_resamples=200,
+        )
+        .set_index("id")
+        .loc[v2.id]
+    )
+    assert row["verdict"] == "not replicated" and row["estimate"] == pytest.approx(100 * 261 / 949)
+    assert "is not within ±3 of 57.2" in row["reason"]
+
+
+def test_published_table_names_each_numbers_paper_version():
+    table = published_table(load_reference()).set_index("id")
+    assert table.loc["bhambri.cotempqa.qwen1.7b.p_answer_given_trace_right", "version"] == "v1"
+    assert table.loc["bhambri.cotempqa.qwen1.7b.p_trace_right_and_answer_right", "version"] == "v2"
+    assert "261 of 949" in table.loc["bhambri.cotempqa.qwen1.7b.p_trace_right_and_answer_right", "note"]
+    marco = table[table["dataset"] == "msmarco"]
+    assert (marco["version"] == "repository").all()
+    assert marco["source"].str.contains(r"results/Marcoqa/.+ \(commit [0-9a-f]{40}\)").all()
+    assert table["version"].isna().sum() == (~table["study"].eq("bhambri2025")).sum()

@@ -4,6 +4,7 @@ import pandas as pd
 
 from kdlib import io
 from kdlib.analysis.results import (
+    contingency_table,
     findings_table,
     judge_lines,
     published_table,
@@ -11,6 +12,7 @@ from kdlib.analysis.results import (
     stage_commits,
     version_drift,
 )
+from kdlib.analysis.tables import contingency
 from kdlib.config import ExplanationParams
 from kdlib.paths import RunLayout
 from kdlib.teacher.backends import choice_reply
@@ -41,9 +43,36 @@ def test_published_numbers_are_read_from_a_comparison_that_also_quotes_findings(
     read_back = read_comparison(tmp_path / "reference_comparison.csv")
     assert findings_table(read_back, "s")["ours (95 % CI)"].tolist() == ["0.07 [-0.10, 0.20]"]  # phi: no unit
     published = pd.DataFrame({"id": ["s.cf"], "study": ["s"], "dataset": ["babi"], "student": ["T5-base"]})
-    table = published_table(read_back, published, "s", "babi")
+    table = published_table(read_back, published, "s", "babi")  # published_results.csv without versions
     assert table["paper"].tolist() == ["53.17 % (T5-base)"]
     assert table["ours"].str.startswith("41.5").all()
+    io.write_csv(tmp_path / "published_results.csv", published.assign(version="v2"))
+    versioned = pd.read_csv(tmp_path / "published_results.csv")
+    assert published_table(read_back, versioned, "s", "babi")["paper"].tolist() == ["53.17 % (T5-base, v2)"]
+
+
+def test_contingency_table_shows_the_joint_share_beside_the_conditionals(tmp_path):
+    # 10 items: trace right on 4, answer right on 3 of those and on 2 of the 6 wrong traces
+    predictions = pd.DataFrame(
+        {
+            "student": "s",
+            "condition": "correct_trace",
+            "seed": 0,
+            "trace_correct": [True] * 4 + [False] * 6,
+            "answer_correct": [True, True, True, False, True, True, False, False, False, False],
+        }
+    ).assign(class_correct=lambda f: f["trace_correct"], retrieval_exact=lambda f: f["trace_correct"])
+    written = contingency(predictions, n_resamples=50)
+    table = contingency_table(written, "both_steps")
+    columns = list(table.columns)
+    joint = columns.index("P(trace and answer right) %")
+    assert columns[joint + 1 : joint + 3] == ["P(answer | trace right) %", "P(answer | trace wrong) %"]
+    assert table.iloc[0, joint].startswith("30.0 [")
+    assert table.iloc[0, joint + 1].startswith("75.0 [") and table.iloc[0, joint + 2].startswith("33.3 [")
+    # a contingency.csv written before the joint share existed: the counts give it
+    old = written.drop(columns=[c for c in written.columns if c.startswith("p_trace_right_and_answer_right")])
+    io.write_csv(tmp_path / "contingency.csv", old)
+    assert contingency_table(pd.read_csv(tmp_path / "contingency.csv"), "both_steps").equals(table)
 
 
 def test_stage_commits_name_the_commit_each_notebook_ran_at(tmp_path):

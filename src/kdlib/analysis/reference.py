@@ -17,7 +17,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import ValidationError, model_validator
 
-from kdlib.analysis.tables import cell_summary, paired_comparisons
+from kdlib.analysis.tables import JOINT_SHARE, cell_summary, paired_comparisons
 from kdlib.config import ConditionSpec, CorrelationParams, Schema, SftParams, format_errors
 from kdlib.io import read_yaml
 from kdlib.paths import resolve_repo_path
@@ -30,11 +30,18 @@ PERCENT_METRICS = frozenset(
         "accuracy",
         "label_first_acc",
         "trace_accuracy",
+        JOINT_SHARE,
         "p_answer_given_trace_right",
         "p_answer_given_trace_wrong",
     }
 )
-CONTINGENCY_STATISTICS = ("phi", "trace_accuracy", "p_answer_given_trace_right", "p_answer_given_trace_wrong")
+CONTINGENCY_STATISTICS = (  # a published number of one of these is compared with its own contingency column
+    "phi",
+    "trace_accuracy",
+    JOINT_SHARE,
+    "p_answer_given_trace_right",
+    "p_answer_given_trace_wrong",
+)
 VERDICTS = ("replicated", "not replicated", "not comparable")
 CHANCE_METRICS = frozenset({"accuracy", "label_first_acc"})  # where guessing sets a floor
 
@@ -57,6 +64,12 @@ class Selector(Schema):
 
 
 class Published(Schema):
+    """One published number. `metric` names what it measures; for a 2x2 statistic
+    (CONTINGENCY_STATISTICS) the joint share p_trace_right_and_answer_right and the conditional
+    p_answer_given_trace_right are different metrics, each compared with its own column. `version` says
+    which release of a study with several prints it (e.g. "v1", "v2", or "repository" for a number only
+    the authors' files give); `note` says where releases disagree or what the number is not."""
+
     id: str
     study: str
     dataset: str
@@ -71,6 +84,8 @@ class Published(Schema):
     unit: str
     tolerance: float
     source: str
+    version: str | None = None
+    note: str | None = None
 
 
 class FindingTest(Schema):
@@ -161,7 +176,9 @@ def published_table(reference: Reference) -> pd.DataFrame:
                 "sd": p.sd,
                 "n_runs": p.n_runs,
                 "unit": p.unit,
+                "version": p.version,
                 "source": reference.sources[p.source],
+                "note": p.note,
             }
             for p in reference.published
         ]
@@ -357,7 +374,8 @@ def _published_row(p: Published, student: str, facts: RunFacts, outcomes, contin
         "paper": p.value,
         "unit": p.unit,
     }
-    row["claim"] = f"{p.condition.label()} reaches {p.metric} {p.value:g} {p.unit} on {p.dataset}"
+    version = f" ({p.version})" if p.version else ""
+    row["claim"] = f"{p.condition.label()} reaches {p.metric} {p.value:g} {p.unit} on {p.dataset}{version}"
     mismatches = []
     if facts.dataset != p.dataset:
         mismatches.append(f"dataset {facts.dataset} (paper: {p.dataset})")

@@ -18,6 +18,7 @@ import pandas as pd
 
 from kdlib import io
 from kdlib.analysis.reference import PERCENT_METRICS, load_reference
+from kdlib.analysis.tables import JOINT_SHARE, with_joint_share
 from kdlib.config import (
     NOTEBOOKS,
     SECTION_KEYS,
@@ -176,12 +177,17 @@ def published_table(
     rows = comparison[(comparison["kind"] == "published") & comparison["id"].isin(on_dataset)]
     rows = rows[rows["estimate"].notna() | (rows["scope"] == "same setup")]
     paper = published.set_index("id")
+    if "version" not in paper:  # published_results.csv written before reference table version 2
+        paper = paper.assign(version=None)
+
+    def source(published_id: str) -> str:
+        version = paper.loc[published_id, "version"]
+        return paper.loc[published_id, "student"] + (f", {version}" if pd.notna(version) else "")
+
     return pd.DataFrame(
         {
             "published": rows["id"],
-            "paper": [
-                f"{float(r.paper):g} {r.unit} ({paper.loc[r.id, 'student']})" for r in rows.itertuples()
-            ],
+            "paper": [f"{float(r.paper):g} {r.unit} ({source(r.id)})" for r in rows.itertuples()],
             "ours": [
                 f"{with_interval(r.estimate, r.ci_low, r.ci_high)} {r.unit} ({r.student})"
                 for r in rows.itertuples()
@@ -208,7 +214,10 @@ def metric_table(seed_summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def contingency_table(contingency: pd.DataFrame, criterion: str) -> pd.DataFrame:
-    rows = contingency[contingency["criterion"] == criterion]
+    """One row per cell of `criterion`: the joint share P(trace right and answer right) of all items
+    beside the conditional rates P(answer right | trace right / wrong), which divide by the items with a
+    right (wrong) trace only."""
+    rows = with_joint_share(contingency[contingency["criterion"] == criterion])
 
     def rate(column: str) -> list[str]:
         bounds = zip(rows[column], rows[f"{column}_ci_low"], rows[f"{column}_ci_high"], strict=True)
@@ -225,6 +234,7 @@ def contingency_table(contingency: pd.DataFrame, criterion: str) -> pd.DataFrame
             "phi [95 % CI]": [
                 with_interval(r.phi, r.phi_ci_low, r.phi_ci_high, digits=2) for r in rows.itertuples()
             ],
+            "P(trace and answer right) %": rate(JOINT_SHARE),
             "P(answer | trace right) %": rate("p_answer_given_trace_right"),
             "P(answer | trace wrong) %": rate("p_answer_given_trace_wrong"),
             "Fisher p": rows["fisher_p"].map(lambda p: f"{p:.3f}"),

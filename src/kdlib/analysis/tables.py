@@ -1,7 +1,8 @@
 """05_correlation's statistics.
 
 Within a cell (student, condition, seed): trace correctness against answer correctness (2x2 tables, phi
-with chi-square and Fisher exact p, conditional answer rates, point-biserial r for graded trace scores).
+with chi-square and Fisher exact p, the joint share of items with trace and answer both right beside the
+conditional answer rates, point-biserial r for graded trace scores).
 Across cells: item-level outcomes compared between conditions on the same items (McNemar, Cochran's Q,
 paired bootstrap), seed-level means with t intervals, one-way ANOVA and Kruskal-Wallis with post-hoc
 tests, and flags for runs that collapsed. Intervals are percentile bootstraps over items unless named t.
@@ -72,6 +73,8 @@ def _cell(keys: tuple) -> dict:
 
 # ---- within a cell: trace against answer -------------------------------------------------------------
 
+JOINT_SHARE = "p_trace_right_and_answer_right"  # a joint share of all items, not a conditional rate
+
 CONTINGENCY_COLUMNS = [
     *CELL_KEYS,
     "criterion",
@@ -91,6 +94,9 @@ CONTINGENCY_COLUMNS = [
     "chi2_p",
     "fisher_odds_ratio",
     "fisher_p",
+    JOINT_SHARE,
+    f"{JOINT_SHARE}_ci_low",
+    f"{JOINT_SHARE}_ci_high",
     "p_answer_given_trace_right",
     "p_answer_given_trace_right_ci_low",
     "p_answer_given_trace_right_ci_high",
@@ -107,6 +113,7 @@ CONTINGENCY_HEADLINE = [  # the columns a reader looks at first
     "n",
     "trace_accuracy",
     "answer_accuracy",
+    JOINT_SHARE,
     "p_answer_given_trace_right",
     "p_answer_given_trace_wrong",
     "phi",
@@ -136,8 +143,8 @@ def contingency(
 ) -> pd.DataFrame:
     """Per cell and trace criterion (TRACE_CRITERIA): the 2x2 counts, phi with a bootstrap interval,
     Pearson chi-square (1 df, uncorrected, so chi2 = n phi^2) and Fisher exact p (two-sided), and
-    the trace accuracy and P(answer right | trace right / wrong) with Wilson intervals. Undefined
-    statistics are NaN."""
+    with Wilson intervals the trace accuracy, P(answer right | trace right / wrong) and the joint share
+    P(trace right and answer right) (with_joint_share). Undefined statistics are NaN."""
     rows = []
     for keys, group in predictions.groupby(list(CELL_KEYS), sort=False):
         answer = group["answer_correct"].to_numpy(dtype=bool)
@@ -186,7 +193,24 @@ def contingency(
             rows[-1]["p_difference"] = (
                 rows[-1]["p_answer_given_trace_right"] - rows[-1]["p_answer_given_trace_wrong"]
             )
-    return pd.DataFrame(rows, columns=CONTINGENCY_COLUMNS)
+    counted = [c for c in CONTINGENCY_COLUMNS if not c.startswith(JOINT_SHARE)]
+    return with_joint_share(pd.DataFrame(rows, columns=counted))[CONTINGENCY_COLUMNS]
+
+
+def with_joint_share(table: pd.DataFrame) -> pd.DataFrame:
+    """Contingency rows with P(trace right and answer right) from their counts: the share of all n items
+    whose trace and answer are both right (trace_right_answer_right / n), with a Wilson interval. Unlike
+    P(answer right | trace right) its denominator is every item, right trace or not. Also fills the
+    column in a contingency.csv written before it existed."""
+    shares = pd.DataFrame(
+        [
+            _rate(JOINT_SHARE, int(a), int(n))
+            for a, n in zip(table["trace_right_answer_right"], table["n"], strict=True)
+        ],
+        index=table.index,
+        columns=[JOINT_SHARE, f"{JOINT_SHARE}_ci_low", f"{JOINT_SHARE}_ci_high"],
+    )
+    return table.assign(**shares)
 
 
 def with_graded_scores(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -660,7 +684,8 @@ def describe_contingency(table: pd.DataFrame) -> list[str]:
             continue
         lines.append(
             f"{opening}. The answer is right {row['p_answer_given_trace_right']:.0%} of the time after a "
-            f"right trace and {row['p_answer_given_trace_wrong']:.0%} after a wrong one: phi "
+            f"right trace and {row['p_answer_given_trace_wrong']:.0%} after a wrong one; trace and answer "
+            f"are both right on {row[JOINT_SHARE]:.0%} of all items: phi "
             f"{row['phi']:+.2f} [{row['phi_ci_low']:+.2f}, {row['phi_ci_high']:+.2f}], Fisher p "
             f"{row['fisher_p']:.2g}."
         )
