@@ -78,7 +78,7 @@ def _check_traces(args: argparse.Namespace) -> None:
 
     import pandas as pd
 
-    from kdlib.data.loaders import load_items
+    from kdlib.data.registry import load_items
     from kdlib.traces.decomposition import (
         PERTURBATIONS,
         decompose,
