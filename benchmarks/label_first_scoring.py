@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from kdlib.cells import load_trained
-from kdlib.data.generated import generate_items
-from kdlib.data.loaders import load_items
+from kdlib.data import load_split
 from kdlib.evaluation.generation import evaluate_outputs, generate_answers
 from kdlib.evaluation.scoring import score_choices
 from kdlib.models import load_model
@@ -40,15 +39,12 @@ def main() -> None:
     parser.add_argument("--fmt", default="tagged", choices=["tagged", "plain"])
     parser.add_argument("--dataset", default="generated", help="generated, or a dataset with choices")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--items", type=int, default=32)
+    parser.add_argument("--items", type=int, default=32, help="how many, picked as a run with seed 0 would")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=96, help="notebook 04's default budget")
     args = parser.parse_args()
 
-    if args.dataset == "generated":
-        items = generate_items(args.items, seed=0, split=args.split)
-    else:
-        items = load_items(args.dataset, args.split)[: args.items]
+    items = load_split(args.dataset, args.split, args.items, seed=0, data_dir=None, options={})
     if args.cell:
         model, tokenizer = load_trained(Path(args.cell), device=torch.device("cpu"))
     else:

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from kdlib.data import load_train_eval
-from kdlib.data.loaders import load_items
 from kdlib.data.msmarco_sample import NO_ANSWER, sample_rows
 from kdlib.data.openbook import OpenBook, fact_relation
+from kdlib.data.registry import load_items
 from kdlib.data.retrieval import BM25Index
 from kdlib.data.temporal import date_span, parse_fact, supporting_facts
 from tests.test_loaders import DATA_DIR, needs_data

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from kdlib.data.generated import QUESTION_TYPES
-from kdlib.data.loaders import load_items
+from kdlib.data.registry import load_items
 from kdlib.data.schema import QAItem
 from kdlib.traces.decomposition import (
     EXPECTED_ERRORS,

@@ -67,3 +67,19 @@ def test_load_split_names_a_bad_generated_option():
     with pytest.raises(ValueError, match="dataset.options.*colour"):
         load_split("generated", "train", 4, seed=0, data_dir=None, options={"colour": "red"})
     assert len(load_split("generated", "train", 4, seed=0, data_dir=None, options={"max_events": 5})) == 4
+
+
+def test_registered_like_the_read_datasets_but_kept_in_order():
+    """The registry takes any split name for generated, and load_split keeps the items made from the run's
+    seed in order (no seeded sample), as generate_items makes them."""
+    from kdlib.data import load_split
+    from kdlib.data.registry import check_split, load_items
+
+    check_split("generated", "held-out")
+    options = {"question_types": ["counting", "yes_no"], "max_events": 5}
+    kept = load_split("generated", "held-out", 6, seed=3, data_dir=None, options=options)
+    assert kept == generate_items(6, seed=3, split="held-out", **options)
+    with pytest.raises(ValueError, match="min_events' of generated must be"):
+        load_split("generated", "train", 4, seed=0, data_dir=None, options={"min_events": True})
+    with pytest.raises(ValueError, match="made from the run's seed"):
+        load_items("generated", "train")

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from kdlib.data.loaders import load_items
+from kdlib.data.registry import load_items
 from kdlib.teacher import importers
 from kdlib.teacher.rationales import TRACE_COLUMNS
 from tests.test_loaders import DATA_DIR, needs_data

@@ -1,6 +1,6 @@
 """Dataset loaders: small slices of the real data in the shared data folder, and every error path.
 
-No test reaches the Hugging Face hub: `_hub_records` is replaced by a stub that raises.
+No test reaches the Hugging Face hub: each reader module's `hub_records` is replaced by a stub that raises.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kdlib.data import loaders
-from kdlib.data.loaders import DATASET_NAMES, load_items
+from kdlib.data import commonsenseqa, cotempqa, gsm8k, msmarco, openbookqa, strategyqa
+from kdlib.data.registry import DATASET_NAMES, load_items
 from kdlib.paths import resolve_data_dir
 
 
@@ -39,7 +39,8 @@ def no_hub(monkeypatch):
     def refuse(dataset_id, split, **kwargs):
         raise HubReached(dataset_id)
 
-    monkeypatch.setattr(loaders, "_hub_records", refuse)
+    for reader in (commonsenseqa, openbookqa, cotempqa, strategyqa, gsm8k, msmarco):
+        monkeypatch.setattr(reader, "hub_records", refuse)
 
 
 def local(name: str, split: str, **kwargs):
@@ -63,6 +64,7 @@ def csqa_row(answer_key: str = "A") -> dict:
 
 def test_dataset_names():
     assert DATASET_NAMES == (
+        "generated",
         "commonsenseqa",
         "openbookqa",
         "babi",
@@ -420,7 +422,7 @@ def test_auto_falls_back_to_the_hub_only_when_local_files_are_missing(tmp_path):
             "squad",
             "train",
             {"source": "hub"},
-            "unknown dataset 'squad'; valid names: commonsenseqa, openbookqa",
+            "unknown dataset 'squad'; valid names: generated, commonsenseqa, openbookqa",
         ),
         ("gsm8k", "dev", {}, "unknown split 'dev' for gsm8k; valid splits: train, test"),
         ("cotempqa", "train", {}, "valid splits: test"),

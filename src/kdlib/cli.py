@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_traces(args: argparse.Namespace) -> None:
-    from kdlib.data.loaders import load_items  # this subcommand's own imports: `kdlib --help` starts fast
+    from kdlib.data.registry import load_items  # this subcommand's own imports: `kdlib --help` starts fast
     from kdlib.traces.decomposition import (
         PERTURBATIONS,
         decompose,

@@ -113,9 +113,9 @@ class DatasetParams(Schema):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        from kdlib.data.loaders import DATASET_NAMES
+        from kdlib.data.registry import DATASET_NAMES
 
-        names = ["generated", *DATASET_NAMES]
+        names = list(DATASET_NAMES)
         if value not in names:
             raise ValueError(f"unknown dataset {value!r}; choose from {names}")
         return value
@@ -124,10 +124,10 @@ class DatasetParams(Schema):
     @classmethod
     def _known_split(cls, value: str, info: ValidationInfo) -> str:
         name = info.data.get("name")
-        if name not in (None, "generated"):  # generated items take any split name
-            from kdlib.data import loaders
+        if name is not None:
+            from kdlib.data.registry import check_split
 
-            loaders.check_split(name, value)
+            check_split(name, value)
         return value
 
     @field_validator("options")

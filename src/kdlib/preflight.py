@@ -193,16 +193,14 @@ def _uses(params: ExperimentParams, need: str) -> bool:
 def _dataset(params: ExperimentParams) -> list | None:
     """The training items the run will sample, where they can be known here (None: only the hub has
     them); checks that each split holds the items asked for."""
-    data, common = params.teacher_traces.dataset, params.common
-    if data.name == "generated":
-        from kdlib.data import load_split
+    from kdlib.data import load_split, seeded_sample
+    from kdlib.data.registry import dataset, load_items
 
+    data, common = params.teacher_traces.dataset, params.common
+    if dataset(data.name).generate is not None:  # made from the run's seed: nothing to read
         return load_split(
             data.name, data.train_split, data.n_train, seed=common.seed, data_dir=None, options=data.options
         )
-    from kdlib.data import seeded_sample
-    from kdlib.data.loaders import load_items
-
     options = dict(data.options)
     source = options.pop("source", "auto")
     if source == "hub":

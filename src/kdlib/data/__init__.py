@@ -1,73 +1,43 @@
-"""QA items: the shared schema, loaders for real datasets, and the offline generated tasks."""
+"""QA items: the shared schema (`schema`), the registry of datasets (`registry`) with one reader module
+per dataset family (`commonsenseqa`, `openbookqa`, `babi`, `cotempqa`, `strategyqa`, `gsm8k`, `msmarco`)
+over shared row readers (`records`), and the offline generated stories (`generated`, `msmarco_sample`).
+
+This module picks a run's items: `load_split` and `load_train_eval`.
+"""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
+from kdlib.data import registry
 from kdlib.data.schema import QAItem
 
 
 def check_options(name: str, options: dict[str, Any]) -> None:
-    """Raise ValueError naming an option that dataset `name` does not take (real datasets also take
-    `source`: auto, local or hub)."""
-    if name == "generated":
-        import inspect
-
-        from kdlib.data.generated import generate_items
-
-        valid = [p for p in inspect.signature(generate_items).parameters if p not in ("n", "seed", "split")]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            valid_names = ", ".join(valid)
-            raise ValueError(f"unknown option {unknown[0]!r} for generated; valid options: {valid_names}")
-        _check_option_types(generate_items, options)
-        return
-    from kdlib.data import loaders
-
-    loaders.check_source(options.get("source", "auto"))
-    loaders.check_options(name, {key: value for key, value in options.items() if key != "source"})
-
-
-def _check_option_types(function, options: dict[str, Any]) -> None:
-    """Each option strictly of the type `function` annotates it with (a bool is not an int)."""
-    import typing
-
-    from pydantic import ConfigDict, TypeAdapter, ValidationError
-
-    hints = typing.get_type_hints(function)
-    for option, value in options.items():
-        try:
-            TypeAdapter(hints[option], config=ConfigDict(strict=True)).validate_python(value)
-        except ValidationError:
-            raise ValueError(
-                f"option {option!r} of generated must be {hints[option]}, got {value!r}"
-            ) from None
-
-
-def _all_items(name: str, split: str, n: int, *, seed: int, data_dir: str | None, options: dict[str, Any]):
-    if name == "generated":
-        from kdlib.data.generated import generate_items
-
-        try:
-            check_options(name, options)
-        except ValueError as error:
-            raise ValueError(f"dataset.options: {error}") from None
-        return generate_items(n, seed=seed, split=split, **options)
-    from kdlib.data.loaders import load_items
-
-    return load_items(name, split, data_dir=data_dir, **options)
+    """Raise ValueError naming an option that dataset `name` does not take (datasets read from files or the
+    hub also take `source`: auto, local or hub)."""
+    if registry.dataset(name).generate is None:
+        registry.check_source(options.get("source", "auto"))
+        options = {key: value for key, value in options.items() if key != "source"}
+    registry.check_options(name, options)
 
 
 def load_split(
     name: str, split: str, n: int, *, seed: int, data_dir: str | None, options: dict[str, Any]
 ) -> list[QAItem]:
-    """`n` items of one split: generated from the seed, or a seeded sample of a real dataset.
-
-    Real datasets load from the data directory (see `kdlib.paths.resolve_data_dir`) or, when online,
-    from the HF hub; see `kdlib.data.loaders`.
+    """`n` items of one split: the first n made from the seed for a dataset that is generated from it, or
+    a sample of a dataset read from the data directory (see `kdlib.paths.resolve_data_dir`) or, when
+    online, from the HF hub, seeded by (seed, dataset, split); see `kdlib.data.registry`.
     """
-    items = _all_items(name, split, n, seed=seed, data_dir=data_dir, options=options)
+    entry = registry.dataset(name)
+    try:
+        check_options(name, options)
+    except ValueError as error:
+        raise ValueError(f"dataset.options: {error}") from None
+    if entry.generate is not None:
+        return entry.generate(n, seed, split, registry.check_options(name, options))
+    items = registry.load_items(name, split, data_dir=data_dir, **options)
     if len(items) < n:
         raise ValueError(
             f"dataset {name!r} split {split!r} has {len(items)} items, fewer than the {n} asked for"
@@ -76,10 +46,8 @@ def load_split(
 
 
 def seeded_sample(items: list[QAItem], name: str, split: str, n: int, *, seed: int) -> list[QAItem]:
-    """The `n` items load_split keeps of a split's `items`: the first n generated ones, or a sample of a
-    real dataset seeded by (seed, dataset, split)."""
-    if name == "generated":
-        return items[:n]
+    """The `n` items load_split keeps of a split's `items` read from files or the hub: a sample seeded by
+    (seed, dataset, split)."""
     return random.Random(f"{seed}/{name}/{split}").sample(items, n)
 
 

@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from kdlib.data.generated import QUESTION_TYPES
-from kdlib.data.loaders import BABI_TASKS, COTEMPQA_SUBSETS, MSMARCO_QUERY_TYPES
-from kdlib.data.openbook import RELATIONS
+from kdlib.data import registry
 from kdlib.data.schema import QAItem
 
 TRACE_FORMATS = ("tagged", "plain")
@@ -274,16 +272,9 @@ def perturb(
 def class_inventory(dataset: str, observed: set[str]) -> tuple[str, ...]:
     """The classes a class perturbation may draw from: the dataset's full class set where kdlib knows
     one that holds every observed class (so a 1-task bAbI sample can still get a wrong class), else the
-    classes observed."""
-    inventories = {
-        "generated": [QUESTION_TYPES],
-        "babi": [tuple(BABI_TASKS.values())],
-        "cotempqa": [COTEMPQA_SUBSETS],
-        "openbookqa": [RELATIONS],
-        "msmarco": [MSMARCO_QUERY_TYPES, ("answerable", "unanswerable")],
-        "msmarco-sample": [MSMARCO_QUERY_TYPES, ("answerable", "unanswerable")],
-    }
-    for inventory in inventories.get(dataset, []):
+    classes observed. The class sets are the registry's (kdlib.data.registry.Dataset.classes)."""
+    inventories = registry.dataset(dataset).classes if dataset in registry.DATASET_NAMES else ()
+    for inventory in inventories:
         if observed <= set(inventory):
             return tuple(inventory)
     return tuple(sorted(observed))
