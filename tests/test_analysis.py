@@ -20,7 +20,7 @@ from kdlib.analysis.tables import (
     with_graded_scores,
 )
 from kdlib.stats import bootstrap_interval, difference_range, t_interval, value_range, wilson_interval
-from tests.conftest import accuracy_outcomes
+from tests.helpers import accuracy_outcomes
 
 
 def test_phi_matches_pearson_correlation_of_the_binary_variables():

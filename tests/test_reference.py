@@ -23,7 +23,7 @@ from kdlib.analysis.tables import contingency
 from kdlib.config import ConditionSpec
 from kdlib.stats import t_interval
 from kdlib.training.conditions import TRANSFORMS
-from tests.conftest import accuracy_outcomes
+from tests.helpers import accuracy_outcomes
 
 
 def test_packaged_table_is_valid_and_names_only_known_conditions():

@@ -10,7 +10,7 @@ import pytest
 from kdlib.config import NOTEBOOKS, load_params
 from kdlib.paths import PARAMS_DIR
 from kdlib.training.grid import grid_cells
-from tests.conftest import kdlib
+from tests.helpers import kdlib
 
 SMOKE = load_params(PARAMS_DIR / "smoke.yaml")
 pytestmark = pytest.mark.slow
