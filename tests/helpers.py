@@ -22,6 +22,7 @@ def _shared_data_dir() -> Path | None:
 
 
 DATA_DIR = _shared_data_dir()
+PARAMS_DIR = REPO_ROOT / "params"
 
 
 def needs_data(*datasets: str) -> pytest.MarkDecorator:

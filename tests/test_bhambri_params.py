@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from kdlib.config import load_params
-from kdlib.paths import PARAMS_DIR, REPO_ROOT
-from tests.helpers import needs_data
+from kdlib.paths import REPO_ROOT
+from tests.helpers import PARAMS_DIR, needs_data
 
 pytestmark = pytest.mark.slow
 

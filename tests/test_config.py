@@ -7,7 +7,8 @@ import jupytext
 import pytest
 
 from kdlib import config
-from kdlib.paths import NOTEBOOKS_DIR, PARAMS_DIR
+from kdlib.paths import NOTEBOOKS_DIR
+from tests.helpers import PARAMS_DIR
 
 PARAMS_FILES = sorted(PARAMS_DIR.glob("*.yaml"))
 

@@ -8,9 +8,8 @@ import pytest
 
 from kdlib import config, models
 from kdlib.cli import main
-from kdlib.paths import PARAMS_DIR
 from kdlib.preflight import preflight
-from tests.helpers import DATA_DIR, needs_data
+from tests.helpers import DATA_DIR, PARAMS_DIR, needs_data
 
 GPU_TWINS = sorted(PARAMS_DIR.glob("*_full.yaml"))
 CPU_PARAMS = sorted(set(PARAMS_DIR.glob("*.yaml")) - set(GPU_TWINS))

@@ -8,9 +8,8 @@ import pandas as pd
 import pytest
 
 from kdlib.config import NOTEBOOKS, load_params
-from kdlib.paths import PARAMS_DIR
 from kdlib.training.grid import grid_cells
-from tests.helpers import kdlib
+from tests.helpers import PARAMS_DIR, kdlib
 
 SMOKE = load_params(PARAMS_DIR / "smoke.yaml")
 pytestmark = pytest.mark.slow

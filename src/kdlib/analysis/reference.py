@@ -33,7 +33,6 @@ PERCENT_METRICS = frozenset(
     }
 )
 CONTINGENCY_STATISTICS = ("phi", "trace_accuracy", "p_answer_given_trace_right", "p_answer_given_trace_wrong")
-VERDICTS = ("replicated", "not replicated", "not comparable")
 CHANCE_METRICS = frozenset({"accuracy", "label_first_acc"})  # where guessing sets a floor
 
 

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 Endpoint = Literal["chat", "completions"]
-BACKEND_KINDS = ("transformers", "openai", "vllm")
 
 
 @dataclass(frozen=True)
