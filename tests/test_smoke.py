@@ -190,7 +190,10 @@ def test_correlation_statistics_cover_every_cell(run_dir):
     assert seeds["note"].str.contains("2\\+ observations").all()  # one seed: nothing to test, and it says so
     assert len(pd.read_csv(folder / "run_flags.csv")) == n_cells
     comparison = pd.read_csv(folder / "reference_comparison.csv")
-    assert set(comparison["verdict"]) <= {"replicated", "not replicated", "not comparable"}
+    judged = comparison["verdict"].isin(["replicated", "not replicated"])
+    assert comparison.loc[judged, ["estimate", "ci_low", "ci_high"]].notna().all().all()
+    unjudged = comparison[~judged]
+    assert (unjudged["verdict"] == "not comparable").all() and unjudged["reason"].str.len().gt(0).all()
     tested = comparison[comparison["id"] == "bhambri.traces_do_not_help"]
     assert len(tested) == 2 and tested["estimate"].notna().all()  # no_trace and correct_trace: tested
     assert json.loads((folder / "meta.json").read_text())["reference"]["version"] >= 1
