@@ -31,7 +31,9 @@ def test_every_notebook_ran_and_was_exported(run_dir):
     assert [record["notebooks"][nb]["status"] for nb in NOTEBOOKS] == ["ok"] * 5
     index = (run_dir / "index.html").read_text()
     for nb in NOTEBOOKS:
-        assert (run_dir / "notebooks" / f"{nb}.ipynb").stat().st_size > 0
+        executed = json.loads((run_dir / "notebooks" / f"{nb}.ipynb").read_text())
+        counts = [cell["execution_count"] for cell in executed["cells"] if cell["cell_type"] == "code"]
+        assert counts == list(range(1, len(counts) + 1)), nb  # every code cell ran, in order
         assert "<html" in (run_dir / "notebooks" / f"{nb}.html").read_text()[:500].lower()
         assert f'href="notebooks/{nb}.html"' in index
     assert load_params(run_dir / "params.yaml") == SMOKE
