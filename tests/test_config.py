@@ -2,13 +2,15 @@
 test_bad_params.py)."""
 
 import ast
+import re
 
 import jupytext
 import pytest
 import yaml
 
 from kdlib import config
-from kdlib.paths import NOTEBOOKS_DIR, PARAMS_DIR
+from kdlib.paths import NOTEBOOKS_DIR, REPO_ROOT
+from tests.helpers import PARAMS_DIR
 
 PARAMS_FILES = sorted(PARAMS_DIR.glob("*.yaml"))
 
@@ -25,8 +27,12 @@ def parameters_cell(notebook: str) -> dict:
     return values
 
 
-def test_there_are_params_files():
-    assert {p.name for p in PARAMS_FILES} >= {"demo.yaml", "smoke.yaml"}
+def test_the_params_files_the_makefile_and_tests_run_exist():
+    """`make demo` and `make studies` name params files, and so do test_smoke and test_determinism."""
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    studies = re.search(r"^STUDIES := (.+)$", makefile, re.MULTILINE).group(1).split()
+    assert "params/demo.yaml" in makefile and studies, "Makefile: no demo params or no STUDIES"
+    assert {p.name for p in PARAMS_FILES} >= {"demo.yaml", "smoke.yaml", *(f"{s}.yaml" for s in studies)}
 
 
 @pytest.mark.parametrize("path", PARAMS_FILES, ids=lambda p: p.name)
@@ -36,6 +42,8 @@ def test_params_file_validates_and_matches_notebooks(path):
         cell = parameters_cell(notebook)
         injected = params.notebook_parameters(notebook, "outputs/x")
         assert set(injected) == set(cell), f"{path.name} vs {notebook}: {set(injected) ^ set(cell)}"
+        common, section = config.notebook_params(notebook, injected)  # what the notebook validates back
+        assert {"run_dir": injected["run_dir"], **common.model_dump(), **section.model_dump()} == injected
 
 
 @pytest.mark.parametrize("notebook", config.NOTEBOOKS)
@@ -46,7 +54,7 @@ def test_notebook_defaults_are_valid_params(notebook):
     )
     assert set(cell) == expected
     common, section = config.notebook_params(notebook, cell)
-    assert isinstance(section, config.SECTIONS[notebook])
+    assert {"run_dir": cell["run_dir"], **common.model_dump(), **section.model_dump()} == cell
 
 
 def test_schema_defaults_are_the_demo():

@@ -14,7 +14,7 @@ from kdlib.data.openbook import OpenBook, fact_relation
 from kdlib.data.registry import load_items
 from kdlib.data.retrieval import BM25Index
 from kdlib.data.temporal import date_span, parse_fact, supporting_facts
-from tests.test_loaders import DATA_DIR, needs_data
+from tests.helpers import DATA_DIR, needs_data
 
 # --- CoTempQA ------------------------------------------------------------------------------------------
 
@@ -58,7 +58,7 @@ def test_the_rule_declines_when_no_fact_meets_the_anchor():
     assert supporting_facts(no_anchor, OVERLAP_FACTS, ["NKT"]) is None
 
 
-@needs_data
+@needs_data("cotempqa")
 def test_the_time_span_rule_covers_almost_all_of_cotempqa():
     items = load_items("cotempqa", "test", data_dir=DATA_DIR)
     sources = [item.gold_sources["facts"] for item in items]
@@ -129,7 +129,7 @@ def test_bm25_ranks_by_shared_stemmed_words_and_honours_exclusions():
         BM25Index([])
 
 
-@needs_data
+@needs_data("openbookqa")
 def test_openbook_distractors_option_is_checked():
     with pytest.raises(ValueError, match="distractors"):
         load_items("openbookqa", "dev", data_dir=DATA_DIR, distractors=-1)
@@ -205,7 +205,7 @@ def test_msmarco_bad_selection_flags_name_the_file_and_line(tmp_path):
 # --- one split for training and evaluation -------------------------------------------------------------
 
 
-@needs_data
+@needs_data("cotempqa")
 def test_train_and_eval_items_from_one_split_never_overlap():
     train, held_out = load_train_eval(
         "cotempqa", "test", "test", 40, 20, seed=0, data_dir=str(DATA_DIR), options={}

@@ -25,7 +25,7 @@ from kdlib.traces.decomposition import (
     trace_statistics,
     verify_decomposition,
 )
-from tests.test_loaders import DATA_DIR, needs_data
+from tests.helpers import DATA_DIR, needs_data
 
 
 @pytest.mark.parametrize("fmt", ["tagged", "plain"])
@@ -194,7 +194,7 @@ def real_checks():
     return checks
 
 
-@needs_data
+@needs_data("babi", "cotempqa", "openbookqa")
 def test_verifier_passes_every_gold_trace_and_catches_every_perturbation_on_real_data(real_checks):
     """bAbI 1-20 (20,000 test questions), CoTempQA, OpenBookQA (gold and silver facts), MS MARCO sample."""
     for name, (_, decomposed, check) in real_checks.items():
@@ -207,7 +207,7 @@ def test_verifier_passes_every_gold_trace_and_catches_every_perturbation_on_real
     assert babi["question_type"].nunique() == 20 and (babi["variant"] == "correct").sum() == 20_000
 
 
-@needs_data
+@needs_data("babi", "cotempqa", "openbookqa")
 def test_gold_facts_are_the_support_not_the_whole_context(real_checks):
     """If a loader or decomposer counted every context fact as gold (as Bhambri et al.'s public code does),
     gold would be the whole context for every item; here it is for very few, and a trace that copies the

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from kdlib.paths import PARAMS_DIR, REPO_ROOT
+from kdlib.paths import REPO_ROOT
+from tests.helpers import PARAMS_DIR
 
 pytestmark = pytest.mark.slow
 

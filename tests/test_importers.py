@@ -10,9 +10,9 @@ import pytest
 from kdlib.data.registry import load_items
 from kdlib.teacher import importers
 from kdlib.teacher.rationales import TRACE_COLUMNS
-from tests.test_loaders import DATA_DIR, needs_data
+from tests.helpers import DATA_DIR, needs_data
 
-pytestmark = needs_data
+pytestmark = needs_data("distilling_step_by_step", "hendriks_llm_distillation", "commonsenseqa")
 
 
 @pytest.fixture(scope="module")

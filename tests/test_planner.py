@@ -7,7 +7,7 @@ import pytest
 
 from kdlib import planner
 from kdlib.config import load_params, validate_params
-from kdlib.paths import PARAMS_DIR
+from tests.helpers import PARAMS_DIR
 
 SMOKE = load_params(PARAMS_DIR / "smoke.yaml")
 

@@ -8,16 +8,11 @@ import pytest
 
 from kdlib import config, models
 from kdlib.cli import main
-from kdlib.paths import PARAMS_DIR, resolve_data_dir
 from kdlib.preflight import preflight
+from tests.helpers import DATA_DIR, PARAMS_DIR, needs_data
 
 GPU_TWINS = sorted(PARAMS_DIR.glob("*_full.yaml"))
 CPU_PARAMS = sorted(set(PARAMS_DIR.glob("*.yaml")) - set(GPU_TWINS))
-try:
-    DATA_DIR = resolve_data_dir()
-except FileNotFoundError:
-    DATA_DIR = None
-needs_data = pytest.mark.skipif(DATA_DIR is None, reason="needs the shared data directory (../shared/data)")
 
 
 def params_with(**sections) -> config.ExperimentParams:
@@ -30,19 +25,26 @@ def problem(params: config.ExperimentParams) -> str:
     return str(error.value)
 
 
+def _params_or_skip(path) -> config.ExperimentParams:
+    """The params of `path`; the test skips, naming what it reads, when that is shared data not found here."""
+    params = config.load_params(path)
+    dataset = params.teacher_traces.dataset.name
+    if DATA_DIR is None and (params.teacher_traces.imports or dataset not in ("generated", "msmarco-sample")):
+        imported = " and imported teacher traces" if params.teacher_traces.imports else ""
+        pytest.skip(f"{path.name} reads dataset {dataset!r}{imported} from ../shared/data (shared data)")
+    return params
+
+
 @pytest.mark.parametrize("path", CPU_PARAMS, ids=lambda p: p.name)
 def test_cpu_params_files_pass_preflight_here(path):
-    params = config.load_params(path)
-    offline_data = params.teacher_traces.dataset.name in ("generated", "msmarco-sample")
-    if DATA_DIR is None and (params.teacher_traces.imports or not offline_data):
-        pytest.skip("needs the shared data directory (../shared/data)")
+    params = _params_or_skip(path)
     preflight(params, str(path))
 
 
 @pytest.mark.parametrize("path", GPU_TWINS, ids=lambda p: p.name)
 def test_gpu_twins_pass_preflight_on_a_gpu_machine(path, monkeypatch):
     """The twins ask for CUDA (and some for vLLM): on a machine that has them, nothing else fails."""
-    params = config.load_params(path)
+    params = _params_or_skip(path)
     with pytest.raises(config.ParamsError, match="key 'common.device'"):
         monkeypatch.setattr("torch.cuda.is_available", lambda: False)
         preflight(params, str(path))
@@ -91,7 +93,7 @@ def test_online_run_without_local_data_is_left_to_the_hub(tmp_path, monkeypatch)
     preflight(params, "test.yaml")
 
 
-@needs_data
+@needs_data("babi")
 def test_n_train_larger_than_the_chosen_babi_task():
     params = params_with(
         teacher_traces={"dataset": {"name": "babi", "n_train": 1001, "n_eval": 8, "options": {"tasks": [1]}}},
@@ -101,7 +103,7 @@ def test_n_train_larger_than_the_chosen_babi_task():
     assert "1001 items asked for, but babi split 'train' with options {'tasks': [1]} holds 1000" in message
 
 
-@needs_data
+@needs_data("cotempqa")
 def test_one_split_for_both_counts_train_and_eval_together():
     params = params_with(
         teacher_traces={
@@ -118,7 +120,7 @@ def test_one_split_for_both_counts_train_and_eval_together():
     assert "n_train 900 + n_eval 900 items asked for, but cotempqa split 'test'" in problem(params)
 
 
-@needs_data
+@needs_data("commonsenseqa")
 def test_checkable_traces_need_a_dataset_with_gold_steps():
     params = params_with(
         teacher_traces={"dataset": {"name": "commonsenseqa", "train_split": "train", "eval_split": "dev"}},
@@ -156,7 +158,7 @@ def test_packaged_student_config_is_read_from_the_gguf_header_once(tmp_path, mon
     assert second.to_dict() == first.to_dict()
 
 
-@needs_data
+@needs_data("cotempqa")
 def test_max_length_below_a_sampled_cotempqa_prompt_stops_before_notebook_01():
     """The CPU CoTempQA study once stopped in notebook 03 on a 1,130-token item at max_length 1024."""
     raw = config.load_params(PARAMS_DIR / "bhambri2025_cotempqa.yaml").model_dump(mode="json")

@@ -23,7 +23,7 @@ from kdlib.analysis.tables import contingency
 from kdlib.config import ConditionSpec
 from kdlib.stats import t_interval
 from kdlib.training.conditions import TRANSFORMS
-from tests.conftest import accuracy_outcomes
+from tests.helpers import accuracy_outcomes
 
 
 def test_packaged_table_is_valid_and_names_only_known_conditions():
@@ -185,8 +185,13 @@ def test_findings_get_verdicts_from_the_runs_numbers():
         in rows.loc["wadhwa.shuffled_keeps_the_gain", "reason"]
     )
     assert rows.loc["bhambri.traces_do_not_help", "reason"] == "the run has no condition of correct_trace"
-    assert set(table["verdict"]) <= {"replicated", "not replicated", "not comparable"}
-    assert table["source"].notna().all()
+    judged = table["verdict"].isin(["replicated", "not replicated"])
+    assert table.loc[judged, ["estimate", "ci_low", "ci_high"]].notna().all().all()
+    unjudged = table[~judged]
+    assert (unjudged["verdict"] == "not comparable").all() and unjudged["reason"].str.len().gt(0).all()
+    reference = load_reference()  # each row cites its own entry's source, spelled out
+    cited = {e.id: reference.sources[e.source] for e in [*reference.published, *reference.findings]}
+    assert table["source"].tolist() == [cited[entry_id] for entry_id in table["id"]]
 
 
 def test_ambiguous_conditions_and_rating_findings():

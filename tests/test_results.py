@@ -1,4 +1,5 @@
 import math
+import re
 
 import pandas as pd
 
@@ -14,7 +15,7 @@ from kdlib.analysis.results import (
 )
 from kdlib.analysis.tables import contingency
 from kdlib.config import ExplanationParams
-from kdlib.paths import RunLayout
+from kdlib.paths import REPO_ROOT, RunLayout
 from kdlib.teacher.backends import choice_reply
 
 
@@ -100,9 +101,17 @@ def test_version_drift_names_packages_not_at_the_pinned_versions(tmp_path):
     )
 
 
+def test_pinned_versions_read_exact_pins_under_their_normalised_names(tmp_path):
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("# header\nLM_Eval==0.4.13  # why\ntorch >= 2\nzope.interface == 7.2\n\n")
+    assert io.pinned_versions(constraints) == {"lm-eval": "0.4.13", "zope-interface": "7.2"}
+
+
 def test_constraints_pin_every_tracked_package_that_make_venv_installs():
     pins = io.pinned_versions()
-    assert pins["transformers"] and pins["torch"] and pins["lm-eval"]
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    torch_spec = re.search(r"^TORCH_SPEC \?= torch==(\S+)$", makefile, re.MULTILINE)
+    assert pins["torch"] == torch_spec.group(1)  # `make venv` installs torch first, from the Makefile's pin
     unpinned = [name for name in io.TRACKED_PACKAGES if name != "kdlib" and io.package_key(name) not in pins]
     assert unpinned == []
 

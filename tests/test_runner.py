@@ -30,7 +30,7 @@ def test_a_second_run_on_a_locked_run_folder_is_refused(tmp_path, capsys):
     """`kdlib run` into a folder whose lock a live process holds: exit 3, naming it; nothing written."""
     from kdlib import io
     from kdlib.cli import main
-    from kdlib.paths import PARAMS_DIR
+    from tests.helpers import PARAMS_DIR
 
     with io.run_lock(tmp_path):
         status = main(["run", str(PARAMS_DIR / "smoke.yaml"), "--run-dir", str(tmp_path), "--only", "01"])

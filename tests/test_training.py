@@ -238,7 +238,9 @@ def test_finetune_methods_train_the_right_parameters(finetune, generated_items, 
     changed = [
         n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p.float(), before[n])
     ]
-    assert changed
+    # full: every weight moves; LoRA: one step moves lora_B only (lora_A's gradient is 0 while lora_B is 0)
+    expected = sorted(before) if finetune == "full" else sorted(n for n in before if ".lora_B." in n)
+    assert sorted(changed) == expected and len(expected) == (20 if finetune == "full" else 4)
 
 
 def test_interrupted_training_resumes_to_the_same_result(tmp_path, generated_items, traces):

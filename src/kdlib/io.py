@@ -265,7 +265,7 @@ def pinned_versions(path: str | os.PathLike = CONSTRAINTS_FILE) -> dict[str, str
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         name, _, version = line.split("#", 1)[0].strip().partition("==")
         if version:
-            pins[package_key(name)] = version.strip()
+            pins[package_key(name.strip())] = version.strip()
     return pins
 
 

@@ -42,7 +42,6 @@ CONTINGENCY_STATISTICS = (  # a published number of one of these is compared wit
     "p_answer_given_trace_right",
     "p_answer_given_trace_wrong",
 )
-VERDICTS = ("replicated", "not replicated", "not comparable")
 CHANCE_METRICS = frozenset({"accuracy", "label_first_acc"})  # where guessing sets a floor
 
 

@@ -31,7 +31,6 @@ from kdlib.progress import progress
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 Endpoint = Literal["chat", "completions"]
-BACKEND_KINDS = ("transformers", "openai", "vllm")
 
 
 @dataclass(frozen=True)

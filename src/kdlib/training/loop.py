@@ -35,7 +35,6 @@ from kdlib.training.conditions import TextExample
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-FINETUNE_METHODS = ("full", "lora", "qlora")
 
 
 @dataclass(frozen=True)
