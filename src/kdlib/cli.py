@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="counts only for models not yet calibrated on this machine (calibrating takes about a minute)",
     )
+    plan.add_argument(
+        "--recalibrate", action="store_true", help="measure every model again (e.g. on an idle machine)"
+    )
 
     check = commands.add_parser(
         "check-traces",
@@ -143,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
             for path in args.params:
                 params = load_params(path)
-                print(describe_plan(path, plan_params(params, measure=not args.no_calibrate)))
+                plan = plan_params(params, measure=not args.no_calibrate, recalibrate=args.recalibrate)
+                print(describe_plan(path, plan))
         elif args.command == "check-traces":
             _check_traces(args)
         elif args.command == "prepare-model":

@@ -26,7 +26,10 @@ from pydantic import (
     model_validator,
 )
 
+from kdlib.data import check_options
+from kdlib.data.registry import DATASET_NAMES, check_split
 from kdlib.io import parse_yaml, read_text_file
+from kdlib.model_registry import MODEL_NAMES
 from kdlib.paths import check_run_name, resolve_repo_path
 
 
@@ -65,7 +68,6 @@ def _check_model_name(name: str) -> str:
     """A kdlib model name, an existing local folder, or a hub id (owner/name); see kdlib.models.load_model."""
     if _HUB_ID.fullmatch(name) or name in _OWNERLESS_HUB_IDS or Path(name).expanduser().is_dir():
         return name
-    from kdlib.model_registry import MODEL_NAMES
 
     if name not in MODEL_NAMES:
         raise ValueError(
@@ -113,7 +115,6 @@ class DatasetParams(Schema):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        from kdlib.data.registry import DATASET_NAMES
 
         names = list(DATASET_NAMES)
         if value not in names:
@@ -125,8 +126,6 @@ class DatasetParams(Schema):
     def _known_split(cls, value: str, info: ValidationInfo) -> str:
         name = info.data.get("name")
         if name is not None:
-            from kdlib.data.registry import check_split
-
             check_split(name, value)
         return value
 
@@ -134,8 +133,6 @@ class DatasetParams(Schema):
     @classmethod
     def _loader_accepts_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if info.data.get("name") is not None:
-            from kdlib.data import check_options
-
             check_options(info.data["name"], value)
         return value
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,9 +37,11 @@ from kdlib.evaluation.scoring import answer_context
 from kdlib.model_registry import PRETRAINED, TINY
 from kdlib.models import (
     encode_prompt,
+    load_model,
     model_config,
     model_tokenizer,
     native_bf16,
+    preferred_dtype,
     resolve_device,
     student_prompt,
 )
@@ -50,7 +53,7 @@ from kdlib.teacher.stage import load_run_items, offline_rationales, teacher_prom
 from kdlib.traces.decomposition import decompose, has_gold_steps, steps_by_item
 from kdlib.training.conditions import TRANSFORMS, evaluation_prompt, pick_rationales, read_key_words
 from kdlib.training.grid import TraceSources, cell_text_examples, grid_cells, prepare_student
-from kdlib.training.loop import Example, TrainSettings, encode_example, step_plan, train
+from kdlib.training.loop import IGNORE_INDEX, Example, TrainSettings, encode_example, step_plan, train
 
 MIN_STEPS = 100  # fewer optimiser steps per cell draw a warning: 16-24 left every CPU-study student at chance
 RESOLVE_POINTS = 5.0  # an evaluation set should resolve this many accuracy points ...
@@ -95,6 +98,11 @@ class Calibration:
     prefill_tokens_per_second: float
     decode_step_seconds: float
     batch_size: int
+    load_average: float = 0.0  # the machine's 1-minute load when calibrated: a busy machine is slower
+
+    def busy(self) -> bool:
+        """Whether other processes competed for the cores while this was measured."""
+        return self.load_average > (os.cpu_count() or 1) / 2
 
 
 def machine_key(device: torch.device) -> str:
@@ -121,32 +129,56 @@ def _forward(model, ids: torch.Tensor):
     return model(input_ids=ids)
 
 
-def calibrate(student: str, sft: SftParams, *, device: torch.device, batch_size: int) -> Calibration:
-    """Time `student` here: CALIBRATION_STEPS training steps as notebook 03 trains (kdlib's loop, the
-    planned fine-tuning mode, bf16 where native), one prefill and one decode batch of `batch_size`."""
+def _calibration_key(model: str, sft: SftParams | None, device: torch.device) -> str:
+    """model|fine-tuning mode (or "inference")|dtype|machine."""
+    bf16 = native_bf16(device) and (sft is None or sft.bf16)
+    mode = sft.finetune if sft is not None else "inference"
+    return "|".join([model, mode, "bf16" if bf16 else "fp32", machine_key(device)])
+
+
+def calibrate(
+    model_name: str, sft: SftParams | None, *, device: torch.device, batch_size: int
+) -> Calibration:
+    """Time `model_name` here: CALIBRATION_STEPS training steps as notebook 03 trains under `sft` (kdlib's
+    loop, its fine-tuning mode, bf16 where native; none for a teacher or judge, `sft` None), then one
+    prefill and one decode batch of `batch_size`."""
+    key = _calibration_key(model_name, sft, device)
+    load = os.getloadavg()[0]
+    if sft is None:
+        bf16 = native_bf16(device)
+        model, tokenizer = load_model(model_name, device=device, dtype=preferred_dtype(device))
+        return _inference_speeds(model, tokenizer, key, device, batch_size, bf16, math.nan, load)
     bf16 = sft.bf16 and native_bf16(device)
-    key = "|".join([student, sft.finetune, "bf16" if bf16 else "fp32", machine_key(device)])
-    model, tokenizer = prepare_student(student, sft, device=device, seed=0, bf16=bf16)
-    generator = torch.Generator().manual_seed(0)
+    model, tokenizer = prepare_student(model_name, sft, device=device, seed=0, bf16=bf16)
     vocab = min(model.config.vocab_size, len(tokenizer))
-
-    def random_ids(rows: int, length: int) -> torch.Tensor:
-        return torch.randint(3, vocab, (rows, length), generator=generator)
-
-    ids = random_ids(batch_size * CALIBRATION_STEPS, CALIBRATION_LENGTH).tolist()
+    shape = (batch_size * CALIBRATION_STEPS, CALIBRATION_LENGTH)
+    ids = torch.randint(3, vocab, shape, generator=torch.Generator().manual_seed(0)).tolist()
     half = CALIBRATION_LENGTH // 2
-    examples = [Example(f"c{n}", "answer", row, [-100] * half + row[half:]) for n, row in enumerate(ids)]
+    examples = [
+        Example(f"c{n}", "answer", row, [IGNORE_INDEX] * half + row[half:]) for n, row in enumerate(ids)
+    ]
     if model.config.is_encoder_decoder:
         examples = [Example(e.item_id, e.task, e.input_ids[:half], e.input_ids[half:]) for e in examples]
     settings = TrainSettings(
         epochs=1, batch_size=batch_size, grad_accum=1, learning_rate=1e-4, bf16=bf16, seed=0
     )
-    log = train(model, examples, settings, pad_token_id=tokenizer.pad_token_id, desc=f"calibrate {student}")
-    timed = log.iloc[1:]
-    seconds = timed["seconds"].iloc[-1] - log["seconds"].iloc[0]
-    padded = timed["padded_tokens"].iloc[-1] - log["padded_tokens"].iloc[0]
+    log = train(
+        model, examples, settings, pad_token_id=tokenizer.pad_token_id, desc=f"calibrate {model_name}"
+    )
+    seconds = log["seconds"].iloc[-1] - log["seconds"].iloc[0]  # the first step warms up
+    padded = log["padded_tokens"].iloc[-1] - log["padded_tokens"].iloc[0]
+    return _inference_speeds(model, tokenizer, key, device, batch_size, bf16, padded / seconds, load)
+
+
+def _inference_speeds(
+    model, tokenizer, key, device, batch_size: int, bf16: bool, train_speed: float, load: float
+) -> Calibration:
+    """The Calibration of a loaded model: `train_speed` as measured (at 1-minute load `load`), prefill
+    and decode timed here."""
     model.eval()
-    prompts = random_ids(batch_size, CALIBRATION_LENGTH).to(device)
+    generator = torch.Generator().manual_seed(1)
+    vocab = min(model.config.vocab_size, len(tokenizer))
+    prompts = torch.randint(3, vocab, (batch_size, CALIBRATION_LENGTH), generator=generator).to(device)
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         _forward(model, prompts)  # warm-up
         started = time.perf_counter()
@@ -164,27 +196,34 @@ def calibrate(student: str, sft: SftParams, *, device: torch.device, batch_size:
         decode = time.perf_counter() - started - prefill
     return Calibration(
         key=key,
-        train_tokens_per_second=padded / seconds,
+        train_tokens_per_second=train_speed,
         prefill_tokens_per_second=prompts.numel() / prefill,
         decode_step_seconds=max(decode, 0.0) / DECODE_TOKENS,
         batch_size=batch_size,
+        load_average=max(load, os.getloadavg()[0]),
     )
 
 
 def cached_calibration(
-    student: str, sft: SftParams, *, device: torch.device, batch_size: int, measure: bool
+    model_name: str,
+    sft: SftParams | None,
+    *,
+    device: torch.device,
+    batch_size: int,
+    measure: bool,
+    again: bool = False,
 ) -> Calibration | None:
-    """The calibration of `student` from $KDLIB_CACHE/plan_calibration.json, measured (and stored) when
-    missing and `measure`; None when missing and not `measure`."""
+    """The calibration of `model_name` (a student under `sft`, or a teacher or judge with `sft` None) from
+    $KDLIB_CACHE/plan_calibration.json, measured and stored when missing (or `again`) and `measure`;
+    else None."""
     path = cache_dir() / "plan_calibration.json"
+    key = _calibration_key(model_name, sft, device)
     stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    bf16 = sft.bf16 and native_bf16(device)
-    key = "|".join([student, sft.finetune, "bf16" if bf16 else "fp32", machine_key(device)])
-    if key in stored:
+    if key in stored and not again:
         return Calibration(**stored[key])
     if not measure:
         return None
-    found = calibrate(student, sft, device=device, batch_size=batch_size)
+    found = calibrate(model_name, sft, device=device, batch_size=batch_size)
     stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     io.write_json(path, {**stored, key: asdict(found)})
     return found
@@ -265,8 +304,9 @@ def _student_shape(student: str, sft: SftParams):
     return tokenizer, SimpleNamespace(config=config), False
 
 
-def plan_params(params: ExperimentParams, *, measure: bool = True) -> Plan:
-    """The Plan of `params` on this machine (`measure`: calibrate models not yet calibrated here)."""
+def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: bool = False) -> Plan:
+    """The Plan of `params` on this machine (`measure`: calibrate models not yet calibrated here;
+    `recalibrate`: measure every model again)."""
     sft, evaluation = params.sft, params.evaluation
     device = resolve_device(params.common.device)
     train_items, eval_items, _ = load_run_items(params.teacher_traces, params.common)
@@ -374,7 +414,13 @@ def plan_params(params: ExperimentParams, *, measure: bool = True) -> Plan:
             f"{len(eval_items)} evaluation items: one cell's {CONFIDENCE:.0%} Wilson interval at 50 % "
             f"accuracy is wider than ±{RESOLVE_POINTS:g} points below {needed} items"
         )
-    speeds = _calibrations(params, device, measure)
+    speeds = _calibrations(params, device, measure, recalibrate)
+    warnings += [
+        f"{name} was calibrated while the machine was busy (load {speed.load_average:.1f} on "
+        f"{os.cpu_count()} cores), so its estimates run long: kdlib plan --recalibrate on an idle machine"
+        for name, speed in speeds.items()
+        if speed is not None and speed.busy()
+    ]
     notebooks = _notebook_rows(
         params, cells, speeds, teacher_calls, attributed, len(train_items), len(eval_items)
     )
@@ -388,24 +434,29 @@ def _offline(model: str) -> bool:
 
 
 def _calibrations(
-    params: ExperimentParams, device: torch.device, measure: bool
+    params: ExperimentParams, device: torch.device, measure: bool, again: bool
 ) -> dict[str, Calibration | None]:
-    """model name -> its Calibration (None: a hub-only model, or not calibrated and not `measure`)."""
-    speeds = {}
-    batch = params.evaluation.batch_size
-    for student in params.sft.students:
-        speeds[student] = (
-            cached_calibration(
-                student, params.sft, device=device, batch_size=params.sft.batch_size, measure=measure
-            )
-            if _offline(student)
-            else None
+    """model name -> its Calibration (None: a hub-only model, or not calibrated and not `measure`). A
+    teacher or judge that is also a student shares the student's prefill and decode speeds."""
+    speeds = {
+        student: cached_calibration(
+            student, params.sft, device=device, batch_size=params.sft.batch_size, measure=measure, again=again
         )
-    inference = params.sft.model_copy(update={"finetune": "full"})
+        if _offline(student)
+        else None
+        for student in params.sft.students
+    }
     for model in (params.teacher_traces.teacher.model, params.evaluation.explanations.judge.model):
         if model not in speeds:
             speeds[model] = (
-                cached_calibration(model, inference, device=device, batch_size=batch, measure=measure)
+                cached_calibration(
+                    model,
+                    None,
+                    device=device,
+                    batch_size=params.evaluation.batch_size,
+                    measure=measure,
+                    again=again,
+                )
                 if _offline(model)
                 else None
             )

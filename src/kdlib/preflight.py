@@ -9,11 +9,27 @@ Each failure raises ParamsError naming the file and the dotted key, as a schema 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
+import pyarrow.parquet as pq
+import torch
+
+from kdlib.analysis.reference import ReferenceFileError, load_reference
 from kdlib.config import NOTEBOOKS, ExperimentParams, ParamsError, TeacherParams
+from kdlib.data import load_split, seeded_sample
+from kdlib.data.registry import dataset, load_items
+from kdlib.models import model_config, model_tokenizer, module_names
+from kdlib.paths import resolve_repo_path
+from kdlib.teacher.importers import PALM_DATASETS, hendriks_folder, palm_cot_inputs
+from kdlib.teacher.rationales import RULE_SOURCE
+from kdlib.teacher.recipes import LLM_SOURCE, load_exemplars
+from kdlib.traces.decomposition import has_gold_steps
+from kdlib.training.conditions import ATTRIBUTION_COLUMNS, TRANSFORMS, TransformSettings, condition_examples
+from kdlib.training.loop import encode_example
 
 OFFLINE_ENV = "HF_HUB_OFFLINE"
 
@@ -55,7 +71,6 @@ def preflight(params: ExperimentParams, source: str, notebooks: Sequence[str] = 
 def _condition_names(params: ExperimentParams) -> None:
     """Every condition names a transform of kdlib.training.conditions (the schema, below the stages,
     cannot know them)."""
-    from kdlib.training.conditions import TRANSFORMS
 
     unknown = [c for c in params.sft.conditions if isinstance(c, str) and c not in TRANSFORMS]
     if unknown:
@@ -71,7 +86,6 @@ def _condition_names(params: ExperimentParams) -> None:
 def _device(params: ExperimentParams) -> None:
     if params.common.device != "cuda":
         return
-    import torch
 
     if not torch.cuda.is_available():
         raise Problem("common.device", "'cuda' asked for, but torch finds no CUDA device on this machine")
@@ -85,8 +99,6 @@ def _device(params: ExperimentParams) -> None:
 def _reference_results(params: ExperimentParams) -> None:
     if params.correlation.reference_results is None:
         return
-    from kdlib.analysis.reference import ReferenceFileError, load_reference
-    from kdlib.paths import resolve_repo_path
 
     try:
         load_reference(resolve_repo_path(params.correlation.reference_results))
@@ -113,17 +125,13 @@ def _backend(key: str, backend: TeacherParams) -> None:
             f"{key}.api_key_env",
             f"the environment variable ${backend.api_key_env} is not set or empty on this machine",
         )
-    if backend.backend == "vllm":
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:
-            raise Problem(f"{key}.backend", "'vllm' asked for, but the vllm package is not installed")
+    if backend.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise Problem(f"{key}.backend", "'vllm' asked for, but the vllm package is not installed")
     if backend.backend == "transformers":
         _model_config(f"{key}.model", backend.model, backend.trust_remote_code)
 
 
 def _imports(params: ExperimentParams) -> None:
-    from kdlib.teacher.importers import PALM_DATASETS, hendriks_folder, palm_cot_inputs
 
     data_dir = params.common.data_dir
     for n, spec in enumerate(params.teacher_traces.imports):
@@ -148,8 +156,6 @@ def _exemplars(params: ExperimentParams) -> None:
     generation = params.teacher_traces.generation
     if generation.exemplars_file is None or not (generation.recipes and generation.n_items):
         return
-    from kdlib.paths import resolve_repo_path
-    from kdlib.teacher.recipes import load_exemplars
 
     try:
         exemplars = load_exemplars(resolve_repo_path(generation.exemplars_file))
@@ -166,10 +172,6 @@ def _attributions(params: ExperimentParams) -> None:
     path = params.sft.key_tokens.attributions
     if path is None or not _uses(params, "key_words"):
         return
-    import pyarrow.parquet as pq
-
-    from kdlib.paths import resolve_repo_path
-    from kdlib.training.conditions import ATTRIBUTION_COLUMNS
 
     key = "sft.key_tokens.attributions"
     try:
@@ -185,7 +187,6 @@ def _attributions(params: ExperimentParams) -> None:
 
 def _uses(params: ExperimentParams, need: str) -> bool:
     """Whether any condition of the grid needs `need` (rationale, steps, counterfactuals, key_words)."""
-    from kdlib.training.conditions import TRANSFORMS
 
     return any(need in TRANSFORMS[spec.transform].needs for spec in params.sft.condition_specs())
 
@@ -193,8 +194,6 @@ def _uses(params: ExperimentParams, need: str) -> bool:
 def _dataset(params: ExperimentParams) -> list | None:
     """The training items the run will sample, where they can be known here (None: only the hub has
     them); checks that each split holds the items asked for."""
-    from kdlib.data import load_split, seeded_sample
-    from kdlib.data.registry import dataset, load_items
 
     data, common = params.teacher_traces.dataset, params.common
     if dataset(data.name).generate is not None:  # made from the run's seed: nothing to read
@@ -248,8 +247,6 @@ def _dataset(params: ExperimentParams) -> list | None:
 
 def _producible_rationales(params: ExperimentParams, train_items: list | None) -> set[tuple[str, str]]:
     """(source, recipe) pairs notebook 01 can write for these params."""
-    from kdlib.teacher.rationales import RULE_SOURCE
-    from kdlib.teacher.recipes import LLM_SOURCE
 
     cfg = params.teacher_traces
     pairs = set()
@@ -265,8 +262,6 @@ def _producible_rationales(params: ExperimentParams, train_items: list | None) -
 
 
 def _conditions(params: ExperimentParams, train_items: list | None) -> None:
-    from kdlib.traces.decomposition import has_gold_steps
-    from kdlib.training.conditions import TRANSFORMS
 
     sft = params.sft
     producible = _producible_rationales(params, train_items)
@@ -292,7 +287,6 @@ def _conditions(params: ExperimentParams, train_items: list | None) -> None:
 
 
 def _model_config(key: str, name: str, trust_remote_code: bool) -> Any:
-    from kdlib.models import model_config
 
     try:
         return model_config(name, trust_remote_code=trust_remote_code)
@@ -318,8 +312,6 @@ def _students(params: ExperimentParams, train_items: list | None) -> None:
         if config is not None and train_items is not None:
             _fits_max_length(params, student, config, train_items)
         if config is not None and adapted:
-            from kdlib.models import module_names
-
             names = module_names(config, trust_remote_code=sft.trust_remote_code)
             missing = [t for t in sft.lora.target_modules if not any(_matches(name, t) for name in names)]
             if missing:
@@ -336,11 +328,6 @@ def _fits_max_length(params: ExperimentParams, student: str, config, train_items
     """Every training item's shortest example (its prompt and the answer alone, as no_trace trains)
     within sft.max_length under the student's tokenizer: an item over it stops notebook 03 whatever
     the condition."""
-    from types import SimpleNamespace
-
-    from kdlib.models import model_tokenizer
-    from kdlib.training.conditions import TransformSettings, condition_examples
-    from kdlib.training.loop import encode_example
 
     tokenizer = model_tokenizer(student, trust_remote_code=params.sft.trust_remote_code)
     if tokenizer is None:
