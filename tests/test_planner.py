@@ -95,8 +95,8 @@ def test_hub_students_get_flops_and_gpu_hours(empty_cache):
         .sum()
         .sum()
     )
-    flops = 6 * parameters * cells["training_padded_tokens"].sum() + 2 * parameters * inference
+    flops = 4 * parameters * cells["training_padded_tokens"].sum() + 2 * parameters * inference  # LoRA
     hours = flops / (planner.GPU_PEAK_FLOPS * planner.GPU_MFU) / 3600
     (line,) = plan.gpu
-    assert line.startswith("gpt2 (0.12 B parameters)") and f"{hours:.2f} GPU-hours" in line
+    assert line.startswith("gpt2 (0.12 B parameters, lora)") and f"{hours:.2f} GPU-hours" in line
     assert "H100 SXM at 40% MFU" in line

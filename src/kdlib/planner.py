@@ -561,7 +561,9 @@ def _parameters(student: str, sft: SftParams) -> float | None:
 
 
 def _gpu_lines(params: ExperimentParams, cells: pd.DataFrame) -> list[str]:
-    """FLOPs and GPU-hours of each hub-only student's cells (training 6 N per token, inference 2 N)."""
+    """FLOPs and GPU-hours of each hub-only student's cells: per padded training token 6 N under full
+    fine-tuning, 4 N under (Q)LoRA (no gradients of the frozen weights); 2 N per evaluation token."""
+    per_token = 6 if params.sft.finetune == "full" else 4
     lines = []
     for student, group in cells.groupby("student", sort=False):
         if _offline(student):
@@ -570,7 +572,7 @@ def _gpu_lines(params: ExperimentParams, cells: pd.DataFrame) -> list[str]:
         if parameters is None:
             lines.append(f"{student}: parameter count unknown offline; FLOPs not estimated")
             continue
-        train_flops = 6 * parameters * group["training_padded_tokens"].sum()
+        train_flops = per_token * parameters * group["training_padded_tokens"].sum()
         infer_tokens = (
             group[["generation_prompt_tokens", "generation_new_tokens", "label_first_tokens", "lens_tokens"]]
             .sum()
@@ -579,9 +581,9 @@ def _gpu_lines(params: ExperimentParams, cells: pd.DataFrame) -> list[str]:
         flops = train_flops + 2 * parameters * infer_tokens
         hours = flops / (GPU_PEAK_FLOPS * GPU_MFU) / 3600
         lines.append(
-            f"{student} ({parameters / 1e9:.2f} B parameters): {train_flops:.3g} training + "
-            f"{flops - train_flops:.3g} evaluation FLOPs = {hours:.2f} GPU-hours on one {GPU_NAME} at "
-            f"{GPU_MFU:.0%} MFU ({GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16 peak)"
+            f"{student} ({parameters / 1e9:.2f} B parameters, {params.sft.finetune}): {train_flops:.3g} "
+            f"training + {flops - train_flops:.3g} evaluation FLOPs = {hours:.2f} GPU-hours on one "
+            f"{GPU_NAME} at {GPU_MFU:.0%} MFU ({GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16 peak)"
         )
     return lines
 
