@@ -8,6 +8,7 @@ from kdlib.analysis.results import (
     contingency_table,
     findings_table,
     judge_lines,
+    planned_line,
     published_table,
     read_comparison,
     stage_commits,
@@ -139,3 +140,18 @@ def test_judge_lines_report_the_readable_share_and_the_rating_probability():
     assert "75% of the ratings readable" in line and f"replying with a rating at all is {mass:.1%}" in line
     joint = judge_lines(ExplanationParams(judge=judge), ratings)[2]
     assert "mode `joint`" in joint and "probability" not in joint
+
+
+def test_planned_time_is_shown_beside_the_measured_one():
+    plan = {
+        "estimated_seconds": 5400.0,
+        "notebooks": {"01_teacher_traces": 0.0, "03_sft": 3600.0, "04_evaluation": 1800.0},
+        "warnings": [],
+    }
+    assert planned_line({"plan": plan}) == (
+        "- Planned: 90 min for notebooks 01-04 from scratch (03_sft 60.0, 04_evaluation 30.0 min; "
+        "notebook start-up not included)"
+    )
+    assert "no estimate recorded" in planned_line({"notebooks": {}})
+    assert "a model was not calibrated" in planned_line({"plan": {**plan, "estimated_seconds": None}})
+    assert "ValueError: x" in planned_line({"plan": {"error": "ValueError: x"}})

@@ -119,6 +119,22 @@ def version_drift(run: RunLayout, pins: dict[str, str]) -> str:
     return "; ".join(f"{package} in {', '.join(numbers)}" for package, numbers in drift.items())
 
 
+def planned_line(record: dict) -> str:
+    """What `kdlib plan` estimated when the run started (run.json's "plan"), beside the measured time."""
+    plan = record.get("plan")
+    if not plan:
+        return "- Planned: no estimate recorded (run before kdlib plan existed)"
+    if plan.get("error") or plan.get("estimated_seconds") is None:
+        return f"- Planned: no estimate ({plan.get('error') or 'a model was not calibrated'})"
+    per_notebook = ", ".join(
+        f"{nb} {seconds / 60:.1f}" for nb, seconds in plan["notebooks"].items() if seconds
+    )
+    return (
+        f"- Planned: {plan['estimated_seconds'] / 60:.0f} min for notebooks 01-04 from scratch "
+        f"({per_notebook} min; notebook start-up not included)"
+    )
+
+
 def run_facts_lines(params_file: str, params: ExperimentParams, record: dict, commits: str) -> list[str]:
     """Command, git SHAs (`commits`, from stage_commits), sizes and wall times of one run (`record`: its
     run.json)."""
@@ -132,6 +148,7 @@ def run_facts_lines(params_file: str, params: ExperimentParams, record: dict, co
         + ", ".join(f"{nb} {entry.get('seconds', 0.0) / 60:.1f}" for nb, entry in times)
         + " min) on this 2-core CPU, in each notebook's last invocation (cells finished by an earlier,"
         " interrupted one are reused, not counted)",
+        planned_line(record),
         f"- Data: {data.name}, {data.n_train} training items ({data.train_split}), {data.n_eval} evaluation "
         f"items ({data.eval_split})",
         f"- Grid: students {', '.join(sft.students)}; conditions "
