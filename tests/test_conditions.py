@@ -5,6 +5,7 @@ import dataclasses
 import pandas as pd
 import pytest
 
+from kdlib.models import byte_tokenizer, model_tokenizer
 from kdlib.teacher.rationales import rule_traces, trace_row, traces_frame
 from kdlib.traces.decomposition import decompose, normalise, parse_output, steps_by_item
 from kdlib.training.conditions import (
@@ -19,8 +20,11 @@ from kdlib.training.conditions import (
     pick_counterfactuals,
     pick_rationales,
     read_key_words,
+    student_filler,
     student_question,
 )
+
+BYTE_FILLER = student_filler(byte_tokenizer())
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,8 @@ def sources(generated_items):
 
 
 def settings(fmt="tagged", seed=0, **changes):
-    return TransformSettings(fmt=fmt, seed=seed, random_vocabulary=("alpha", "beta", "gamma"), **changes)
+    base = {"random_vocabulary": ("alpha", "beta", "gamma"), "filler": BYTE_FILLER}
+    return TransformSettings(fmt=fmt, seed=seed, **{**base, **changes})
 
 
 @pytest.mark.parametrize("fmt", ["tagged", "plain"])
@@ -119,6 +124,72 @@ def test_random_rationale_matches_length_and_draws_from_the_vocabulary(generated
         words = _reasoning(example).split()
         assert len(words) == len(sources[item.id].rationale.split())
         assert set(words) <= {"alpha", "beta", "gamma"}
+
+
+def smollm2_tokenizer():
+    """SmolLM2's tokenizer where this machine has it without the network (else the test is skipped)."""
+    try:
+        tokenizer = model_tokenizer("smollm2-135m-instruct")
+    except FileNotFoundError:
+        tokenizer = None
+    if tokenizer is None:
+        pytest.skip("SmolLM2's tokenizer is not available offline here")
+    return tokenizer
+
+
+TOKENIZERS = {"byte": byte_tokenizer, "smollm2": smollm2_tokenizer}
+
+
+@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+def test_the_filler_is_one_token_whose_copies_encode_token_by_token(name):
+    tokenizer = TOKENIZERS[name]()
+    filler = student_filler(tokenizer)
+    assert filler.text == tokenizer.unk_token  # both have an unk token that is not EOS, BOS or pad
+    assert filler.token_id not in {tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id}
+    for k in range(1, 41):
+        assert tokenizer(filler.text * k, add_special_tokens=False)["input_ids"] == [filler.token_id] * k
+
+
+def test_the_filler_falls_back_to_a_word_where_the_unk_token_is_reserved():
+    tokenizer = byte_tokenizer()
+    tokenizer.unk_token = tokenizer.eos_token
+    filler = student_filler(tokenizer)
+    assert filler.text == "x"  # " x" is two byte tokens
+    assert filler.encode("x" * 7) == [filler.token_id] * 7
+
+
+@pytest.mark.parametrize("fmt", ["tagged", "plain"])
+@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+def test_placeholder_puts_as_many_filler_tokens_after_the_label_as_the_rationale_has(
+    generated_items, sources, name, fmt
+):
+    """The placeholder target is the label, then n filler tokens, where n is what the rationale adds to the
+    rationale_after_label target: both targets have the same token count under the student's tokenizer."""
+    tokenizer = TOKENIZERS[name]()
+    filler = student_filler(tokenizer)
+    with_filler = settings(fmt, filler=filler)
+    placeholders, skipped = condition_examples(
+        "placeholder_after_label", generated_items, sources, with_filler
+    )
+    after, _ = condition_examples("rationale_after_label", generated_items, sources, with_filler)
+    assert not skipped and len(placeholders) == len(after) == len(generated_items)
+    label_only, _ = condition_examples("no_trace", generated_items, sources, with_filler)
+    for item, placeholder, rationale, label in zip(
+        generated_items, placeholders, after, label_only, strict=True
+    ):
+        ids = filler.encode(placeholder.target)
+        n = ids.count(filler.token_id)
+        assert len(ids) == len(filler.encode(rationale.target)) and n >= 5
+        assert placeholder.target.startswith(label.target)
+        assert placeholder.target.replace(filler.text * n, sources[item.id].rationale) == rationale.target
+        assert placeholder.prompt == rationale.prompt
+        if name == "byte":  # one token per byte: n is the rationale's length in bytes
+            assert n == len(sources[item.id].rationale.encode())
+
+
+def test_placeholder_without_the_students_filler_is_an_error(generated_items, sources):
+    with pytest.raises(ValueError, match="placeholder_after_label needs the student's filler"):
+        condition_examples("placeholder_after_label", generated_items, sources, settings(filler=None))
 
 
 def test_key_tokens_keep_top_attributed_words_in_rationale_order(tmp_path):
@@ -182,7 +253,7 @@ def test_items_without_the_needed_trace_are_skipped_and_named(generated_items, s
     partial = dict(sources)
     first = generated_items[0].id
     partial[first] = dataclasses.replace(partial[first], rationale=None, steps={})
-    for transform in ("rationale_after_label", "correct_trace"):
+    for transform in ("rationale_after_label", "placeholder_after_label", "correct_trace"):
         examples, skipped = condition_examples(transform, generated_items, partial, settings())
         assert skipped == [first] and len(examples) == len(generated_items) - 1
     examples, skipped = condition_examples("no_trace", generated_items, partial, settings())

@@ -13,6 +13,7 @@ from kdlib.analysis.reference import (
     RunFacts,
     combine_seeds,
     compare_with_reference,
+    describe_findings,
     judge,
     load_reference,
     published_table,
@@ -52,6 +53,8 @@ def test_packaged_table_is_valid_and_names_only_known_conditions():
         (lambda r: r["findings"][0]["test"].update(kind="greater", metric=None), "needs metric"),
         (lambda r: r["findings"][0].update(colour="red"), "findings.0.colour': unknown key"),
         (lambda r: r["findings"][1].update(id=r["findings"][0]["id"]), "appear more than once"),
+        (lambda r: r["findings"][-1].pop("version"), "has test kind question, and only it"),
+        (lambda r: r["findings"][0].update(version="kdlib"), "has test kind question, and only it"),
     ],
 )
 def test_a_malformed_table_names_the_file_and_key(tmp_path, edit, message):
@@ -76,6 +79,10 @@ def test_judge_reads_intervals_against_each_kind_of_claim():
     at_least = greater.model_copy(update={"kind": "at_least", "tolerance": 2.0})
     assert judge(at_least, Estimate(-1, -1.5, 3, ""))[:2] == ("replicated", True)
     assert judge(at_least, Estimate(-9, -12, -4, ""))[:2] == ("not replicated", True)
+    question = greater.model_copy(update={"kind": "question"})
+    assert judge(question, Estimate(-5, -9, -1, ""))[:2] == ("measured", True)
+    verdict, conclusive, reason = judge(question, Estimate(2, -1, 5, ""))
+    assert (verdict, conclusive) == ("measured", False) and "kdlib's question, no published number" in reason
     below = FindingTest(kind="below", statistic="phi", condition={"transform": "x"}, threshold=0.3)
     assert judge(below, Estimate(0.05, -0.1, 0.2, ""))[:2] == ("replicated", True)
     assert judge(below, Estimate(0.05, math.nan, math.nan, ""))[0] == "not comparable"
@@ -192,6 +199,38 @@ def test_findings_get_verdicts_from_the_runs_numbers():
     reference = load_reference()  # each row cites its own entry's source, spelled out
     cited = {e.id: reference.sources[e.source] for e in [*reference.published, *reference.findings]}
     assert table["source"].tolist() == [cited[entry_id] for entry_id in table["id"]]
+
+
+def test_kdlibs_placeholder_questions_are_measured_not_replicated():
+    """The placeholder control has no published number: its comparisons with the rationale after the label
+    and with the label alone report the difference and its interval, never a replication."""
+    reference = load_reference()
+    questions = {f.id: f for f in reference.findings if f.version == "kdlib"}
+    assert {(f.test.a.transform, f.test.b.transform) for f in questions.values()} == {
+        ("placeholder_after_label", "rationale_after_label"),
+        ("placeholder_after_label", "no_trace"),
+    }
+    assert all(f.test.kind == "question" and "no published number" in f.paper for f in questions.values())
+    conditions = ["placeholder_after_label", "rationale_after_label", "no_trace"]
+    outcomes = _outcomes(
+        "s", {"placeholder_after_label": 0.3, "rationale_after_label": 0.8, "no_trace": 0.3}, n=400
+    )
+    table = compare_with_reference(
+        reference, _facts("commonsenseqa", conditions), outcomes, _no_traces(), n_resamples=300
+    ).set_index("id")
+    content = table.loc["wadhwa.kdlib.placeholder_vs_rationale_after_label"]
+    means = outcomes.groupby("condition")["value"].mean()
+    assert content["verdict"] == "measured" and content["conclusive"]
+    assert content["estimate"] == pytest.approx(
+        100 * (means["placeholder_after_label"] - means["rationale_after_label"])
+    )
+    assert content["ci_high"] < 0 and content["unit"] == "points" and content["scope"] == "same dataset"
+    assert "kdlib's question, no published number" in content["reason"]
+    length = table.loc["wadhwa.kdlib.placeholder_vs_no_trace"]
+    assert length["verdict"] == "measured" and length["ci_low"] <= length["estimate"] <= length["ci_high"]
+    assert "replicated" not in set(table.loc[list(questions), "verdict"])
+    lines = describe_findings(table.reset_index())
+    assert any(line.startswith("- **measured** (s): kdlib's question: filler tokens") for line in lines)
 
 
 def test_ambiguous_conditions_and_rating_findings():

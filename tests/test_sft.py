@@ -302,6 +302,27 @@ def test_grid_cells_cover_the_product():
     assert len(cells) == 2 * 3 * 3 and len({c.label for c in cells}) == 18
 
 
+def test_a_placeholder_cell_trains_on_as_many_target_tokens_as_the_rationale(
+    tmp_path, generated_items, sources
+):
+    """placeholder_after_label is written with the student's filler token when the cell's texts are built,
+    then tokenised and masked like every condition; its texts are the same on a rerun (the cell is kept)."""
+    sft = grid(students=["tiny-llama"], conditions=["rationale_after_label", "placeholder_after_label"])
+    run, items = RunLayout(tmp_path), generated_items[:8]
+    summary = train_grid(run, items, sources, sft=sft, common=COMMON, fmt="tagged")
+    assert list(summary["status"]) == ["trained", "trained"] and (summary["examples"] == 8).all()
+    rationale, placeholder = summary["target_tokens_per_example"]
+    assert placeholder == rationale and placeholder > 20
+    (cell,) = [c for c in grid_cells(sft) if c.condition.transform == "placeholder_after_label"]
+    job = kdlib.training.grid.cell_job(
+        run.sft_cell("tiny-llama", "placeholder_after_label", 0), cell, items, sources,
+        sft=sft, common=COMMON, fmt="tagged",
+    )  # fmt: skip
+    assert all("<think><|unk|><|unk|>" in text["target"] for text in job.texts)
+    again = train_grid(run, items, sources, sft=sft, common=COMMON, fmt="tagged")
+    assert set(again["status"]) == {"finished earlier"}
+
+
 def test_missing_rationales_are_an_error_naming_the_recipe(tmp_path, generated_items, sources):
     sft = grid(
         students=["tiny-llama"], conditions=["rationale_after_label"], rationale_recipe="critique_revision"

@@ -7,11 +7,17 @@ import pytest
 import torch
 
 from kdlib.config import LoraParams, SftParams
-from kdlib.models import count_parameters, encode_prompt, load_model, student_prompt
+from kdlib.models import byte_tokenizer, count_parameters, encode_prompt, load_model, student_prompt
 from kdlib.progress import PROGRESS_ENV
 from kdlib.teacher.rationales import rule_traces
 from kdlib.traces.decomposition import decompose, steps_by_item
-from kdlib.training.conditions import TRANSFORMS, ItemTraces, TransformSettings, condition_examples
+from kdlib.training.conditions import (
+    TRANSFORMS,
+    ItemTraces,
+    TransformSettings,
+    condition_examples,
+    student_filler,
+)
 from kdlib.training.grid import add_lora, prepare_student
 from kdlib.training.loop import (
     IGNORE_INDEX,
@@ -54,8 +60,15 @@ def traces(generated_items):
     return item_traces(generated_items)
 
 
-def texts(transform, items, traces):
-    settings = TransformSettings(fmt="tagged", seed=0, random_vocabulary=("a", "b"), alpha=0.5, beta=2.0)
+def texts(transform, items, traces, tokenizer=None):
+    settings = TransformSettings(
+        fmt="tagged",
+        seed=0,
+        random_vocabulary=("a", "b"),
+        alpha=0.5,
+        beta=2.0,
+        filler=student_filler(tokenizer or byte_tokenizer()),
+    )
     examples, _ = condition_examples(transform, items, traces, settings)
     return examples
 
@@ -70,7 +83,7 @@ def test_prompt_tokens_carry_no_label_for_every_condition_and_family(
     tiny, generated_items, traces, transform
 ):
     model, tokenizer = tiny
-    for text in texts(transform, generated_items[:4], traces):
+    for text in texts(transform, generated_items[:4], traces, tokenizer):
         example = encode_example(model, tokenizer, text, max_length=4096)
         prompt_ids = encode_prompt(model, tokenizer, student_prompt(model, tokenizer, text.prompt))
         target_ids = tokenizer(text.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -81,6 +94,30 @@ def test_prompt_tokens_carry_no_label_for_every_condition_and_family(
             assert example.labels[:n] == [IGNORE_INDEX] * n
             assert example.labels[n:] == example.input_ids[n:] == target_ids
         assert example.weight == text.weight
+
+
+def test_placeholder_learns_the_label_and_its_filler_as_many_tokens_as_the_rationale(
+    tiny, generated_items, traces
+):
+    """Against rationale_after_label: the same prompt (no label on it) and as many learnt tokens, the label
+    and EOS alike and the rationale's tokens replaced by filler tokens."""
+    model, tokenizer = tiny
+    filler = student_filler(tokenizer)
+    items = generated_items[:4]
+    for placeholder, rationale in zip(
+        texts("placeholder_after_label", items, traces, tokenizer),
+        texts("rationale_after_label", items, traces, tokenizer),
+        strict=True,
+    ):
+        ours, theirs = (encode_example(model, tokenizer, t, 4096) for t in (placeholder, rationale))
+        learnt = [label for label in ours.labels if label != IGNORE_INDEX]
+        assert ours.n_target_tokens == theirs.n_target_tokens and len(ours.labels) == len(theirs.labels)
+        n_filler = learnt.count(filler.token_id)
+        prompt = ours.input_ids if model.config.is_encoder_decoder else ours.input_ids[: -len(learnt)]
+        assert n_filler >= 5 and filler.token_id not in prompt
+        differ = [i for i, (a, b) in enumerate(zip(ours.labels, theirs.labels, strict=True)) if a != b]
+        assert len(differ) <= n_filler and all(ours.labels[i] == filler.token_id for i in differ)
+        assert learnt[-1] == tokenizer.eos_token_id
 
 
 def _loss(model, batch):
@@ -94,7 +131,8 @@ def test_loss_depends_only_on_target_positions(tiny, generated_items, traces, tr
     them, and the training loss (logits at target positions only) equals the loss of the full logits."""
     model, tokenizer = tiny
     examples = [
-        encode_example(model, tokenizer, t, 4096) for t in texts(transform, generated_items[:3], traces)
+        encode_example(model, tokenizer, t, 4096)
+        for t in texts(transform, generated_items[:3], traces, tokenizer)
     ]
     batch = collate(examples, tokenizer.pad_token_id)
     labels, weights = batch["labels"], batch["weights"]

@@ -260,17 +260,25 @@ def load_model(
     The tokenizer always has a pad token.
     """
     if name_or_path in TINY:
-        model, tokenizer = tiny_model(name_or_path, seed=seed)
+        model, _ = tiny_model(name_or_path, seed=seed)
         if quantize_4bit:  # quantisation happens at load time: round-trip through safetensors
             with tempfile.TemporaryDirectory() as folder:
                 model.save_pretrained(folder, safe_serialization=True)
                 model = _from_pretrained(folder, dtype, quantize_4bit, device, trust_remote_code)
     else:
-        source = resolve_pretrained(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = _from_pretrained(source, dtype, quantize_4bit, device, trust_remote_code)
-    tokenizer = with_pad_and_template(tokenizer)
+        model = _from_pretrained(
+            resolve_pretrained(name_or_path), dtype, quantize_4bit, device, trust_remote_code
+        )
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     return (model if quantize_4bit else model.to(device=device, dtype=dtype)), tokenizer
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer load_model gives (with a pad token and a chat template), from where it reads it."""
+    if name_or_path in TINY:
+        return byte_tokenizer()
+    source = resolve_pretrained(name_or_path)
+    return with_pad_and_template(AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code))
 
 
 def _from_pretrained(

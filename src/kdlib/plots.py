@@ -341,13 +341,14 @@ def paired_differences(paired: pd.DataFrame, metric: str = "accuracy") -> go.Fig
 
 
 def reference_forest(comparison: pd.DataFrame) -> go.Figure:
-    """The run's estimate and interval for every finding it could test, coloured by verdict, one panel per
-    unit (`comparison` from reference.compare_with_reference)."""
+    """The run's estimate and interval for every finding it could test (kdlib's questions included, as
+    "measured"), coloured by verdict, one panel per unit (`comparison` from
+    reference.compare_with_reference)."""
     tested = comparison[(comparison["kind"] == "finding") & (comparison["verdict"] != "not comparable")]
     tested = tested.assign(unit=tested["unit"].fillna("").replace("", "phi"))
     units = list(dict.fromkeys(tested["unit"])) or [""]
     figure = make_subplots(rows=len(units), cols=1, subplot_titles=units, vertical_spacing=0.12)
-    colours = {"replicated": "seagreen", "not replicated": "firebrick"}
+    colours = {"replicated": "seagreen", "not replicated": "firebrick", "measured": "steelblue"}
     for row, unit in enumerate(units, start=1):
         for verdict, rows in tested[tested["unit"] == unit].groupby("verdict", sort=False):
             figure.add_trace(

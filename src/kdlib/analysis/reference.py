@@ -1,8 +1,9 @@
 """The three studies' published results (reference_results.yaml, versioned) and a run's verdicts against them.
 
 Every published number and every finding gets one row per student of the run: replicated, not
-replicated, or not comparable, with the reason. Estimates pool seeds: with one seed the interval is a
-bootstrap over items, with two or more a t interval over the per-seed values.
+replicated, or not comparable, with the reason; kdlib's own questions (no paper claim) are measured, never
+replicated. Estimates pool seeds: with one seed the interval is a bootstrap over items, with two or more a
+t interval over the per-seed values.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ CONTINGENCY_STATISTICS = (  # a published number of one of these is compared wit
     "p_answer_given_trace_right",
     "p_answer_given_trace_wrong",
 )
+KDLIB_QUESTION = "kdlib"  # the version of a finding that is kdlib's question, with no published claim
 CHANCE_METRICS = frozenset({"accuracy", "label_first_acc"})  # where guessing sets a floor
 
 
@@ -88,7 +90,10 @@ class Published(Schema):
 
 
 class FindingTest(Schema):
-    kind: Literal["greater", "at_least", "close", "below"]
+    """greater: a - b > margin; at_least: a - b >= -tolerance; close: |a - b| <= tolerance; below:
+    statistic < threshold; question: a - b measured, with no claim to test (kdlib's own questions)."""
+
+    kind: Literal["greater", "at_least", "close", "below", "question"]
     metric: str | None = None
     statistic: Literal[CONTINGENCY_STATISTICS] | None = None  # type: ignore[valid-type]
     a: Selector | None = None
@@ -109,6 +114,9 @@ class FindingTest(Schema):
 
 
 class Finding(Schema):
+    """A claim about conditions relative to each other. `version: kdlib` marks kdlib's own question about a
+    study's setup, which the paper does not answer: its test is a question, and its paper field says so."""
+
     id: str
     study: str
     claim: str
@@ -116,6 +124,13 @@ class Finding(Schema):
     test: FindingTest
     paper: str
     source: str
+    version: str | None = None
+
+    @model_validator(mode="after")
+    def _question_is_kdlibs(self) -> Finding:
+        if (self.test.kind == "question") != (self.version == KDLIB_QUESTION):
+            raise ValueError(f"a finding with version {KDLIB_QUESTION!r} has test kind question, and only it")
+        return self
 
 
 class Reference(Schema):
@@ -331,6 +346,11 @@ def judge(test: FindingTest, e: Estimate) -> tuple[str, bool, str]:
     """(verdict, conclusive, reason) of a finding's test against an estimate with its interval."""
     if math.isnan(e.low) or math.isnan(e.high):
         return "not comparable", False, f"estimate {e.value:+.2f} has no interval (too few items)"
+    if test.kind == "question":
+        unanswered = "kdlib's question, no published number"
+        if e.low > 0 or e.high < 0:
+            return "measured", True, f"difference {_interval(e)} excludes 0 ({unanswered})"
+        return "measured", False, f"difference {_interval(e)} includes 0 ({unanswered})"
     if test.kind == "greater":
         bound = test.margin
         if e.low > bound:

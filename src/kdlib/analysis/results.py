@@ -405,7 +405,8 @@ def write_results(
         "Verdicts: *replicated* when our interval settles the claim; *not replicated (conclusive)* when it "
         "settles it against the paper; *not replicated* when it leaves it open; *not comparable* when the "
         "run lacks what the claim needs, or when an equivalence claim compares two conditions that are both "
-        "at chance (the reason says which).",
+        "at chance (the reason says which); *measured* for kdlib's own questions, which no paper answers "
+        "(the difference and its interval).",
         "",
     ]
     for study in studies:

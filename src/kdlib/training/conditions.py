@@ -6,14 +6,17 @@ and masks every example the same way, so cells differ only in what the transform
 
 * Wadhwa et al. 2024: `no_trace` (label only), the teacher's rationale before or after the label, the
   rationale's words shuffled after the label, random words of the same length after the label, and
-  only the key words (top integrated-gradients attributions, notebook 03) after the label.
+  only the key words (top integrated-gradients attributions, notebook 03) after the label. kdlib adds a
+  placeholder control: after the label, as many filler tokens as the rationale has tokens there (the
+  rationale's length without its content).
 * Hendriks et al. 2025 / distilling step-by-step: `multitask` ([predict] -> answer, weight alpha;
   [explain] -> rationale, weight beta), `counterfactual` (a rationale written for a wrong choice, then
   that choice) and `multitask_counterfactual`; the rationale set (original or revised) is a spec field.
 * Bhambri et al. 2025: `correct_trace` / `incorrect_trace`, the decomposed traces of notebook 02.
 
 Words (whitespace-separated) are the unit of shuffling, random traces and key tokens, so one condition
-means the same text for every student tokenizer.
+means the same text for every student tokenizer. The placeholder control alone counts tokens, so its text
+is written per student (TransformSettings.filler).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +45,7 @@ from kdlib.traces.decomposition import (
 
 PREDICT, EXPLAIN, COUNTERFACTUAL = "predict", "explain", "counterfactual"
 ATTRIBUTION_COLUMNS = ("item_id", "word_index", "word", "attribution")
+FILLER_WORDS = (" x", "x")  # the placeholder's filler where the student's unk token cannot be one
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,37 @@ class ItemTraces:
     key_words: tuple[str, ...] | None = None
 
 
+def target_token_ids(tokenizer, text: str) -> list[int]:
+    """A target text's token ids as the student learns them (kdlib.training.loop appends the EOS)."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@dataclass(frozen=True)
+class Filler:
+    """The placeholder's filler for one student: `text` encodes to the one token `token_id`, k copies of
+    it to k such tokens; `encode` is the student's target tokenisation (text -> ids)."""
+
+    text: str
+    token_id: int
+    encode: Callable[[str], list[int]]
+
+
+def student_filler(tokenizer) -> Filler:
+    """The tokenizer's unk token, else the first of FILLER_WORDS, that encodes to one token other than
+    EOS, BOS and pad and whose copies encode to as many tokens."""
+    encode = partial(target_token_ids, tokenizer)
+    reserved = {tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id}
+    candidates = ([tokenizer.unk_token] if tokenizer.unk_token else []) + list(FILLER_WORDS)
+    for text in candidates:
+        ids = encode(text)
+        if len(ids) == 1 and ids[0] not in reserved and all(encode(text * k) == ids * k for k in (2, 3, 16)):
+            return Filler(text, ids[0], encode)
+    raise ValueError(
+        f"placeholder_after_label: no filler token for the tokenizer {tokenizer.name_or_path!r}: none of "
+        f"{candidates} encodes to one token (not EOS, BOS or pad) whose copies encode token by token"
+    )
+
+
 @dataclass(frozen=True)
 class TransformSettings:
     """Settings shared by every transform of one cell."""
@@ -75,6 +111,7 @@ class TransformSettings:
     beta: float = 1.0
     random_vocabulary: tuple[str, ...] = ()
     counterfactuals_per_item: int | None = None  # None: every wrong choice with a rationale
+    filler: Filler | None = None  # the student's, for placeholder_after_label
 
 
 def student_question(item: QAItem) -> str:
@@ -119,6 +156,26 @@ def label_then(item: QAItem, reasoning: str, settings: TransformSettings) -> str
     """The answer, then `reasoning`: the Wadhwa et al. label-first target."""
     fmt = settings.fmt
     return join_target(fmt, format_answer(item.answer, fmt), format_rationale(reasoning, fmt))
+
+
+def placeholder_after_label(item: QAItem, rationale: str, settings: TransformSettings) -> str:
+    """The answer, then n filler tokens: n is what the rationale adds to rationale_after_label's target
+    under the student's tokenizer (its tokens less the frame's: answer and tags), so both targets have
+    the same number of tokens."""
+    filler = settings.filler
+    if filler is None:
+        raise ValueError("placeholder_after_label needs the student's filler (TransformSettings.filler)")
+    n_target = len(filler.encode(label_then(item, rationale, settings)))
+    n = n_target - (len(filler.encode(label_then(item, filler.text, settings))) - 1)
+    target = label_then(item, filler.text * n, settings)
+    ids = filler.encode(target)
+    run = [filler.token_id] * n
+    if n < 1 or len(ids) != n_target or not any(ids[i : i + n] == run for i in range(len(ids) - n + 1)):
+        raise ValueError(
+            f"item {item.id}: {n} copies of the filler {filler.text!r} after the answer do not encode to "
+            f"{n} filler tokens in a target of {n_target} tokens, as its rationale_after_label target has"
+        )
+    return target
 
 
 def _answer_only(item, traces, s):
@@ -178,6 +235,7 @@ class Transform:
     needs: frozenset[str]  # of: rationale, steps, counterfactuals, key_words
     build: Callable[[QAItem, ItemTraces, TransformSettings], list[TextExample]]
     predict_task: str | None = None  # the prompt tag a trained student is asked with at evaluation
+    needs_filler: bool = False  # its texts depend on the student's tokenizer (TransformSettings.filler)
 
 
 TRANSFORMS: dict[str, Transform] = {
@@ -219,6 +277,13 @@ TRANSFORMS: dict[str, Transform] = {
         "the answer, then only the rationale's top-attributed words, in their order",
         frozenset({"key_words"}),
         _single(lambda item, t, s: label_then(item, " ".join(t.key_words), s)),
+    ),
+    "placeholder_after_label": Transform(
+        "wadhwa2024",
+        "the answer, then one filler token of the student's vocabulary, as many as the rationale has tokens",
+        frozenset({"rationale"}),
+        _single(lambda item, t, s: placeholder_after_label(item, t.rationale, s)),
+        needs_filler=True,
     ),
     "multitask": Transform(
         "hendriks2025",

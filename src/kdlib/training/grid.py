@@ -30,6 +30,7 @@ from kdlib.models import (
     import_peft,
     is_seq2seq,
     load_model,
+    load_tokenizer,
     native_bf16,
     peft_checkpointing_probe_quiet,
     resolve_device,
@@ -39,6 +40,7 @@ from kdlib.traces.decomposition import Steps
 from kdlib.training.attribution import attribute_run
 from kdlib.training.conditions import (
     TRANSFORMS,
+    Filler,
     ItemTraces,
     TextExample,
     TransformSettings,
@@ -46,6 +48,7 @@ from kdlib.training.conditions import (
     pick_counterfactuals,
     pick_rationales,
     read_key_words,
+    student_filler,
 )
 from kdlib.training.loop import Checkpoint, TrainSettings, encode_example, train
 
@@ -83,9 +86,16 @@ class TraceSources:
 
 
 def cell_text_examples(
-    spec: ConditionSpec, items: list[QAItem], sources: TraceSources, sft: SftParams, fmt: str, seed: int
+    spec: ConditionSpec,
+    items: list[QAItem],
+    sources: TraceSources,
+    sft: SftParams,
+    fmt: str,
+    seed: int,
+    filler: Filler | None = None,
 ) -> tuple[list[TextExample], list[str]]:
-    """The training texts of one condition and the items it skipped (no trace of the kind it needs)."""
+    """The training texts of one condition and the items it skipped (no trace of the kind it needs);
+    `filler` is the student's (conditions.student_filler), for a transform that needs one."""
     needs = TRANSFORMS[spec.transform].needs
     rationales = (
         pick_rationales(sources.traces, spec.rationale_recipe, spec.rationale_source)
@@ -130,6 +140,7 @@ def cell_text_examples(
         beta=sft.multitask_beta,
         counterfactuals_per_item=sft.counterfactuals_per_item,
         random_vocabulary=tuple(sorted({w for r in rationales.values() for w in r.split()})),
+        filler=filler,
     )
     return condition_examples(spec.transform, items, traces, settings)
 
@@ -344,7 +355,10 @@ def cell_job(
     fmt: str,
 ) -> CellJob:
     """What training one cell takes: its texts, settings and the params a finished cell must match."""
-    texts, skipped = cell_text_examples(cell.condition, items, sources, sft, fmt, cell.seed)
+    filler = None
+    if TRANSFORMS[cell.condition.transform].needs_filler:
+        filler = student_filler(load_tokenizer(cell.student, trust_remote_code=sft.trust_remote_code))
+    texts, skipped = cell_text_examples(cell.condition, items, sources, sft, fmt, cell.seed, filler)
     return CellJob(
         cell_dir=str(cell_dir),
         student=cell.student,

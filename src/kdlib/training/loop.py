@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from kdlib.io import atomic_folder
 from kdlib.models import encode_prompt, is_seq2seq, student_prompt
 from kdlib.progress import progress
-from kdlib.training.conditions import TextExample
+from kdlib.training.conditions import TextExample, target_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Example:
 def encode_example(model, tokenizer, example: TextExample, max_length: int) -> Example:
     """Tokenise one TextExample for `model`'s family; the target always ends with the EOS token."""
     prompt_ids = encode_prompt(model, tokenizer, student_prompt(model, tokenizer, example.prompt))
-    target_ids = tokenizer(example.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    target_ids = target_token_ids(tokenizer, example.target) + [tokenizer.eos_token_id]
     if is_seq2seq(model):
         input_ids, labels = prompt_ids, target_ids
     else:
