@@ -22,7 +22,7 @@ def test_smoke_counts(empty_cache):
     plan = planner.plan_params(SMOKE, measure=False)
     cells = plan.cells.set_index(["student", "condition"])
     n_train, batch = SMOKE.teacher_traces.dataset.n_train, SMOKE.sft.batch_size
-    assert len(plan.cells) == 2 * 6
+    assert len(plan.cells) == 2 * 7
     # every generated item has gold steps: one example per item, two for multitask ([predict] + [explain])
     assert cells.loc[("tiny-llama", "no_trace"), "examples"] == n_train
     assert cells.loc[("tiny-llama", "multitask_rule"), "examples"] == 2 * n_train
@@ -36,6 +36,12 @@ def test_smoke_counts(empty_cache):
     assert cells.loc[("tiny-llama", "correct_trace"), "generation_prompts"] == 2 * n_eval + 4
     assert cells.loc[("tiny-llama", "correct_trace"), "judge_calls"] == 4
     assert cells.loc[("tiny-t5", "no_trace"), "lens_passes"] == n_eval + 8
+    # the placeholder control has the rationale's target tokens, without its words
+    for student in ("tiny-llama", "tiny-t5"):
+        after = cells.loc[(student, "rationale_after_label")]
+        placeholder = cells.loc[(student, "placeholder_after_label")]
+        assert placeholder["target_tokens"] == after["target_tokens"]
+        assert placeholder["examples"] == after["examples"]
     # a trace adds target tokens: the answer alone is the shortest target
     per_example = cells["target_tokens"] / cells["examples"]
     assert per_example.xs("tiny-llama").idxmin() == "no_trace"

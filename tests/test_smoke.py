@@ -133,7 +133,7 @@ def test_sft_grid_cells(run_dir):
     summary = pd.read_csv(run_dir / "sft" / "summary.csv")
     cells = [(c.student, c.condition.name, c.seed) for c in grid_cells(SMOKE.sft)]
     assert list(zip(summary["student"], summary["condition"], summary["seed"], strict=True)) == cells
-    assert len(cells) == 2 * 6
+    assert len(cells) == 2 * 7
     for row in summary.itertuples():
         cell = run_dir / "sft" / row.cell
         assert (cell / "adapter" / "adapter_model.safetensors").stat().st_size > 0

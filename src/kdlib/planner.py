@@ -51,7 +51,13 @@ from kdlib.teacher.rationales import filter_traces, traces_frame
 from kdlib.teacher.recipes import recipe_jobs
 from kdlib.teacher.stage import load_run_items, offline_rationales, teacher_prompts
 from kdlib.traces.decomposition import decompose, has_gold_steps, steps_by_item
-from kdlib.training.conditions import TRANSFORMS, evaluation_prompt, pick_rationales, read_key_words
+from kdlib.training.conditions import (
+    TRANSFORMS,
+    evaluation_prompt,
+    pick_rationales,
+    read_key_words,
+    student_filler,
+)
 from kdlib.training.grid import TraceSources, cell_text_examples, grid_cells, prepare_student
 from kdlib.training.loop import IGNORE_INDEX, Example, TrainSettings, encode_example, step_plan, train
 
@@ -330,7 +336,11 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
                 f"{student}: tokens counted under {PROXY_TOKENIZER}'s tokenizer (hub-only student)"
             )
         for cell in (c for c in grid_cells(sft) if c.student == student):
-            examples, skipped = cell_text_examples(cell.condition, train_items, sources, sft, fmt, cell.seed)
+            needs_filler = TRANSFORMS[cell.condition.transform].needs_filler
+            filler = student_filler(tokenizer) if needs_filler else None
+            examples, skipped = cell_text_examples(
+                cell.condition, train_items, sources, sft, fmt, cell.seed, filler
+            )
             encoded = [encode_example(shape, tokenizer, e, sft.max_length) for e in examples]
             plan = step_plan(
                 [e.length for e in encoded], sft.batch_size, sft.grad_accum, sft.epochs, cell.seed
