@@ -24,7 +24,6 @@ from kdlib.teacher.rationales import (
     MAX_COMPLETION_CHARS,
     filter_traces,
     leak_spans,
-    mask_leaks,
     match_choice,
     split_label_first,
     split_label_last,
@@ -264,8 +263,6 @@ def test_leak_spans_find_label_text_plurals_and_letters():
     text = "Bums sleep under Bridges; option b fits, as does (b). A bridgehead does not count."
     spans = leak_spans(text, "bridge", MC_ITEM.choices)
     assert [text[a:b] for a, b in spans] == ["Bridges", "option b", "(b)"]
-    masked = mask_leaks(text, spans)
-    assert masked == "Bums sleep under ___; ___ fits, as does ___. A bridgehead does not count."
     assert leak_spans("Bums sleep outside.", "bridge", MC_ITEM.choices) == []
 
 

@@ -245,17 +245,6 @@ def leak_spans(rationale: str, label: str, choices: list[str] | None = None) -> 
     return sorted(set(spans))
 
 
-def mask_leaks(rationale: str, spans: list[list[int]] | list[tuple[int, int]], mask: str = "___") -> str:
-    """`rationale` with every leak span replaced by `mask`."""
-    out, last = [], 0
-    for start, end in sorted(tuple(s) for s in spans):
-        if start < last:
-            continue
-        out.extend([rationale[last:start], mask])
-        last = end
-    return "".join(out) + rationale[last:]
-
-
 # --- filters and summaries ----------------------------------------------------------------------------
 
 
