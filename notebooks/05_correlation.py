@@ -66,7 +66,9 @@ print(f"{len(predictions)} greedy predictions of {len(sft_summary)} trained cell
 # Rows of each 2x2 table: trace right or wrong; columns: answer right or wrong. `both_steps` needs the
 # class, the exact set of supporting facts and their order; `classification` and `retrieval` score one
 # step each. phi is the correlation of the two binary variables (0: unrelated, 1: a right trace always
-# comes with a right answer); chi2 = n phi^2.
+# comes with a right answer); chi2 = n phi^2. The joint share P(trace right and answer right), over all
+# items, sits beside the two conditionals: Bhambri et al. v2's "28 %" is a joint share, v1's 57.2 % a
+# conditional.
 
 # %%
 traced = analysis.checkable_traces(predictions, CHECKABLE_TRACE_TRANSFORMS)
@@ -155,7 +157,9 @@ run_flags
 # size. The verdict is *replicated* when the interval settles the claim in the paper's favour; *not
 # replicated* otherwise, and `conclusive` says whether the interval settles it against the paper or
 # leaves it open. An equivalence claim on accuracy ("a does as well as b") is *not comparable* when both
-# conditions are at chance: students no better than chance match trivially.
+# conditions are at chance: students no better than chance match trivially. kdlib's own questions (no
+# published number, e.g. the placeholder control against the rationale) are *measured*: the difference
+# with its interval, `conclusive` when the interval excludes 0.
 
 # %%
 published, facts, comparison = reference.write_comparison(
