@@ -113,7 +113,9 @@ class Calibration:
 
 def machine_key(device: torch.device) -> str:
     """What a calibration holds for: the processor, the cores torch uses, torch's version, the device."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    name = platform.processor()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else "no CUDA device"
     if device.type == "cpu":
         model = next((line for line in _cpuinfo_lines() if line.startswith("model name")), "model name: ?")
         name = model.split(":", 1)[1].strip()
@@ -424,7 +426,12 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
             f"{len(eval_items)} evaluation items: one cell's {CONFIDENCE:.0%} Wilson interval at 50 % "
             f"accuracy is wider than ±{RESOLVE_POINTS:g} points below {needed} items"
         )
-    speeds = _calibrations(params, device, measure, recalibrate)
+    absent = device.type == "cuda" and not torch.cuda.is_available()
+    if absent:
+        warnings.append(
+            "the params ask for CUDA and this machine has none: no wall time, FLOPs and GPU-hours instead"
+        )
+    speeds = _calibrations(params, device, measure and not absent, recalibrate)
     warnings += [
         f"{name} was calibrated while the machine was busy (load {speed.load_average:.1f} on "
         f"{os.cpu_count()} cores), so its estimates run long: kdlib plan --recalibrate on an idle machine"
@@ -434,7 +441,7 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
     notebooks = _notebook_rows(
         params, cells, speeds, teacher_calls, attributed, len(train_items), len(eval_items)
     )
-    gpu = _gpu_lines(params, cells)
+    gpu = _gpu_lines(params, cells, [student for student in sft.students if speeds.get(student) is None])
     return Plan(cells=cells, notebooks=notebooks, warnings=warnings, gpu=gpu)
 
 
@@ -570,14 +577,13 @@ def _parameters(student: str, sft: SftParams) -> float | None:
         return float(sum(p.numel() for p in auto.from_config(config).parameters()))
 
 
-def _gpu_lines(params: ExperimentParams, cells: pd.DataFrame) -> list[str]:
-    """FLOPs and GPU-hours of each hub-only student's cells: per padded training token 6 N under full
+def _gpu_lines(params: ExperimentParams, cells: pd.DataFrame, students: list[str]) -> list[str]:
+    """FLOPs and GPU-hours of the cells of `students` (those without a calibration here: hub-only, or
+    params for a GPU this machine lacks): per padded training token 6 N under full
     fine-tuning, 4 N under (Q)LoRA (no gradients of the frozen weights); 2 N per evaluation token."""
     per_token = 6 if params.sft.finetune == "full" else 4
     lines = []
-    for student, group in cells.groupby("student", sort=False):
-        if _offline(student):
-            continue
+    for student, group in cells[cells["student"].isin(students)].groupby("student", sort=False):
         parameters = _parameters(student, params.sft)
         if parameters is None:
             lines.append(f"{student}: parameter count unknown offline; FLOPs not estimated")
