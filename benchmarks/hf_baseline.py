@@ -40,9 +40,10 @@ def kdlib_collator(pad_token_id: int):
     return collator
 
 
-def hf_train(model, tokenizer, examples: list[Example], settings: TrainSettings, *, variant: str) -> float:
-    """Train `model` on `examples` with transformers.Trainer, `variant` "defaults" or "tuned"; the seconds
-    trainer.train() took. The number of optimiser steps is kdlib's for the same settings (step_plan)."""
+def hf_train(model, tokenizer, examples: list[Example], settings: TrainSettings, *, variant: str) -> dict:
+    """Train `model` on `examples` with transformers.Trainer, `variant` "defaults" or "tuned". Returns
+    {seconds: of trainer.train(), steps: optimiser steps taken, final_loss: the last logged loss}; the
+    steps are kdlib's for the same settings (step_plan)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown HF Trainer variant {variant!r}; choose from {VARIANTS}")
     weighted = next((e for e in examples if e.weight != 1.0), None)
@@ -94,4 +95,5 @@ def hf_train(model, tokenizer, examples: list[Example], settings: TrainSettings,
         trainer.train()
         seconds = time.perf_counter() - start
     model.eval()
-    return seconds
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return {"seconds": seconds, "steps": trainer.state.global_step, "final_loss": losses[-1]}

@@ -109,8 +109,8 @@ def run_trainer(args) -> dict:
         seconds = time.perf_counter() - start
         steps, tokens = len(log), int(log["tokens"].iloc[-1])
     else:
-        seconds = hf_train(model, tokenizer, examples, settings, variant=args.child.removeprefix("hf_"))
-        steps, tokens = args.steps, sum(len(e.input_ids) for e in examples)
+        result = hf_train(model, tokenizer, examples, settings, variant=args.child.removeprefix("hf_"))
+        seconds, steps, tokens = result["seconds"], result["steps"], sum(len(e.input_ids) for e in examples)
     return {"steps": steps, "tokens": tokens, "seconds": seconds, "flops": flops, "bf16": bf16}
 
 
