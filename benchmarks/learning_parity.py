@@ -62,6 +62,12 @@ OVERRIDES = {  # option -> (section path, key) in the params
 }
 
 
+def babi_tasks(params: ExperimentParams) -> list[str]:
+    """The names of the bAbI tasks the params train and evaluate on, in their order."""
+    numbers = params.teacher_traces.dataset.options.get("tasks") or list(BABI_TASKS)
+    return [BABI_TASKS[n] for n in numbers]
+
+
 def overridden(params: ExperimentParams, args) -> ExperimentParams:
     """The params with the command line's overrides, validated like a params file."""
     raw = params.model_dump(mode="json")
@@ -144,7 +150,7 @@ def parity_table(predictions: pd.DataFrame, params: ExperimentParams) -> pd.Data
         seed=params.common.seed,
     )
     rows = []
-    for task in (BABI_TASKS[t] for t in params.teacher_traces.dataset.options["tasks"]):
+    for task in babi_tasks(params):
         group = predictions[predictions["question_type"] == task]
         row = {"task": task}
         for trainer in TRAINERS:
@@ -247,12 +253,12 @@ def main() -> None:
         )
         table = parity_table(predictions, params)
         io.write_csv(twin_run.root / "parity.csv", table)
-    tasks = ", ".join(str(t) for t in dataset.options["tasks"])
+    tasks = babi_tasks(params)
     print(
-        f"learning check: {cell.label}, {len(train_items)} training items of bAbI tasks {tasks}, "
+        f"learning check: {cell.label}, {len(train_items)} training items of bAbI {', '.join(tasks)}, "
         f"{len(job.texts)} examples; results in {twin_run.root / 'parity.csv'}"
     )
-    print("\n".join(report(table, args.bar, BABI_TASKS[dataset.options["tasks"][0]])))
+    print("\n".join(report(table, args.bar, tasks[0])))
 
 
 if __name__ == "__main__":
