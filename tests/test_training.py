@@ -341,3 +341,17 @@ def test_training_flops_follow_the_palm_accounting():
         training_flops(model, seq_len=10, n_predicted=3)
         == 10 * (6 * body + 12 * 2 * 64 * 10) + 3 * 6 * 64 * 260
     )
+
+
+def test_training_flops_count_frozen_weights_at_four_and_trained_ones_at_six():
+    """Under LoRA the frozen base gets no weight gradient: 4 FLOPs per frozen weight and token, 6 per
+    adapter weight; the tied, frozen LM head is 4 x hidden x vocab per predicted position."""
+    base, _ = load_model("tiny-llama", seed=0)
+    body = count_parameters(base) - 260 * 64
+    model = add_lora(base, LoraParams(r=4, alpha=8, dropout=0.0, target_modules="all-linear"), seed=0)
+    adapter = count_parameters(model, trainable_only=True)
+    assert adapter == 2 * 4 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 128))  # layers x r x (in + out)
+    assert (
+        training_flops(model, seq_len=10, n_predicted=3)
+        == 10 * (4 * body + 6 * adapter + 12 * 2 * 64 * 10) + 3 * 4 * 64 * 260
+    )

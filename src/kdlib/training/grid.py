@@ -251,6 +251,20 @@ class CellJob:
         return cls(**io.read_json(path))
 
 
+def train_settings(sft: SftParams, *, seed: int, bf16: bool) -> TrainSettings:
+    """The training loop's settings of a cell trained under `sft` with `seed`; bf16: autocast (if native)."""
+    return TrainSettings(
+        epochs=sft.epochs,
+        batch_size=sft.batch_size,
+        grad_accum=sft.grad_accum,
+        learning_rate=sft.learning_rate,
+        bf16=bf16,
+        seed=seed,
+        compile=sft.compile,
+        checkpoint_every=sft.checkpoint_every,
+    )
+
+
 def fit_cell(job: CellJob, accelerator=None) -> None:
     """Train one cell and write its weights, train_log.csv and meta.json (with the summary row).
 
@@ -263,21 +277,11 @@ def fit_cell(job: CellJob, accelerator=None) -> None:
     with accelerator.main_process_first() if accelerator else nullcontext():  # one GGUF conversion
         model, tokenizer = prepare_student(cell.student, sft, device=device, seed=cell.seed, bf16=bf16)
     examples = [encode_example(model, tokenizer, TextExample(**t), sft.max_length) for t in job.texts]
-    settings = TrainSettings(
-        epochs=sft.epochs,
-        batch_size=sft.batch_size,
-        grad_accum=sft.grad_accum,
-        learning_rate=sft.learning_rate,
-        bf16=bf16,
-        seed=cell.seed,
-        compile=sft.compile,
-        checkpoint_every=sft.checkpoint_every,
-    )
     checkpoint = job.checkpoint()
     log = train(
         model,
         examples,
-        settings,
+        train_settings(sft, seed=cell.seed, bf16=bf16),
         pad_token_id=tokenizer.pad_token_id,
         checkpoint=checkpoint,
         desc=f"train {cell.label}",

@@ -318,15 +318,21 @@ def train(
 
 
 def training_flops(model, seq_len: int, n_predicted: int) -> float:
-    """Model FLOPs of one causal-LM training example (forward + backward, every weight trained).
+    """Model FLOPs of one causal-LM training example (forward + backward).
 
-    PaLM's accounting (Chowdhery et al. 2022, app. B): 6 x non-embedding parameters per token, plus
-    12 x layers x hidden x seq_len per token for attention scores; the LM head (6 x hidden x vocab) is
-    counted only at the `n_predicted` positions where kdlib computes logits.
+    PaLM's accounting (Chowdhery et al. 2022, app. B), with frozen weights counted apart: per token and
+    weight, 2 FLOPs forward, 2 for the gradient of its input and 2 for its own gradient, the last only when
+    the weight is trained. So 6 x trained plus 4 x frozen non-embedding parameters per token (LoRA: 4 x the
+    base plus 6 x the adapter; full fine-tuning: PaLM's 6 N), plus 12 x layers x hidden x seq_len per token
+    for attention scores (no weights); the LM head (6 or 4 x hidden x vocab) is counted only at the
+    `n_predicted` positions where kdlib computes logits.
     """
     config = model.config
-    embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
-    body = sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+    head_weight = model.get_output_embeddings().weight
+    embeddings = {id(model.get_input_embeddings().weight), id(head_weight)}
+    body = sum(
+        (6 if p.requires_grad else 4) * p.numel() for p in model.parameters() if id(p) not in embeddings
+    )
     attention = 12 * config.num_hidden_layers * config.hidden_size * seq_len
-    head = 6 * config.hidden_size * config.vocab_size
-    return seq_len * (6 * body + attention) + n_predicted * head
+    head = (6 if head_weight.requires_grad else 4) * config.hidden_size * config.vocab_size
+    return seq_len * (body + attention) + n_predicted * head
