@@ -104,11 +104,12 @@ class Calibration:
     prefill_tokens_per_second: float
     decode_step_seconds: float
     batch_size: int
-    load_average: float = 0.0  # the machine's 1-minute load when calibrated: a busy machine is slower
+    load_average: float = 0.0  # the machine's 1-minute load as calibration began: a busy machine is slower
 
     def busy(self) -> bool:
-        """Whether other processes competed for the cores while this was measured."""
-        return self.load_average > (os.cpu_count() or 1) / 2
+        """Whether other processes competed for the cores while this was measured: a load above the
+        core count as it began (kdlib's own work just before, such as a run's preflight, adds up to 1-2)."""
+        return self.load_average > (os.cpu_count() or 1)
 
 
 def machine_key(device: torch.device) -> str:
@@ -208,7 +209,7 @@ def _inference_speeds(
         prefill_tokens_per_second=prompts.numel() / prefill,
         decode_step_seconds=max(decode, 0.0) / DECODE_TOKENS,
         batch_size=batch_size,
-        load_average=max(load, os.getloadavg()[0]),
+        load_average=load,
     )
 
 
