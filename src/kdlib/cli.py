@@ -1,4 +1,8 @@
-"""`kdlib` command line: run the notebook chain, validate params files, prepare offline models."""
+"""`kdlib` command line: run the notebook chain, validate params files, plan a study, prepare offline models.
+
+Each subcommand imports what it needs when it runs, so that `kdlib --help` and `kdlib validate
+--schema-only` start without loading torch or the notebook stack.
+"""
 
 from __future__ import annotations
 
@@ -93,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_traces(args: argparse.Namespace) -> None:
-    from kdlib.data.registry import load_items  # this subcommand's own imports: `kdlib --help` starts fast
+    # imported when this subcommand runs (see the module docstring)
+    from kdlib.data.registry import load_items
     from kdlib.traces.decomposition import (
         PERTURBATIONS,
         decompose,
@@ -128,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[console])
     try:
         if args.command == "validate":
-            from kdlib.preflight import preflight  # this subcommand's own imports: `kdlib --help` starts fast
+            # imported when this subcommand runs (see the module docstring)
+            from kdlib.preflight import preflight
 
             for path in args.params:
                 params = load_params(path)
@@ -136,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
                     preflight(params, path)
                 print(f"{path}: ok" + (" (schema only)" if args.schema_only else ""))
         elif args.command == "results":
-            from kdlib.analysis.results import (
-                write_results,  # this subcommand's own imports: `kdlib --help` starts fast
-            )
+            # imported when this subcommand runs (see the module docstring)
+            from kdlib.analysis.results import write_results
 
             print(write_results(args.outputs, args.docs))
         elif args.command == "plan":
-            from kdlib.planner import describe_plan, plan_params  # this subcommand's own imports
+            # imported when this subcommand runs (see the module docstring)
+            from kdlib.planner import describe_plan, plan_params
 
             for path in args.params:
                 params = load_params(path)
@@ -151,22 +157,23 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "check-traces":
             _check_traces(args)
         elif args.command == "prepare-model":
-            from kdlib.model_registry import (
-                PRETRAINED,  # this subcommand's own imports: `kdlib --help` starts fast
-            )
+            # imported when this subcommand runs (see the module docstring)
+            from kdlib.model_registry import PRETRAINED
             from kdlib.models import convert_gguf_to_cache
 
             if args.name not in PRETRAINED:
                 raise ParamsError(f"unknown model {args.name!r}; choose from {sorted(PRETRAINED)}")
             print(convert_gguf_to_cache(args.name))
         elif args.command == "train-cell":
-            from accelerate import Accelerator  # this subcommand's own imports: `kdlib --help` starts fast
+            # imported when this subcommand runs (see the module docstring)
+            from accelerate import Accelerator
 
             from kdlib.training.grid import CellJob, fit_cell
 
             fit_cell(CellJob.read(args.job), Accelerator())
         else:
-            from kdlib.runner import (  # this subcommand's own imports: `kdlib --help` starts fast
+            # imported when this subcommand runs (see the module docstring)
+            from kdlib.runner import (
                 NotebookFailed,
                 run,
             )

@@ -549,7 +549,8 @@ def import_peft():
         warnings.filterwarnings(
             "ignore", message="`torch.jit.script_method` is deprecated", category=DeprecationWarning
         )
-        import peft
+        import peft  # on first use: about 1.6 s
+
     return peft
 
 

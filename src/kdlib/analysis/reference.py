@@ -265,9 +265,8 @@ def _condition(facts: RunFacts, selector: Selector) -> str:
 def _rating_metric(metric: str, outcomes: pd.DataFrame) -> tuple[str, str]:
     """A finding's metric as an outcome metric: a rating dimension is read from human ratings where the
     run has them, else from the LLM judge's. Returns (metric, note)."""
-    from kdlib.evaluation.explanations import (
-        DIMENSIONS,  # imports the model stack: only when a run is compared
-    )
+    # imports the model stack (torch, transformers): only when a run is compared, not when validated
+    from kdlib.evaluation.explanations import DIMENSIONS
 
     if metric not in DIMENSIONS:
         return metric, ""
