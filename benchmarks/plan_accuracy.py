@@ -1,7 +1,7 @@
 """The planner's estimate against a measured run: kdlib plan, then kdlib run, of the same params file.
 
 Calibrates the params' models afresh (kdlib plan --recalibrate), runs all five notebooks into a fresh
-folder (every cell trained, nothing reused; the teacher cache may still answer), and prints per notebook
+folder with fresh teacher and judge caches (every call made, every cell trained), and prints per notebook
 the estimated and measured seconds and their ratio. The stated tolerance is the total within a factor
 of 1.5 either way (--tolerance); notebook start-up (kernel, imports, export) is not in the estimate,
 which dominates tiny runs. Run on an idle machine: other processes slow the calibration and the run
@@ -18,7 +18,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from kdlib.config import NOTEBOOKS, load_params
+from kdlib import io
+from kdlib.config import NOTEBOOKS, dump_params, load_params
 from kdlib.planner import plan_params
 from kdlib.runner import run
 
@@ -30,10 +31,20 @@ def main() -> None:
     parser.add_argument("params", help="params YAML file")
     parser.add_argument("--tolerance", type=float, default=1.5, help="accepted factor, total time")
     args = parser.parse_args()
-    plan = plan_params(load_params(args.params), recalibrate=True)
+    params = load_params(args.params)
+    plan = plan_params(params, recalibrate=True)
     estimated = dict(zip(plan.notebooks["notebook"], plan.notebooks["estimated_seconds"], strict=True))
     with tempfile.TemporaryDirectory() as folder:
-        run_dir = run(args.params, run_dir=Path(folder) / "run")
+        cache = str(Path(folder) / "generations.sqlite")
+        explanations = params.evaluation.explanations.model_copy(update={"cache_path": cache})
+        cold = params.model_copy(
+            update={
+                "teacher_traces": params.teacher_traces.model_copy(update={"cache_path": cache}),
+                "evaluation": params.evaluation.model_copy(update={"explanations": explanations}),
+            }
+        )
+        params_file = io.write_text(Path(folder) / "params.yaml", dump_params(cold))
+        run_dir = run(params_file, run_dir=Path(folder) / "run")
         record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     measured = {name: record["notebooks"][name]["seconds"] for name in NOTEBOOKS}
     print(f"{'notebook':<20}{'estimated s':>12}{'measured s':>12}{'ratio':>8}")
