@@ -278,7 +278,7 @@ def _planned_rationales(params: ExperimentParams, train_items: list[QAItem]) -> 
                 for job in jobs
             ]
         if "critique_revision" in gen.recipes and "rationalize" in gen.recipes:
-            calls -= gen.n_items * gen.samples  # its first stage is rationalize's prompt: a cache hit
+            calls -= len(asked) * gen.samples  # its first stage is rationalize's prompt: a cache hit
     offline = offline_rationales(cfg, train_items, params.common.data_dir)
     kept, _ = filter_traces(offline, **cfg.filters.model_dump())
     generated = pd.DataFrame(rows, columns=["item_id", "source", "recipe", "rationale"])
