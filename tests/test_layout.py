@@ -96,3 +96,11 @@ def test_notebooks_only_wire():
             if line.strip() and not line.strip().startswith("#")
         ]
         assert len(code) <= 60, f"{path.name}: {len(code)} code lines"
+
+
+def test_readme_is_an_entry_point():
+    """README stays short (what, two commands, where results are, a map, links); the guides hold the rest."""
+    readme = (PACKAGE.parents[1] / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 150
+    for guide in ("teacher-rationales", "checkable-traces", "training", "evaluation", "analysis", "planning"):
+        assert f"(docs/{guide}.md)" in readme, guide
