@@ -53,7 +53,7 @@ FIRST_CELLS = {
     "02_decomposition": (2, "items from ['generated']"),
     "03_sft": (2, "training items, trace format"),
     "04_evaluation": (2, "evaluation items;"),
-    "05_correlation": (2, "greedy predictions:"),
+    "05_correlation": (2, "greedy predictions of"),
 }
 
 
