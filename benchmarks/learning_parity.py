@@ -23,6 +23,7 @@ interval there includes 0. Writes the same table to <run>/learning_parity/parity
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -253,6 +254,13 @@ def main() -> None:
         )
         table = parity_table(predictions, params)
         io.write_csv(twin_run.root / "parity.csv", table)
+        io.write_meta(
+            twin_run.root,
+            params=params.model_dump(mode="json"),
+            artifacts=["parity.csv", "sft/"],
+            command=f"python benchmarks/learning_parity.py {' '.join(sys.argv[1:])}",
+            hf_trainer_seconds=cells["hf_trainer"][1]["seconds"],
+        )
     tasks = babi_tasks(params)
     print(
         f"learning check: {cell.label}, {len(train_items)} training items of bAbI {', '.join(tasks)}, "

@@ -5,9 +5,11 @@ import pandas as pd
 
 from kdlib import io
 from kdlib.analysis.results import (
+    LEARNING_CHECK,
     contingency_table,
     findings_table,
     judge_lines,
+    learning_check_lines,
     planned_line,
     published_table,
     read_comparison,
@@ -15,7 +17,7 @@ from kdlib.analysis.results import (
     version_drift,
 )
 from kdlib.analysis.tables import contingency
-from kdlib.config import ExplanationParams
+from kdlib.config import ExplanationParams, dump_params, load_params
 from kdlib.paths import REPO_ROOT, RunLayout
 from kdlib.teacher.backends import choice_reply
 
@@ -155,3 +157,57 @@ def test_planned_time_is_shown_beside_the_measured_one():
     assert "no estimate recorded" in planned_line({"notebooks": {}})
     assert "a model was not calibrated" in planned_line({"plan": {**plan, "estimated_seconds": None}})
     assert "ValueError: x" in planned_line({"plan": {"error": "ValueError: x"}})
+
+
+def test_learning_check_section_reports_the_bar_and_parity_or_how_to_run_it(tmp_path):
+    params = load_params(REPO_ROOT / LEARNING_CHECK)
+    lines = "\n".join(learning_check_lines(tmp_path))
+    assert "Not current: not run yet" in lines and "benchmarks/learning_parity.py" in lines
+    run = tmp_path / params.common.run_name
+    io.write_text(run / "params.yaml", dump_params(params))
+    entry = {"status": "ok", "seconds": 600.0, "started_at": "2026-11-30T11:00:00"}
+    io.write_json(run / "run.json", {"notebooks": {"03_sft": entry, "04_evaluation": entry}})
+    parity = pd.DataFrame(
+        {
+            "task": ["single-supporting-fact", "two-supporting-facts"],
+            "kdlib_n": [352, 348],
+            "kdlib": [0.96, 0.70],
+            "kdlib_low": [0.935, 0.65],
+            "kdlib_high": [0.976, 0.75],
+            "hf_trainer_n": [352, 348],
+            "hf_trainer": [0.97, 0.72],
+            "hf_trainer_low": [0.946, 0.67],
+            "hf_trainer_high": [0.984, 0.77],
+            "difference": [-0.01, -0.02],
+            "difference_ci_low": [-0.03, -0.06],
+            "difference_ci_high": [0.01, 0.02],
+            "mcnemar_p": [0.45, 0.3],
+        }
+    )
+    io.write_csv(run / "learning_parity" / "parity.csv", parity)
+    assert "Not current: not run yet" in "\n".join(learning_check_lines(tmp_path))  # no meta.json yet
+    io.write_meta(
+        run / "learning_parity",
+        params={},
+        artifacts=["parity.csv"],
+        command="python benchmarks/learning_parity.py params/learning_check.yaml",
+        hf_trainer_seconds=3000.0,
+    )
+    lines = learning_check_lines(tmp_path)
+    text = "\n".join(lines)
+    assert (
+        "| single-supporting-fact | 352 | 96.0 [93.5, 97.6] | 97.0 [94.6, 98.4] | -1.0 [-3.0, 1.0] | 0.45 |"
+        in lines
+    )
+    assert "on single-supporting-fact: **yes** (96.0 %)" in text and "includes 0): **yes**" in text
+    assert "trained in 50 min" in text and "wall time 20 min" in text
+    io.write_csv(
+        run / "learning_parity" / "parity.csv", parity.assign(kdlib=[0.94, 0.7], difference_ci_high=-0.005)
+    )
+    text = "\n".join(learning_check_lines(tmp_path))
+    assert "**no** (94.0 %)" in text and "includes 0): **no**" in text
+    io.write_text(
+        run / "params.yaml",
+        dump_params(params.model_copy(update={"common": params.common.model_copy(update={"seed": 1})})),
+    )
+    assert "holds another run (its params differ in common)" in "\n".join(learning_check_lines(tmp_path))

@@ -47,6 +47,8 @@ STUDY_RUNS = (
         ("params/bhambri2025_babi.yaml", "params/bhambri2025_cotempqa.yaml"),
     ),
 )
+LEARNING_CHECK = "params/learning_check.yaml"  # its run and benchmarks/learning_parity.py's parity.csv
+LEARNING_BAR = 0.95  # kdlib's no-trace student on the first bAbI task (issue 28)
 FIGURES = (  # (stage, figure name, caption) copied and shown when the run has the PNG
     ("correlation", "reference_findings", "Findings: our estimate and interval against each claim"),
     ("correlation", "condition_accuracy", "Accuracy per condition, mean over seeds"),
@@ -117,6 +119,16 @@ def version_drift(run: RunLayout, pins: dict[str, str]) -> str:
             if version and pinned and version.split("+")[0] != pinned:
                 drift.setdefault(f"{name} {version} (pinned {pinned})", []).append(notebook[:2])
     return "; ".join(f"{package} in {', '.join(numbers)}" for package, numbers in drift.items())
+
+
+def packages_line(run: RunLayout) -> str:
+    """Whether the run's notebooks used the package versions constraints.txt pins."""
+    drift = version_drift(run, io.pinned_versions())
+    return (
+        f"- Packages: not as constraints.txt pins: {drift}"
+        if drift
+        else "- Packages: as constraints.txt pins"
+    )
 
 
 def planned_line(record: dict) -> str:
@@ -326,13 +338,7 @@ def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir:
             f"`kdlib run {params_file}` (finished cells are kept), then `kdlib results`.",
             "",
         ]
-    drift = version_drift(run, io.pinned_versions())
-    packages = f"not as constraints.txt pins: {drift}" if drift else "the versions constraints.txt pins"
-    lines += [
-        *run_facts_lines(params_file, params, record, stage_commits(run)),
-        f"- Packages: {packages}",
-        "",
-    ]
+    lines += [*run_facts_lines(params_file, params, record, stage_commits(run)), packages_line(run), ""]
     comparison = read_comparison(run.reference_comparison)
     lines += ["#### Findings", "", *markdown_table(findings_table(comparison, study.study)), ""]
     published = _read(run.published_results)
@@ -386,6 +392,82 @@ def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir:
     return lines + copy_figures(run, docs_dir, params.common.run_name)
 
 
+def parity_rows(parity: pd.DataFrame) -> pd.DataFrame:
+    """parity.csv (benchmarks/learning_parity.py) for the reader: per task, each trainer's accuracy with
+    its Wilson interval and kdlib - HF Trainer with its paired bootstrap interval, in %."""
+    return pd.DataFrame(
+        {
+            "task": parity["task"],
+            "held-out items": parity["kdlib_n"],
+            **{
+                name: [
+                    with_interval(row[key], max(row[f"{key}_low"], 0.0), min(row[f"{key}_high"], 1.0), 100)
+                    for row in parity.to_dict(orient="records")
+                ]
+                for key, name in (("kdlib", "kdlib"), ("hf_trainer", "HF Trainer"))
+            },
+            "kdlib - HF Trainer (points)": [
+                with_interval(row["difference"], row["difference_ci_low"], row["difference_ci_high"], 100)
+                for row in parity.to_dict(orient="records")
+            ],
+            "McNemar p": parity["mcnemar_p"].map(lambda p: f"{p:.3g}"),
+        }
+    )
+
+
+def learning_check_lines(outputs_dir: Path, params_file: str = LEARNING_CHECK) -> list[str]:
+    """The learning check's section: its run's facts and benchmarks/learning_parity.py's table, with
+    whether kdlib reaches LEARNING_BAR on the first task and matches HF Trainer there."""
+    params = load_params(REPO_ROOT / params_file)
+    run = RunLayout(outputs_dir / params.common.run_name)
+    parity_file = run.root / "learning_parity" / "parity.csv"
+    lines = [
+        "## Learning check: does kdlib's trainer learn, and as well as HF Trainer?",
+        "",
+        f"`{params_file}` trains one no-trace student on bAbI and evaluates it on held-out items; "
+        "`benchmarks/learning_parity.py` trains HF Trainer's twin on the same examples with the same LoRA, "
+        f"optimiser, schedule and steps ([Training](training.md#learning-check)). The bar: at least "
+        f"{LEARNING_BAR:.0%} on the first task, and a kdlib - HF Trainer interval that includes 0.",
+        "",
+    ]
+    stale = stale_reason(params, run.root)
+    run_json = run.root / "run.json"
+    record = io.read_json(run_json) if run_json.exists() else {"notebooks": {}}
+    parity_meta = parity_file.parent / "meta.json"
+    if (
+        stale
+        or record["notebooks"].get("04_evaluation", {}).get("status") != "ok"
+        or not parity_meta.exists()
+    ):
+        reason = f"the run folder holds another run ({stale})" if stale else "not run yet"
+        return lines + [
+            f"Not current: {reason}. Run `kdlib run {params_file} --to 04`, then "
+            f"`.venv/bin/python benchmarks/learning_parity.py {params_file}`, then `kdlib results`.",
+            "",
+        ]
+    record["notebooks"] = {nb: entry for nb, entry in record["notebooks"].items() if nb != "05_correlation"}
+    parity, made = pd.read_csv(parity_file), io.read_json(parity_meta)
+    first = parity.iloc[0]
+    reaches = first["kdlib"] >= LEARNING_BAR
+    same = first["difference_ci_low"] <= 0 <= first["difference_ci_high"]
+    return lines + [
+        *run_facts_lines(params_file, params, record, stage_commits(run)),
+        f"- Parity: `{made['command']}`, git {(made.get('git_sha') or 'unknown')[:10]}, written "
+        f"{made['written_at']}; HF Trainer's twin trained in {made['hf_trainer_seconds'] / 60:.0f} min",
+        packages_line(run),
+        "",
+        "Held-out accuracy in % (95 % Wilson intervals; the difference's is a paired bootstrap on the same "
+        "items):",
+        "",
+        *markdown_table(parity_rows(parity)),
+        "",
+        f"kdlib reaches {LEARNING_BAR:.0%} on {first['task']}: **{'yes' if reaches else 'no'}** "
+        f"({100 * first['kdlib']:.1f} %). The same accuracy as HF Trainer there (the difference's interval "
+        f"includes 0): **{'yes' if same else 'no'}**.",
+        "",
+    ]
+
+
 def write_results(
     outputs_dir: Path | None = None, docs_dir: Path | None = None, studies: tuple[StudyRuns, ...] = STUDY_RUNS
 ) -> Path:
@@ -414,4 +496,5 @@ def write_results(
         lines += [f"## {study.title}: {source['citation']}", "", f"<{source['url']}>", ""]
         for params_file in study.params_files:
             lines += run_section(study, params_file, outputs_dir, docs_dir)
+    lines += learning_check_lines(outputs_dir)
     return io.write_text(docs_dir / "results.md", "\n".join(lines).rstrip() + "\n")
