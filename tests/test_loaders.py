@@ -186,6 +186,35 @@ def test_babi_two_supporting_facts_map_to_context_sentences():
     assert second.question_type == "two-supporting-facts"
 
 
+@needs_data("babi", "cotempqa")
+@pytest.mark.parametrize(("name", "options"), [("babi", {"tasks": [3]}), ("cotempqa", {})])
+def test_max_context_keeps_the_supporting_facts_and_the_latest_other_statements(name, options):
+    split = "train" if name == "babi" else "test"
+    full = local(name, split, limit=300, **options)
+    kept = local(name, split, limit=300, max_context=6, **options)
+    assert [item.id for item in kept] == [item.id for item in full]
+    cut = 0
+    for whole, item in zip(full, kept, strict=True):
+        support = set(whole.supporting_facts)
+        others = [i for i in range(len(whole.context)) if i not in support]
+        expected = sorted(support | set(others[len(others) - max(6 - len(support), 0) :]))
+        assert item.context == [whole.context[i] for i in expected]
+        assert [item.context[i] for i in item.supporting_facts] == [
+            whole.context[i] for i in whole.supporting_facts
+        ]
+        assert (item.question, item.answer) == (whole.question, whole.answer)
+        assert len(item.context) <= max(6, len(support))
+        if len(whole.context) > 6:
+            cut += 1
+            assert item.metadata["context_kept"] == f"{len(item.context)}/{len(whole.context)}"
+        else:
+            assert item == whole
+    assert cut > 100
+    for bad in (-1, True, "6"):
+        with pytest.raises(ValueError, match="option 'max_context' must be a non-negative int"):
+            local(name, split, limit=1, max_context=bad, **options)
+
+
 @needs_data("babi")
 def test_babi_list_answers_are_kept_and_tasks_follow_the_given_order():
     path = local("babi", "test", tasks=[19], limit=1)[0]

@@ -36,7 +36,7 @@ from kdlib.data.generated import QUESTION_TYPES, generate_items
 from kdlib.data.msmarco import MSMARCO_ANSWERABILITY, MSMARCO_CLASSES, MSMARCO_QUERY_TYPES
 from kdlib.data.openbook import RELATIONS
 from kdlib.data.records import Options, choice_option, count_option, flag_option, subset_option
-from kdlib.data.schema import QAItem
+from kdlib.data.schema import QAItem, keep_context
 from kdlib.paths import DATA_DIR_ENV, resolve_data_dir
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,13 @@ def _generate(n: int, seed: int, split: str, options: Options) -> list[QAItem]:
 _MSMARCO_CLASS_SETS = (MSMARCO_QUERY_TYPES, MSMARCO_ANSWERABILITY)
 _MSMARCO_OPTIONS = {"classify": lambda value: choice_option("classify", value, MSMARCO_CLASSES)}
 
+
+def _max_context(value: Any) -> int:
+    """babi's and cotempqa's option: at most this many context statements, keeping the supporting facts
+    (kdlib.data.schema.keep_context); 0, the default, keeps them all."""
+    return count_option("max_context", value, default=0)
+
+
 _DATASETS: dict[str, Dataset] = {
     "generated": Dataset(
         folder="",
@@ -138,7 +145,8 @@ _DATASETS: dict[str, Dataset] = {
         no_hub_reason="bAbI is on the hub only as facebook/babi_qa, a loading-script dataset that "
         "datasets>=4 cannot run; put tasks_1-20_v1-2/en under <data_dir>/babi/ instead",
         options={
-            "tasks": lambda value: subset_option("tasks", value, tuple(BABI_TASKS)) or tuple(BABI_TASKS)
+            "tasks": lambda value: subset_option("tasks", value, tuple(BABI_TASKS)) or tuple(BABI_TASKS),
+            "max_context": _max_context,
         },
         classes=(tuple(BABI_TASKS.values()),),
     ),
@@ -148,7 +156,10 @@ _DATASETS: dict[str, Dataset] = {
         files=cotempqa.files,
         local=cotempqa.local,
         hub=cotempqa.hub,
-        options={"subsets": lambda value: subset_option("subsets", value, COTEMPQA_SUBSETS)},
+        options={
+            "subsets": lambda value: subset_option("subsets", value, COTEMPQA_SUBSETS),
+            "max_context": _max_context,
+        },
         classes=(COTEMPQA_SUBSETS,),
     ),
     "strategyqa": Dataset(
@@ -237,7 +248,9 @@ def load_items(
     Splits: commonsenseqa train/dev ("test" has no answers and is refused); openbookqa train/dev/test;
     babi train/test; cotempqa test; strategyqa train/dev; gsm8k train/test; msmarco and msmarco-sample
     train/dev. Options: openbookqa with_facts (default True) and distractors (open-book facts added
-    by BM25, default 4); babi tasks (default 1..20); cotempqa subsets (default: those present);
+    by BM25, default 4); babi tasks (default 1..20); cotempqa subsets (default: those
+    present); babi and cotempqa max_context (at most this many context statements, keeping the
+    supporting facts: keep_context);
     msmarco classify (query_type or answerability); msmarco-sample also rows (200) and seed (0).
     source: "local" reads `resolve_data_dir(data_dir)`, "hub" the Hugging Face hub, "auto" local files
     when present and the hub otherwise. Generated items come from the run's seed: see
@@ -276,4 +289,6 @@ def load_items(
                 f"{problem}; pass data_dir=... or set ${DATA_DIR_ENV} to the data folder that holds "
                 f"{entry.folder}/"
             )
+    if chosen.get("max_context"):
+        items = (keep_context(item, chosen["max_context"]) for item in items)
     return list(itertools.islice(items, limit))

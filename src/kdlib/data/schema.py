@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -72,6 +72,27 @@ class QAItem:
 
 
 ITEM_COLUMNS = [f for f in QAItem.__dataclass_fields__]
+CONTEXT_KEPT = "context_kept"  # metadata: "kept/total" statements after keep_context
+
+
+def keep_context(item: QAItem, max_statements: int) -> QAItem:
+    """`item` with at most `max_statements` context statements (0: all): every supporting fact, then the
+    statements nearest the end of the context (in bAbI, the latest events), in their order; the
+    supporting-fact positions follow. Supporting facts alone over the limit are all kept."""
+    context = item.context
+    if not max_statements or len(context) <= max_statements:
+        return item
+    support = set(item.metadata.get(SUPPORTING_FACTS, []))
+    others = [i for i in range(len(context)) if i not in support]
+    room = max(max_statements - len(support), 0)
+    kept = sorted(support | set(others[len(others) - room :] if room else []))
+    position = {old: new for new, old in enumerate(kept)}
+    metadata = {
+        **item.metadata,
+        SUPPORTING_FACTS: [position[i] for i in item.metadata.get(SUPPORTING_FACTS, [])],
+        CONTEXT_KEPT: f"{len(kept)}/{len(context)}",
+    }
+    return replace(item, context=[context[i] for i in kept], metadata=metadata)
 
 
 def items_to_frame(items: Iterable[QAItem]) -> pd.DataFrame:
