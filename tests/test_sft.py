@@ -400,3 +400,24 @@ def test_trust_remote_code_is_off_unless_set_and_recorded_with_the_cell():
     assert "trust_remote_code" not in kdlib.training.grid.cell_params(cell, grid(), "tagged", "sha")
     trusted = kdlib.training.grid.cell_params(cell, grid(trust_remote_code=True), "tagged", "sha")
     assert trusted["trust_remote_code"] is True
+
+
+def test_a_learning_curve_point_trains_on_the_first_items_only(tmp_path, generated_items, sources):
+    """train_items cuts the run's (seeded, shuffled) training items to their first N; a condition without
+    it keeps the cell params it had before the option existed, so finished cells stay finished."""
+    curve = [{"name": f"no_trace_n{n}", "transform": "no_trace", "train_items": n} for n in (2, 5)]
+    sft = grid(students=["tiny-llama"], conditions=[*curve, "no_trace"])
+    items = generated_items[:8]
+    summary = train_grid(RunLayout(tmp_path), items, sources, sft=sft, common=COMMON, fmt="tagged")
+    assert list(summary["examples"]) == [2, 5, 8] and list(summary["items"]) == [2, 5, 8]
+    small, _, whole = grid_cells(sft)
+    job = kdlib.training.grid.cell_job(
+        tmp_path / "cell", small, items, sources, sft=sft, common=COMMON, fmt="tagged"
+    )
+    assert [text["prompt"] for text in job.texts] == [
+        text.prompt for text in kdlib.training.grid.cell_text_examples(
+            whole.condition, items[:2], sources, sft, "tagged", 0
+        )[0]
+    ]  # fmt: skip
+    assert job.params["condition"]["train_items"] == 2
+    assert "train_items" not in kdlib.training.grid.cell_params(whole, sft, "tagged", "sha")["condition"]

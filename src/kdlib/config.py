@@ -305,6 +305,12 @@ class ConditionSpec(Schema):
     rationale_source: str | None = Field(
         None, description="Source of those rows (rule, llm, palm_cot, hendriks); null: sft.rationale_source."
     )
+    train_items: int | None = Field(
+        None,
+        gt=0,
+        description="Train on the first N training items only (a seeded shuffle, so a random subset, nested "
+        "across sizes): a learning-curve point; null: all of them.",
+    )
 
     @field_validator("name")
     @classmethod

@@ -266,6 +266,13 @@ def _conditions(params: ExperimentParams, train_items: list | None) -> None:
     sft = params.sft
     producible = _producible_rationales(params, train_items)
     for n, spec in enumerate(sft.condition_specs()):
+        available = len(train_items) if train_items is not None else params.teacher_traces.dataset.n_train
+        if spec.train_items is not None and spec.train_items > available:
+            raise Problem(
+                f"sft.conditions.{n}.train_items",
+                f"condition {spec.name!r} asks for {spec.train_items} training items; the run has "
+                f"{available} (teacher_traces.dataset.n_train)",
+            )
         needs = TRANSFORMS[spec.transform].needs
         wanted = {"rationale": spec.rationale_recipe, "counterfactuals": sft.counterfactual_recipe}
         for recipe in (recipe for need, recipe in wanted.items() if need in needs):

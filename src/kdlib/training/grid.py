@@ -94,9 +94,11 @@ def cell_text_examples(
     seed: int,
     filler: Filler | None = None,
 ) -> tuple[list[TextExample], list[str]]:
-    """The training texts of one condition and the items it skipped (no trace of the kind it needs);
-    `filler` is the student's (conditions.student_filler), for a transform that needs one."""
+    """The training texts of one condition, from its first `spec.train_items` items (all when null), and
+    the items it skipped (no trace of the kind it needs); `filler` is the student's
+    (conditions.student_filler), for a transform that needs one."""
     needs = TRANSFORMS[spec.transform].needs
+    items = items[: spec.train_items]
     rationales = (
         pick_rationales(sources.traces, spec.rationale_recipe, spec.rationale_source)
         if "rationale" in needs
@@ -211,9 +213,12 @@ def cell_params(cell: Cell, sft: SftParams, fmt: str, digest: str) -> dict:
     training = {k: getattr(sft, k) for k in TRAINING_KEYS}
     if sft.finetune != "full":
         training["lora"] = sft.lora.model_dump()
+    condition = cell.condition.model_dump()
+    if condition["train_items"] is None:  # cells trained before the option existed stay finished
+        del condition["train_items"]
     params = {
         "student": cell.student,
-        "condition": cell.condition.model_dump(),
+        "condition": condition,
         "seed": cell.seed,
         "trace_format": fmt,
         "training": training,
@@ -369,7 +374,7 @@ def cell_job(
         condition=cell.condition.model_dump(),
         seed=cell.seed,
         texts=[asdict(t) for t in texts],
-        items=len(items) - len(skipped),
+        items=len(items[: cell.condition.train_items]) - len(skipped),
         skipped_items=len(skipped),
         params=cell_params(cell, sft, fmt, texts_digest(texts)),
         sft=sft.model_dump(),
