@@ -10,6 +10,7 @@ from kdlib.analysis.results import (
     findings_table,
     judge_lines,
     learning_check_lines,
+    learning_curve_table,
     planned_line,
     published_table,
     read_comparison,
@@ -17,7 +18,7 @@ from kdlib.analysis.results import (
     version_drift,
 )
 from kdlib.analysis.tables import contingency
-from kdlib.config import ExplanationParams, dump_params, load_params
+from kdlib.config import ExplanationParams, SftParams, dump_params, load_params
 from kdlib.paths import REPO_ROOT, RunLayout
 from kdlib.teacher.backends import choice_reply
 
@@ -211,3 +212,36 @@ def test_learning_check_section_reports_the_bar_and_parity_or_how_to_run_it(tmp_
         dump_params(params.model_copy(update={"common": params.common.model_copy(update={"seed": 1})})),
     )
     assert "holds another run (its params differ in common)" in "\n".join(learning_check_lines(tmp_path))
+
+
+def test_learning_curve_rows_are_the_conditions_that_differ_only_in_size():
+    sft = SftParams(
+        conditions=[
+            "rationale_after_label",
+            {"name": "no_trace_n100", "transform": "no_trace", "train_items": 100},
+            "no_trace",
+            {"name": "no_trace_n300", "transform": "no_trace", "train_items": 300},
+        ]
+    )
+    rows = [
+        {
+            "student": "s",
+            "condition": c,
+            "metric": "accuracy",
+            "mean": m,
+            "ci_low": m - 0.1,
+            "ci_high": m + 0.1,
+        }
+        for c, m in (
+            ("rationale_after_label", 0.5),
+            ("no_trace_n100", 0.3),
+            ("no_trace", 0.6),
+            ("no_trace_n300", 0.4),
+        )
+    ]
+    seed_summary = pd.DataFrame(rows).assign(n_seeds=3)
+    table = learning_curve_table(seed_summary, sft, n_train=1000)
+    assert list(table["condition"]) == ["no_trace_n100", "no_trace_n300", "no_trace"]
+    assert list(table["training items"]) == [100, 300, 1000]
+    assert list(table["accuracy"]) == ["30.0 [20.0, 40.0]", "40.0 [30.0, 50.0]", "60.0 [50.0, 70.0]"]
+    assert learning_curve_table(seed_summary, SftParams(conditions=["no_trace", "correct_trace"]), 1000).empty

@@ -25,6 +25,7 @@ from kdlib.config import (
     ExperimentParams,
     ExplanationParams,
     ParamsError,
+    SftParams,
     load_params,
 )
 from kdlib.evaluation.explanations import describe_judge
@@ -242,6 +243,25 @@ def metric_table(seed_summary: pd.DataFrame) -> pd.DataFrame:
     return table.assign(seeds=seeds).reset_index()
 
 
+def learning_curve_table(seed_summary: pd.DataFrame, sft: SftParams, n_train: int) -> pd.DataFrame:
+    """metric_table's rows of the conditions that differ only in train_items (a learning curve), with
+    their number of training items, by student, curve and size; empty when the grid has none."""
+    curves: dict[str, dict[str, int]] = {}
+    for spec in sft.condition_specs():
+        same_but_size = spec.model_dump_json(exclude={"name", "train_items"})
+        curves.setdefault(same_but_size, {})[spec.name] = spec.train_items or n_train
+    points = [curve for curve in curves.values() if len(set(curve.values())) > 1]
+    curve_of = {name: n for n, curve in enumerate(points) for name in curve}
+    if not curve_of:
+        return pd.DataFrame()
+    table = metric_table(seed_summary[seed_summary["condition"].isin(curve_of)])
+    sizes = {name: size for curve in points for name, size in curve.items()}
+    table.insert(2, "training items", table["condition"].map(sizes))
+    table["curve"] = table["condition"].map(curve_of)
+    ordered = table.sort_values(["student", "curve", "training items"], kind="stable")
+    return ordered.drop(columns="curve").reset_index(drop=True)
+
+
 def contingency_table(contingency: pd.DataFrame, criterion: str) -> pd.DataFrame:
     """One row per cell of `criterion`: the joint share P(trace right and answer right) of all items
     beside the conditional rates P(answer right | trace right / wrong), which divide by the items with a
@@ -360,6 +380,16 @@ def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir:
         *markdown_table(metric_table(pd.read_csv(run.seed_summary))),
         "",
     ]
+    curve = learning_curve_table(
+        pd.read_csv(run.seed_summary), params.sft, params.teacher_traces.dataset.n_train
+    )
+    if len(curve):
+        lines += [
+            "#### Learning curve (the same condition on nested training subsets)",
+            "",
+            *markdown_table(curve),
+            "",
+        ]
     contingency = _read(run.contingency)
     if contingency is not None and len(contingency):
         criterion = params.correlation.trace_criterion
