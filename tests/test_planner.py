@@ -7,6 +7,10 @@ import pytest
 
 from kdlib import planner
 from kdlib.config import load_params, validate_params
+from kdlib.evaluation.scoring import answer_context
+from kdlib.likelihood import encode_pair
+from kdlib.models import tiny_model
+from kdlib.teacher.stage import load_run_items
 from tests.helpers import PARAMS_DIR
 
 SMOKE = load_params(PARAMS_DIR / "smoke.yaml")
@@ -36,6 +40,15 @@ def test_smoke_counts(empty_cache):
     assert cells.loc[("tiny-llama", "correct_trace"), "generation_prompts"] == 2 * n_eval + 4
     assert cells.loc[("tiny-llama", "correct_trace"), "judge_calls"] == 4
     assert cells.loc[("tiny-t5", "no_trace"), "lens_passes"] == n_eval + 8
+    # label-first scoring runs each item's context once, then each choice (kdlib.likelihood)
+    items = [item for item in load_run_items(SMOKE.teacher_traces, SMOKE.common)[1] if item.choices]
+    model, tokenizer = tiny_model("tiny-llama")
+    scored = 0
+    for item in items:
+        context = answer_context(model, tokenizer, "no_trace", SMOKE.decomposition.trace_format, item)
+        pairs = [encode_pair(model, tokenizer, context, choice) for choice in item.choices]
+        scored += len(pairs[0][0]) + sum(len(choice) for _, choice in pairs)
+    assert items and cells.loc[("tiny-llama", "no_trace"), "label_first_tokens"] == scored
     # the placeholder control has the rationale's target tokens, without its words
     for student in ("tiny-llama", "tiny-t5"):
         after = cells.loc[(student, "rationale_after_label")]

@@ -34,6 +34,7 @@ from kdlib.config import ExperimentParams, SftParams
 from kdlib.data.schema import QAItem
 from kdlib.evaluation.explanations import DIMENSIONS, gives_explanations
 from kdlib.evaluation.scoring import answer_context
+from kdlib.likelihood import encode_pair
 from kdlib.model_registry import PRETRAINED, TINY
 from kdlib.models import (
     encode_prompt,
@@ -307,6 +308,12 @@ def _key_words(
     return kept
 
 
+def _scored_tokens(pairs: list[tuple[list[int], list[int]]]) -> int:
+    """Tokens label-first scoring runs for one item's (context ids, choice ids) pairs: the context once
+    (kdlib.likelihood shares it across the choices), then each choice."""
+    return len(pairs[0][0]) + sum(len(choice) for _, choice in pairs)
+
+
 def _student_shape(student: str, sft: SftParams):
     """(tokenizer, a stand-in exposing .config for encode_example, whether a proxy was used)."""
     offline = _offline(student)
@@ -374,11 +381,12 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
                 for i in eval_items
             ]
             with_choices = [i for i in eval_items if i.choices] if evaluation.label_first else []
-            label_first_tokens = sum(
-                len(tokenizer(answer_context(shape, tokenizer, transform, fmt, i) + c)["input_ids"])
-                for i in with_choices
-                for c in i.choices
-            )
+            label_first_tokens = 0
+            for item in with_choices:
+                context = answer_context(shape, tokenizer, transform, fmt, item)
+                label_first_tokens += _scored_tokens(
+                    [encode_pair(shape, tokenizer, context, choice) for choice in item.choices]
+                )
             lens_passes = (
                 len(eval_items)
                 + (min(evaluation.lens.train_items, len(train_items)) if evaluation.lens.tuned else 0)
