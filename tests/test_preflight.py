@@ -163,8 +163,12 @@ def test_max_length_below_a_sampled_cotempqa_prompt_stops_before_notebook_01():
     """The CPU CoTempQA study once stopped in notebook 03 on a 1,130-token item at max_length 1024."""
     raw = config.load_params(PARAMS_DIR / "bhambri2025_cotempqa.yaml").model_dump(mode="json")
     raw["sft"] = {**raw["sft"], "students": ["smollm2-135m-instruct"], "max_length": 1024}
+    raw["teacher_traces"]["dataset"]["options"] = {}  # whole contexts: the study file cuts them to 6 facts
     message = problem(config.validate_params(raw))
     assert "key 'sft.max_length'" in message and "exceed sft.max_length=1024" in message
+    assert config.load_params(PARAMS_DIR / "bhambri2025_cotempqa.yaml").sft.max_length == 1024
+    raw["teacher_traces"]["dataset"]["options"] = {"max_context": 6}
+    preflight(config.validate_params(raw), "cut.yaml", ["03_sft"])
 
 
 def test_checks_follow_the_notebooks_that_run():

@@ -409,6 +409,10 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
                     if not shape.config.is_encoder_decoder
                     else sum(len(e.input_ids) for e in encoded),
                     "target_tokens": sum(e.n_target_tokens for e in encoded),
+                    "longest_target": max((e.n_target_tokens for e in encoded), default=0),
+                    "targets_over_max_new_tokens": sum(
+                        e.n_target_tokens > evaluation.max_new_tokens for e in encoded
+                    ),
                     "steps": len(plan),
                     "training_padded_tokens": padded,
                     "generation_prompts": len(eval_items) * (1 + evaluation.generation.samples) + explained,
@@ -431,6 +435,14 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
         and sft.key_tokens.attributions is None
         else 0
     )
+    cut = cells[cells["targets_over_max_new_tokens"] > 0]
+    for row in cut.itertuples():
+        warnings.append(
+            f"{row.student} {row.condition}: {row.targets_over_max_new_tokens} of {row.examples} training "
+            f"targets run past evaluation.max_new_tokens {evaluation.max_new_tokens} (the longest "
+            f"{row.longest_target} tokens): generation cuts what the student learnt to write, and an answer "
+            "written after its trace is lost"
+        )
     few = cells[cells["steps"] < MIN_STEPS]
     if len(few):
         warnings.append(
