@@ -381,3 +381,40 @@ def test_published_table_names_each_numbers_paper_version():
     assert (marco["version"] == "repository").all()
     assert marco["source"].str.contains(r"results/Marcoqa/.+ \(commit [0-9a-f]{40}\)").all()
     assert table["version"].isna().sum() == (~table["study"].eq("bhambri2025")).sum()
+
+
+@pytest.mark.parametrize(
+    ("incorrect_counts", "thin"),
+    [
+        ((1, 2, 150, 147), "it rests on 3 right and 297 wrong traces (fewer than 20 right)"),
+        ((40, 20, 120, 120), ""),
+    ],
+)
+def test_a_verdict_about_traces_says_when_it_rests_on_fewer_than_20_right_or_wrong_traces(
+    incorrect_counts, thin
+):
+    student = "s"
+    correct = _matrix_predictions(student, 120, 60, 10, 8)  # 18 wrong traces
+    incorrect = _matrix_predictions(student, *incorrect_counts).assign(condition="incorrect_trace")
+    predictions = pd.concat([correct, incorrect], ignore_index=True)
+    outcomes = pd.concat(
+        [
+            accuracy_outcomes({"correct_trace": correct["answer_correct"]}, 0, student),
+            accuracy_outcomes({"incorrect_trace": incorrect["answer_correct"]}, 0, student),
+        ],
+        ignore_index=True,
+    )
+    table = compare_with_reference(
+        load_reference(),
+        _facts("babi", ["correct_trace", "incorrect_trace"], 1000, 300),
+        outcomes,
+        contingency(predictions, n_resamples=200),
+        n_resamples=200,
+    ).set_index("id")
+    phi = table.loc["bhambri.trace_answer_correlation_is_low", "reason"]
+    assert phi.endswith(
+        "; it rests on 180 right and 18 wrong traces (fewer than 20 wrong): too few to be evidence either way"
+    )
+    wrote_wrong = table.loc["bhambri.incorrect_trace_students_write_wrong_traces"]
+    assert wrote_wrong["verdict"] != "not comparable"
+    assert (thin in wrote_wrong["reason"]) if thin else "rests on" not in wrote_wrong["reason"]

@@ -45,6 +45,7 @@ CONTINGENCY_STATISTICS = (  # a published number of one of these is compared wit
 )
 KDLIB_QUESTION = "kdlib"  # the version of a finding that is kdlib's question, with no published claim
 CHANCE_METRICS = frozenset({"accuracy", "label_first_acc"})  # where guessing sets a floor
+MIN_TRACES = 20  # right (or wrong) traces below which a verdict about traces says it is no evidence
 
 
 class ReferenceFileError(ValueError):
@@ -337,6 +338,25 @@ def _statistic_estimate(contingency: pd.DataFrame, student: str, condition: str,
     return _scaled(statistic, combine_seeds(per_seed, confidence, value_range(statistic)))
 
 
+def _thin_traces(contingency: pd.DataFrame, student: str, condition: str) -> str:
+    """A note for a verdict about traces that rests on fewer than MIN_TRACES right or wrong traces (both
+    steps, all seeds of the cell together), else ""."""
+    rows = contingency[
+        (contingency["student"] == student)
+        & (contingency["condition"] == condition)
+        & (contingency["criterion"] == "both_steps")
+    ]
+    right = int(rows["trace_right_answer_right"].sum() + rows["trace_right_answer_wrong"].sum())
+    wrong = int(rows["trace_wrong_answer_right"].sum() + rows["trace_wrong_answer_wrong"].sum())
+    kinds = [kind for n, kind in ((right, "right"), (wrong, "wrong")) if n < MIN_TRACES]
+    if not kinds:
+        return ""
+    return (
+        f"; it rests on {right} right and {wrong} wrong traces (fewer than {MIN_TRACES} "
+        f"{' and '.join(kinds)}): too few to be evidence either way"
+    )
+
+
 def _interval(e: Estimate) -> str:
     return f"{e.value:+.2f} [{e.low:+.2f}, {e.high:+.2f}]"
 
@@ -432,7 +452,8 @@ def _published_row(p: Published, student: str, facts: RunFacts, outcomes, contin
         "verdict": "replicated" if inside else "not replicated",
         "conclusive": True,
         "reason": f"ours {e.value:.2f} [{e.low:.2f}, {e.high:.2f}] {'is' if inside else 'is not'} within "
-        f"±{p.tolerance:g} of {p.value:g}",
+        f"±{p.tolerance:g} of {p.value:g}"
+        + (_thin_traces(contingency, student, condition) if p.metric in CONTINGENCY_STATISTICS else ""),
     }
 
 
@@ -469,6 +490,7 @@ def _finding_row(f: Finding, student: str, facts: RunFacts, outcomes, contingenc
             condition = _condition(facts, test.condition)
             e = _statistic_estimate(contingency, student, condition, test.statistic, settings["confidence"])
             row["unit"] = "%" if test.statistic in PERCENT_METRICS else ""
+            note = _thin_traces(contingency, student, condition)
         else:
             metric, note = _rating_metric(test.metric, outcomes)
             a, b = _condition(facts, test.a), _condition(facts, test.b)
