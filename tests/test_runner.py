@@ -38,3 +38,28 @@ def test_a_second_run_on_a_locked_run_folder_is_refused(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "is in use by another run" in error and f'"pid": {os.getpid()}' in error
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_continued_run_keeps_its_first_plan_while_the_params_are_the_same(monkeypatch):
+    from types import SimpleNamespace
+
+    from kdlib import runner
+    from kdlib.config import load_params
+    from tests.helpers import PARAMS_DIR
+
+    calls = []
+
+    def plan_params(params):
+        calls.append(params)
+        return SimpleNamespace(summary=lambda: {"estimated_seconds": 60.0 * len(calls), "warnings": []})
+
+    monkeypatch.setattr(runner, "plan_params", plan_params)
+    smoke = load_params(PARAMS_DIR / "smoke.yaml")
+    first = runner.planned(smoke)
+    assert len(calls) == 1 and first["estimated_seconds"] == 60.0 and len(first["params_sha256"]) == 64
+    assert runner.planned(smoke, first) == first and len(calls) == 1
+    changed = smoke.model_copy(update={"common": smoke.common.model_copy(update={"seed": 1})})
+    again = runner.planned(changed, first)
+    assert len(calls) == 2 and again["estimated_seconds"] == 120.0
+    assert again["params_sha256"] != first["params_sha256"]
+    assert runner.planned(smoke, {"estimated_seconds": 1.0})["estimated_seconds"] == 180.0  # no digest: plan

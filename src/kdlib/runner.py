@@ -3,6 +3,7 @@ export HTML copies, and write the run's run.log, run.json and report (kdlib.repo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -177,7 +178,7 @@ def _run_locked(
     handler = _attach_log_file(run_dir / "run.log")
     record = _read_record(run_dir)
     record.update({"params_file": str(params_path), "git_sha": io.git_sha(), "kernel": kernel})
-    record["plan"] = planned(params)
+    record["plan"] = planned(params, record.get("plan"))
     io.write_json(run_dir / "run.json", record)
     try:
         for name in notebooks:
@@ -203,9 +204,18 @@ def _run_locked(
         handler.close()
 
 
-def planned(params: ExperimentParams) -> dict:
-    """kdlib.planner's estimate for the whole chain from scratch (Plan.summary), logged as the run starts;
-    a planner that fails is logged and recorded, and the run goes on (it is an estimate)."""
+def planned(params: ExperimentParams, recorded: dict | None = None) -> dict:
+    """kdlib.planner's estimate for the whole chain from scratch (Plan.summary, with the digest of the
+    params it planned), logged as the run starts; `recorded`, the run's earlier plan, is kept when it
+    planned the same params, so that a continued run neither plans again nor loses its first estimate. A
+    planner that fails is logged and recorded, and the run goes on (it is an estimate)."""
+    digest = hashlib.sha256(dump_params(params).encode()).hexdigest()
+    if recorded and recorded.get("params_sha256") == digest:
+        log.info(
+            "plan: about %s for notebooks 01-04 from scratch, as first planned",
+            _minutes(recorded.get("estimated_seconds")),
+        )
+        return recorded
     try:
         summary = plan_params(params).summary()
     except Exception as error:  # noqa: BLE001 - an estimate must not stop the run it estimates
@@ -215,7 +225,7 @@ def planned(params: ExperimentParams) -> dict:
     log.info("plan: about %s for notebooks 01-04 from scratch (kdlib plan for the details)", _minutes(total))
     for warning in summary["warnings"]:
         log.info("plan: %s", warning)
-    return summary
+    return {**summary, "params_sha256": digest}
 
 
 def _minutes(seconds: float | None) -> str:
