@@ -6,7 +6,7 @@ import math
 import pytest
 
 from kdlib import planner
-from kdlib.config import load_params, validate_params
+from kdlib.config import dump_params, load_params, validate_params
 from kdlib.evaluation.scoring import answer_context
 from kdlib.likelihood import encode_pair
 from kdlib.models import tiny_model
@@ -151,3 +151,18 @@ def test_targets_longer_than_the_generation_budget_are_warned_about(empty_cache)
     assert warning.startswith(f"tiny-llama correct_trace: {over['correct_trace']} of ")
     assert f"the longest {longest} tokens" in warning
     assert SMOKE.evaluation.max_new_tokens >= longest or any("max_new_tokens" in w for w in fits.warnings)
+
+
+def test_a_study_files_gpu_twin_is_planned_in_flops_and_gpu_hours(empty_cache, tmp_path):
+    raw = SMOKE.model_dump(mode="json")
+    raw["sft"]["students"] = ["tiny-llama", "gpt2"]  # tiny-llama is calibrated nowhere: measure=False
+    raw["sft"]["conditions"] = ["no_trace", "correct_trace"]
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "study_full.yaml").write_text(dump_params(validate_params(raw)))
+    assert planner.twin_lines("params/other.yaml", root=tmp_path) == []
+    lines = planner.twin_lines("params/study.yaml", root=tmp_path)
+    assert lines[0] == "#### At the paper's size: `params/study_full.yaml`"
+    assert "4 cells" in lines[2] and "Not run here" in lines[2]
+    gpu = [line for line in lines if line.startswith("- ")]
+    assert [line.split(" (")[0] for line in gpu] == ["- tiny-llama", "- gpt2"]
+    assert all("GPU-hours on one H100 SXM at 40% MFU" in line for line in gpu)

@@ -143,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path}: ok" + (" (schema only)" if args.schema_only else ""))
         elif args.command == "results":
             # imported when this subcommand runs (see the module docstring)
-            from kdlib.analysis.results import write_results
+            from kdlib.analysis.results import STUDY_RUNS, write_results
+            from kdlib.planner import twin_lines
 
-            print(write_results(args.outputs, args.docs))
+            files = [params_file for study in STUDY_RUNS for params_file in study.params_files]
+            print(write_results(args.outputs, args.docs, twin_plans={f: twin_lines(f) for f in files}))
         elif args.command == "plan":
             # imported when this subcommand runs (see the module docstring)
             from kdlib.planner import describe_plan, plan_params

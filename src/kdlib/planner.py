@@ -22,6 +22,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from statistics import NormalDist
 from types import SimpleNamespace
 
@@ -30,7 +31,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from kdlib import io
-from kdlib.config import ExperimentParams, SftParams
+from kdlib.config import ExperimentParams, SftParams, load_params
 from kdlib.data.schema import QAItem
 from kdlib.evaluation.explanations import DIMENSIONS, gives_explanations
 from kdlib.evaluation.scoring import answer_context
@@ -46,7 +47,7 @@ from kdlib.models import (
     resolve_device,
     student_prompt,
 )
-from kdlib.paths import cache_dir, resolve_repo_path
+from kdlib.paths import REPO_ROOT, cache_dir, resolve_repo_path
 from kdlib.stats import wilson_interval
 from kdlib.teacher.rationales import filter_traces, traces_frame
 from kdlib.teacher.recipes import recipe_jobs
@@ -664,3 +665,25 @@ def describe_plan(source: str, plan: Plan) -> str:
     parts += ["", *(f"warning: {w}" for w in plan.warnings), *(f"GPU: {line}" for line in plan.gpu)]
     parts.append(f"total (notebooks 01-04 on this machine): {_duration(plan.total_seconds)}")
     return "\n".join(parts)
+
+
+def twin_lines(params_file: str, root: Path = REPO_ROOT) -> list[str]:
+    """What the study file's GPU twin (`<name>_full.yaml` beside it, the paper's sizes) would cost: its
+    counts from the data alone and every student's FLOPs and GPU-hours (no weights, no calibration); []
+    when it has no twin. `params_file` is relative to `root`."""
+    twin = params_file.replace(".yaml", "_full.yaml")
+    if not (root / twin).exists():
+        return []
+    params = load_params(root / twin)
+    cells = plan_params(params, measure=False).cells
+    return [
+        f"#### At the paper's size: `{twin}`",
+        "",
+        f"`kdlib plan {twin}`: {len(cells)} cells, {int(cells['steps'].sum()):,} optimiser steps, "
+        f"{int(cells['training_padded_tokens'].sum()):,} padded training tokens, "
+        f"{int(cells['generation_prompts'].sum()):,} generation prompts. Not run here (it needs a GPU and "
+        "the hub).",
+        "",
+        *(f"- {line}" for line in _gpu_lines(params, cells, list(params.sft.students))),
+        "",
+    ]

@@ -499,9 +499,13 @@ def learning_check_lines(outputs_dir: Path, params_file: str = LEARNING_CHECK) -
 
 
 def write_results(
-    outputs_dir: Path | None = None, docs_dir: Path | None = None, studies: tuple[StudyRuns, ...] = STUDY_RUNS
+    outputs_dir: Path | None = None,
+    docs_dir: Path | None = None,
+    studies: tuple[StudyRuns, ...] = STUDY_RUNS,
+    twin_plans: dict[str, list[str]] | None = None,
 ) -> Path:
-    """Write docs/results.md (and docs/figures/) from the study runs under `outputs_dir`."""
+    """Write docs/results.md (and docs/figures/) from the study runs under `outputs_dir`; `twin_plans`
+    holds, per study params file, the lines on its GPU twin (kdlib.planner.twin_lines)."""
     outputs_dir = Path(outputs_dir or OUTPUTS_DIR)
     docs_dir = Path(docs_dir or REPO_ROOT / "docs")
     reference = load_reference()
@@ -527,5 +531,6 @@ def write_results(
         lines += [f"## {study.title}: {source['citation']}", "", f"<{source['url']}>", ""]
         for params_file in study.params_files:
             lines += run_section(study, params_file, outputs_dir, docs_dir)
+            lines += (twin_plans or {}).get(params_file, [])
     lines += learning_check_lines(outputs_dir)
     return io.write_text(docs_dir / "results.md", "\n".join(lines).rstrip() + "\n")
