@@ -20,6 +20,7 @@ from kdlib.analysis.results import (
 from kdlib.analysis.tables import contingency
 from kdlib.config import ExplanationParams, SftParams, dump_params, load_params
 from kdlib.paths import REPO_ROOT, RunLayout
+from kdlib.stats import wilson_interval
 from kdlib.teacher.backends import choice_reply
 
 
@@ -185,8 +186,21 @@ def test_learning_check_section_reports_the_bar_and_parity_or_how_to_run_it(tmp_
             "mcnemar_p": [0.45, 0.3],
         }
     )
-    io.write_csv(run / "learning_parity" / "parity.csv", parity)
-    assert "Not current: not run yet" in "\n".join(learning_check_lines(tmp_path))  # no meta.json yet
+    predictions = pd.DataFrame(
+        {
+            "condition": "no_trace",
+            "question_type": ["two-supporting-facts"] * 4 + ["single-supporting-fact"] * 20,
+            "answer_correct": [True, False, False, True] + [True] * 19 + [False],
+        }
+    )
+    io.write_parquet(run / "evaluation" / "predictions.parquet", predictions)
+    io.write_csv(run / "learning_parity" / "parity.csv", parity)  # no meta.json: the parity did not finish
+    text = "\n".join(learning_check_lines(tmp_path))
+    low, high = wilson_interval(19, 20)
+    assert "- Parity: not run yet" in text and "wall time 20 min" in text
+    assert f"| single-supporting-fact | 20 | 95.0 [{100 * low:.1f}, {100 * high:.1f}] |" in text
+    assert text.index("| single-supporting-fact |") < text.index("| two-supporting-facts | 4 | 50.0")
+    assert "on single-supporting-fact: **yes** (95.0 %)" in text
     io.write_meta(
         run / "learning_parity",
         params={},
