@@ -163,6 +163,7 @@ def test_a_study_files_gpu_twin_is_planned_in_flops_and_gpu_hours(empty_cache, t
     lines = planner.twin_lines("params/study.yaml", root=tmp_path)
     assert lines[0] == "#### At the paper's size: `params/study_full.yaml`"
     assert "4 cells" in lines[2] and "Not run here" in lines[2]
-    gpu = [line for line in lines if line.startswith("- ")]
+    gpu = [line for line in lines if line.startswith("- ") and not line.startswith("- warning: ")]
+    assert any(line.startswith("- warning: ") and "below 381 items" in line for line in lines)
     assert [line.split(" (")[0] for line in gpu] == ["- tiny-llama", "- gpt2"]
     assert all("GPU-hours on one H100 SXM at 40% MFU" in line for line in gpu)

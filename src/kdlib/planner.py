@@ -675,7 +675,8 @@ def twin_lines(params_file: str, root: Path = REPO_ROOT) -> list[str]:
     if not (root / twin).exists():
         return []
     params = load_params(root / twin)
-    cells = plan_params(params, measure=False).cells
+    plan = plan_params(params, measure=False)
+    cells = plan.cells
     return [
         f"#### At the paper's size: `{twin}`",
         "",
@@ -685,5 +686,6 @@ def twin_lines(params_file: str, root: Path = REPO_ROOT) -> list[str]:
         "the hub).",
         "",
         *(f"- {line}" for line in _gpu_lines(params, cells, list(params.sft.students))),
+        *(f"- warning: {warning}" for warning in plan.warnings),
         "",
     ]
