@@ -30,7 +30,7 @@ import pandas as pd
 from hf_baseline import hf_train
 
 from kdlib import io
-from kdlib.analysis.tables import paired_comparisons
+from kdlib.analysis.tables import paired_comparisons, task_accuracy
 from kdlib.cells import weights_folder
 from kdlib.config import ExperimentParams, load_params, validate_params
 from kdlib.data.babi import BABI_TASKS
@@ -38,7 +38,6 @@ from kdlib.data.schema import frame_to_items
 from kdlib.evaluation.generation import evaluate_cells
 from kdlib.models import native_bf16, resolve_device
 from kdlib.paths import RunLayout, default_run_dir
-from kdlib.stats import wilson_interval
 from kdlib.teacher.stage import load_run_items
 from kdlib.training.conditions import TextExample
 from kdlib.training.grid import (
@@ -151,14 +150,18 @@ def parity_table(predictions: pd.DataFrame, params: ExperimentParams) -> pd.Data
         seed=params.common.seed,
     )
     rows = []
+    accuracy = {
+        trainer: task_accuracy(predictions[predictions["condition"] == trainer]).set_index("task")
+        for trainer in TRAINERS
+    }
     for task in babi_tasks(params):
-        group = predictions[predictions["question_type"] == task]
         row = {"task": task}
         for trainer in TRAINERS:
-            hits = group.loc[group["condition"] == trainer, "answer_correct"]
-            low, high = wilson_interval(int(hits.sum()), len(hits))
-            row.update({f"{trainer}_n": len(hits), trainer: hits.mean(), f"{trainer}_low": low})
-            row[f"{trainer}_high"] = high
+            hits = accuracy[trainer].loc[task]
+            row.update(
+                {f"{trainer}_n": int(hits["n"]), trainer: hits["accuracy"], f"{trainer}_low": hits["low"]}
+            )
+            row[f"{trainer}_high"] = hits["high"]
         difference = paired[paired["metric"] == task].iloc[0]
         for column in ("difference", "difference_ci_low", "difference_ci_high", "mcnemar_p"):
             row[column] = difference[column]

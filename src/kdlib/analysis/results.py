@@ -18,7 +18,7 @@ import pandas as pd
 
 from kdlib import io
 from kdlib.analysis.reference import PERCENT_METRICS, load_reference
-from kdlib.analysis.tables import JOINT_SHARE, with_joint_share
+from kdlib.analysis.tables import JOINT_SHARE, task_accuracy, with_joint_share
 from kdlib.config import (
     NOTEBOOKS,
     SECTION_KEYS,
@@ -31,7 +31,6 @@ from kdlib.config import (
 from kdlib.data.babi import BABI_TASKS
 from kdlib.evaluation.explanations import describe_judge
 from kdlib.paths import OUTPUTS_DIR, REPO_ROOT, RunLayout
-from kdlib.stats import wilson_interval
 
 
 @dataclass(frozen=True)
@@ -519,16 +518,6 @@ def learning_check_lines(outputs_dir: Path, params_file: str = LEARNING_CHECK) -
         f"includes 0): **{'yes' if same else 'no'}**.",
         "",
     ]
-
-
-def task_accuracy(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Greedy accuracy per task (question_type) with its Wilson interval."""
-    rows = []
-    for task, group in predictions.groupby("question_type", sort=False):
-        hits, n = int(group["answer_correct"].sum()), len(group)
-        low, high = wilson_interval(hits, n)
-        rows.append({"task": task, "n": n, "accuracy": hits / n, "low": low, "high": high})
-    return pd.DataFrame(rows)
 
 
 def write_results(

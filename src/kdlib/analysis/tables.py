@@ -739,3 +739,13 @@ def write_run_flags(
         seed_gap=params.seed_outlier_gap,
     )
     return out.table(run.run_flags, flags, title="Flagged runs", rows="flags.notna()")
+
+
+def task_accuracy(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Greedy accuracy per task (question_type) with its Wilson interval."""
+    rows = []
+    for task, group in predictions.groupby("question_type", sort=False):
+        hits, n = int(group["answer_correct"].sum()), len(group)
+        low, high = wilson_interval(hits, n)
+        rows.append({"task": task, "n": n, "accuracy": hits / n, "low": low, "high": high})
+    return pd.DataFrame(rows)
