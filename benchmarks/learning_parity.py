@@ -18,6 +18,8 @@ interval there includes 0. Writes the same table to <run>/learning_parity/parity
     .venv/bin/python benchmarks/learning_parity.py params/learning_check.yaml
     .venv/bin/python benchmarks/learning_parity.py params/learning_check.yaml --student tiny-llama \\
         --n-train 32 --n-eval 16 --epochs 1 --max-length 4096 --run-dir /tmp/parity-smoke   # smoke check
+    .venv/bin/python benchmarks/learning_parity.py params/learning_check.yaml --seed 1 \\
+        --run-dir outputs/learning_check_seed1   # both trainers again under another training seed
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from kdlib.training.loop import encode_example
 TRAINERS = {"kdlib": "kdlib", "hf_trainer": "HF Trainer"}
 OVERRIDES = {  # option -> (section path, key) in the params
     "student": (("sft",), "students"),
+    "seed": (("sft",), "seeds"),
     "n_train": (("teacher_traces", "dataset"), "n_train"),
     "n_eval": (("teacher_traces", "dataset"), "n_eval"),
     "epochs": (("sft",), "epochs"),
@@ -77,7 +80,7 @@ def overridden(params: ExperimentParams, args) -> ExperimentParams:
             section = raw
             for part in path:
                 section = section[part]
-            section[key] = [value] if key == "students" else value
+            section[key] = [value] if key in ("students", "seeds") else value
     return validate_params(raw, f"{args.params} with overrides")
 
 
@@ -201,6 +204,7 @@ def main() -> None:
     parser.add_argument("--run-dir", help="run folder (default: outputs/<run_name>; required with overrides)")
     parser.add_argument("--bar", type=float, default=0.95, help="kdlib's accuracy to reach on the first task")
     parser.add_argument("--student", help="override: the one student")
+    parser.add_argument("--seed", type=int, help="override: the one training seed (sft.seeds; items stay)")
     parser.add_argument("--n-train", type=int, help="override: training items")
     parser.add_argument("--n-eval", type=int, help="override: evaluation items")
     parser.add_argument("--epochs", type=int, help="override: epochs")

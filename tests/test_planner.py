@@ -11,6 +11,8 @@ from kdlib.evaluation.scoring import answer_context
 from kdlib.likelihood import encode_pair
 from kdlib.models import tiny_model
 from kdlib.teacher.stage import load_run_items
+from kdlib.training.conditions import TextExample
+from kdlib.training.loop import encode_example
 from tests.helpers import PARAMS_DIR
 
 SMOKE = load_params(PARAMS_DIR / "smoke.yaml")
@@ -144,8 +146,9 @@ def test_targets_longer_than_the_generation_budget_are_warned_about(empty_cache)
     longest = cells.loc["correct_trace", "longest_target"]
     assert cells.loc["no_trace", "longest_target"] < longest
     raw["evaluation"]["max_new_tokens"] = int(cells.loc["no_trace", "longest_target"])
+    raw["sft"]["seeds"] = [0, 1]  # one warning per student and condition, not per seed
     cut = planner.plan_params(validate_params(raw), measure=False)
-    over = cut.cells.set_index("condition")["targets_over_max_new_tokens"]
+    over = cut.cells.drop_duplicates("condition").set_index("condition")["targets_over_max_new_tokens"]
     assert over["no_trace"] == 0 and over["correct_trace"] == cells.loc["correct_trace", "examples"]
     (warning,) = [w for w in cut.warnings if "run past evaluation.max_new_tokens" in w]
     assert warning.startswith(f"tiny-llama correct_trace: {over['correct_trace']} of ")
@@ -167,3 +170,23 @@ def test_a_study_files_gpu_twin_is_planned_in_flops_and_gpu_hours(empty_cache, t
     assert any(line.startswith("- warning: ") and "below 381 items" in line for line in lines)
     assert [line.split(" (")[0] for line in gpu] == ["- tiny-llama", "- gpt2"]
     assert all("GPU-hours on one H100 SXM at 40% MFU" in line for line in gpu)
+
+
+def test_memoised_counts_are_encode_examples_and_shared_under_one_tokenizer(empty_cache):
+    model, tokenizer = tiny_model("tiny-llama")
+    counts = planner._TokenCounts(model, tokenizer, SMOKE.sft, SMOKE.decomposition.trace_format)
+    examples = [
+        TextExample("a", "qa", "Where is Mary?", "kitchen"),
+        TextExample("b", "qa", "Where is Mary?", "Mary went to the kitchen. kitchen"),
+        TextExample("c", "qa", "Where is John?", "kitchen"),
+    ]
+    for example in examples + examples:  # the second pass reads the memo
+        expected = encode_example(model, tokenizer, example, SMOKE.sft.max_length)
+        assert counts.example(example) == expected
+    raw = SMOKE.model_dump(mode="json")
+    raw["sft"]["students"] = ["gpt2", "microsoft/phi-1_5"]  # both counted under the proxy tokenizer
+    raw["sft"]["conditions"] = ["no_trace", "correct_trace"]
+    cells = planner.plan_params(validate_params(raw), measure=False).cells
+    columns = ["examples", "prompt_tokens", "target_tokens", "generation_prompt_tokens", "label_first_tokens"]
+    gpt2, phi = (group[columns].reset_index(drop=True) for _, group in cells.groupby("student", sort=False))
+    assert gpt2.equals(phi) and (gpt2["target_tokens"] > 0).all()

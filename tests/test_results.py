@@ -216,6 +216,15 @@ def test_learning_check_section_reports_the_bar_and_parity_or_how_to_run_it(tmp_
     )
     assert "on single-supporting-fact: **yes** (96.0 %)" in text and "includes 0): **yes**" in text
     assert "trained in 50 min" in text and "wall time 20 min" in text
+    assert "Beyond the bar" not in text  # task 2's interval includes 0
+    io.write_csv(
+        run / "learning_parity" / "parity.csv",
+        parity.assign(
+            difference=[-0.01, -0.055], difference_ci_low=[-0.03, -0.092], difference_ci_high=[0.01, -0.02]
+        ),
+    )
+    text = "\n".join(learning_check_lines(tmp_path))
+    assert "the trainers differ on two-supporting-facts (-5.5 [-9.2, -2.0] points)" in text
     io.write_csv(
         run / "learning_parity" / "parity.csv", parity.assign(kdlib=[0.94, 0.7], difference_ci_high=-0.005)
     )

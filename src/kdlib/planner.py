@@ -39,6 +39,7 @@ from kdlib.likelihood import encode_pair
 from kdlib.model_registry import PRETRAINED, TINY
 from kdlib.models import (
     encode_prompt,
+    is_seq2seq,
     load_model,
     model_config,
     model_tokenizer,
@@ -55,13 +56,15 @@ from kdlib.teacher.stage import load_run_items, offline_rationales, teacher_prom
 from kdlib.traces.decomposition import decompose, has_gold_steps, steps_by_item
 from kdlib.training.conditions import (
     TRANSFORMS,
+    TextExample,
     evaluation_prompt,
     pick_rationales,
     read_key_words,
     student_filler,
+    target_token_ids,
 )
 from kdlib.training.grid import TraceSources, cell_text_examples, grid_cells, prepare_student
-from kdlib.training.loop import IGNORE_INDEX, Example, TrainSettings, encode_example, step_plan, train
+from kdlib.training.loop import IGNORE_INDEX, Example, TrainSettings, example_from_ids, step_plan, train
 
 MIN_STEPS = 100  # fewer optimiser steps per cell draw a warning: 16-24 left every CPU-study student at chance
 RESOLVE_POINTS = 5.0  # an evaluation set should resolve this many accuracy points ...
@@ -325,6 +328,53 @@ def _student_shape(student: str, sft: SftParams):
     return tokenizer, SimpleNamespace(config=config), False
 
 
+class _TokenCounts:
+    """Tokenisation under one tokenizer, memoised by text: conditions, seeds and the students counted
+    under one (proxy) tokenizer repeat the same prompts, targets and evaluation sets."""
+
+    def __init__(self, shape, tokenizer, sft: SftParams, trace_format: str):
+        self.shape, self.tokenizer, self.trace_format = shape, tokenizer, trace_format
+        self.max_length, self.seq2seq = sft.max_length, is_seq2seq(shape)
+        self._prompts: dict[str, list[int]] = {}
+        self._targets: dict[str, list[int]] = {}
+        self._evaluation: dict[str, tuple[list[int], int]] = {}
+
+    def prompt_ids(self, user: str) -> list[int]:
+        """The student's prompt ids of the user turn `user` (encode_prompt of student_prompt)."""
+        if user not in self._prompts:
+            chat = student_prompt(self.shape, self.tokenizer, user)
+            self._prompts[user] = encode_prompt(self.shape, self.tokenizer, chat)
+        return self._prompts[user]
+
+    def example(self, example: TextExample) -> Example:
+        """encode_example of `example`."""
+        if example.target not in self._targets:
+            ids = target_token_ids(self.tokenizer, example.target) + [self.tokenizer.eos_token_id]
+            self._targets[example.target] = ids
+        return example_from_ids(
+            example,
+            self.prompt_ids(example.prompt),
+            self._targets[example.target],
+            seq2seq=self.seq2seq,
+            max_length=self.max_length,
+        )
+
+    def evaluation(
+        self, transform: str, eval_items: list[QAItem], label_first: bool
+    ) -> tuple[list[int], int]:
+        """(the generation prompts' lengths, the label-first tokens) of evaluating a `transform` cell."""
+        if transform not in self._evaluation:
+            prompts = [len(self.prompt_ids(evaluation_prompt(transform, item))) for item in eval_items]
+            label_first_tokens = 0
+            for item in (i for i in eval_items if i.choices and label_first):
+                context = answer_context(self.shape, self.tokenizer, transform, self.trace_format, item)
+                label_first_tokens += _scored_tokens(
+                    [encode_pair(self.shape, self.tokenizer, context, choice) for choice in item.choices]
+                )
+            self._evaluation[transform] = (prompts, label_first_tokens)
+        return self._evaluation[transform]
+
+
 def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: bool = False) -> Plan:
     """The Plan of `params` on this machine (`measure`: calibrate models not yet calibrated here;
     `recalibrate`: measure every model again)."""
@@ -344,8 +394,12 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
     key_words = _key_words(sft, train_items, key_rationales)
     sources = TraceSources(traces, steps, key_words)
     rows, warnings, gpu = [], [], []
+    counters: dict[tuple[str, bool], _TokenCounts] = {}
     for student in sft.students:
         tokenizer, shape, proxy = _student_shape(student, sft)
+        counts = counters.setdefault(
+            (tokenizer.name_or_path, is_seq2seq(shape)), _TokenCounts(shape, tokenizer, sft, fmt)
+        )
         if proxy:
             package = PRETRAINED[student].package if student in PRETRAINED else None
             where = (
@@ -361,7 +415,7 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
             examples, skipped = cell_text_examples(
                 cell.condition, train_items, sources, sft, fmt, cell.seed, filler
             )
-            encoded = [encode_example(shape, tokenizer, e, sft.max_length) for e in examples]
+            encoded = [counts.example(e) for e in examples]
             plan = step_plan(
                 [e.length for e in encoded], sft.batch_size, sft.grad_accum, sft.epochs, cell.seed
             )
@@ -373,21 +427,8 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
                 for batch in step["batches"]
             )
             transform = cell.condition.transform
-            prompts = [
-                len(
-                    encode_prompt(
-                        shape, tokenizer, student_prompt(shape, tokenizer, evaluation_prompt(transform, i))
-                    )
-                )
-                for i in eval_items
-            ]
             with_choices = [i for i in eval_items if i.choices] if evaluation.label_first else []
-            label_first_tokens = 0
-            for item in with_choices:
-                context = answer_context(shape, tokenizer, transform, fmt, item)
-                label_first_tokens += _scored_tokens(
-                    [encode_pair(shape, tokenizer, context, choice) for choice in item.choices]
-                )
+            prompts, label_first_tokens = counts.evaluation(transform, eval_items, evaluation.label_first)
             lens_passes = (
                 len(eval_items)
                 + (min(evaluation.lens.train_items, len(train_items)) if evaluation.lens.tuned else 0)
@@ -436,7 +477,7 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
         and sft.key_tokens.attributions is None
         else 0
     )
-    cut = cells[cells["targets_over_max_new_tokens"] > 0]
+    cut = cells[cells["targets_over_max_new_tokens"] > 0].drop_duplicates(["student", "condition"])
     for row in cut.itertuples():
         warnings.append(
             f"{row.student} {row.condition}: {row.targets_over_max_new_tokens} of {row.examples} training "

@@ -62,7 +62,15 @@ def encode_example(model, tokenizer, example: TextExample, max_length: int) -> E
     """Tokenise one TextExample for `model`'s family; the target always ends with the EOS token."""
     prompt_ids = encode_prompt(model, tokenizer, student_prompt(model, tokenizer, example.prompt))
     target_ids = target_token_ids(tokenizer, example.target) + [tokenizer.eos_token_id]
-    if is_seq2seq(model):
+    return example_from_ids(example, prompt_ids, target_ids, seq2seq=is_seq2seq(model), max_length=max_length)
+
+
+def example_from_ids(
+    example: TextExample, prompt_ids: list[int], target_ids: list[int], *, seq2seq: bool, max_length: int
+) -> Example:
+    """The Example of `example` from its tokenised prompt and target (EOS included); an error naming the
+    item when either side exceeds `max_length`."""
+    if seq2seq:
         input_ids, labels = prompt_ids, target_ids
     else:
         input_ids, labels = prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids
