@@ -61,10 +61,17 @@ from kdlib.training.conditions import (
     pick_rationales,
     read_key_words,
     student_filler,
-    target_token_ids,
 )
 from kdlib.training.grid import TraceSources, cell_text_examples, grid_cells, prepare_student
-from kdlib.training.loop import IGNORE_INDEX, Example, TrainSettings, example_from_ids, step_plan, train
+from kdlib.training.loop import (
+    IGNORE_INDEX,
+    Example,
+    TrainSettings,
+    encode_target,
+    example_from_ids,
+    step_plan,
+    train,
+)
 
 MIN_STEPS = 100  # fewer optimiser steps per cell draw a warning: 16-24 left every CPU-study student at chance
 RESOLVE_POINTS = 5.0  # an evaluation set should resolve this many accuracy points ...
@@ -349,8 +356,7 @@ class _TokenCounts:
     def example(self, example: TextExample) -> Example:
         """encode_example of `example`."""
         if example.target not in self._targets:
-            ids = target_token_ids(self.tokenizer, example.target) + [self.tokenizer.eos_token_id]
-            self._targets[example.target] = ids
+            self._targets[example.target] = encode_target(self.tokenizer, example.target)
         return example_from_ids(
             example,
             self.prompt_ids(example.prompt),

@@ -61,8 +61,13 @@ class Example:
 def encode_example(model, tokenizer, example: TextExample, max_length: int) -> Example:
     """Tokenise one TextExample for `model`'s family; the target always ends with the EOS token."""
     prompt_ids = encode_prompt(model, tokenizer, student_prompt(model, tokenizer, example.prompt))
-    target_ids = target_token_ids(tokenizer, example.target) + [tokenizer.eos_token_id]
+    target_ids = encode_target(tokenizer, example.target)
     return example_from_ids(example, prompt_ids, target_ids, seq2seq=is_seq2seq(model), max_length=max_length)
+
+
+def encode_target(tokenizer, target: str) -> list[int]:
+    """The ids a student learns for `target`: its tokens, then the EOS token."""
+    return target_token_ids(tokenizer, target) + [tokenizer.eos_token_id]
 
 
 def example_from_ids(
