@@ -230,6 +230,41 @@ def test_learning_check_section_reports_the_bar_and_parity_or_how_to_run_it(tmp_
     )
     text = "\n".join(learning_check_lines(tmp_path))
     assert "**no** (94.0 %)" in text and "includes 0): **no**" in text
+    io.write_csv(run / "learning_parity" / "parity.csv", parity)
+    other_seed = tmp_path / "learning_check_seed1" / "learning_parity"
+    seed_params = params.model_copy(update={"sft": params.sft.model_copy(update={"seeds": [1]})})
+    io.write_csv(other_seed / "parity.csv", parity.assign(kdlib=[0.99, 0.90], difference=[0.02, 0.18]))
+    io.write_meta(
+        other_seed,
+        params=seed_params.model_dump(mode="json"),
+        artifacts=["parity.csv"],
+        command="python benchmarks/learning_parity.py params/learning_check.yaml --seed 1",
+        hf_trainer_seconds=2400.0,
+    )
+    stranger = tmp_path / "other_items" / "learning_parity"  # another n_train: not a seed of this check
+    io.write_csv(stranger / "parity.csv", parity)
+    other_items = seed_params.teacher_traces.dataset.model_copy(update={"n_train": 10})
+    io.write_meta(
+        stranger,
+        params=seed_params.model_copy(
+            update={"teacher_traces": seed_params.teacher_traces.model_copy(update={"dataset": other_items})}
+        ).model_dump(mode="json"),
+        artifacts=["parity.csv"],
+        command="python benchmarks/learning_parity.py params/learning_check.yaml --n-train 10",
+        hf_trainer_seconds=60.0,
+    )
+    lines = learning_check_lines(tmp_path)
+    text = "\n".join(lines)
+    assert text.count("Under training seed 1 (the same items") == 1 and "--n-train 10" not in text
+    assert "--seed 1`" in text and "trained in 40 min" in text
+    assert (
+        "| single-supporting-fact | 352 | 99.0 [93.5, 97.6] | 97.0 [94.6, 98.4] | 2.0 [-3.0, 1.0] | 0.45 |"
+        in lines
+    )
+    assert "| single-supporting-fact | 96.0 - 99.0 | 97.0 - 97.0 | +0.5 |" in lines
+    assert "| two-supporting-facts | 70.0 - 90.0 | 72.0 - 72.0 | +8.0 |" in lines
+    assert "Across training seeds 0, 1" in text and "under every seed: kdlib reaches 95% **yes**" in text
+    assert "includes 0) **yes**." in text
     io.write_text(
         run / "params.yaml",
         dump_params(params.model_copy(update={"common": params.common.model_copy(update={"seed": 1})})),

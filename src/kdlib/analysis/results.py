@@ -27,6 +27,7 @@ from kdlib.config import (
     ParamsError,
     SftParams,
     load_params,
+    validate_params,
 )
 from kdlib.data.babi import BABI_TASKS
 from kdlib.evaluation.explanations import describe_judge
@@ -500,27 +501,58 @@ def learning_check_lines(outputs_dir: Path, params_file: str = LEARNING_CHECK) -
             f"**{'yes' if first['accuracy'] >= LEARNING_BAR else 'no'}** ({100 * first['accuracy']:.1f} %).",
             "",
         ]
-    parity, made = pd.read_csv(parity_file), io.read_json(parity_meta)
+    parity = pd.read_csv(parity_file)
     first = parity.iloc[0]
     reaches = first["kdlib"] >= LEARNING_BAR
     same = first["difference_ci_low"] <= 0 <= first["difference_ci_high"]
-    beyond = {
-        row["task"]: (row["difference"], row["difference_ci_low"], row["difference_ci_high"])
-        for row in parity.iloc[1:].to_dict(orient="records")
-    }
-    apart = [
-        f"{task} ({with_interval(*d, 100)} points)" for task, d in beyond.items() if not d[1] <= 0 <= d[2]
+    seeds = [
+        (params.sft.seeds[0], io.read_json(parity_meta), parity),
+        *other_seed_parities(outputs_dir, params),
     ]
-    differs = (
-        [
-            f"Beyond the bar, the trainers differ on {'; '.join(apart)}: one training run each, so the "
-            "interval covers the held-out items, not the spread between training seeds.",
-            "",
-        ]
-        if apart
-        else []
-    )
-    return lines + [
+    lines += parity_lines(*seeds[0][1:])
+    lines += [
+        f"kdlib reaches {LEARNING_BAR:.0%} on {first['task']}: **{'yes' if reaches else 'no'}** "
+        f"({100 * first['kdlib']:.1f} %). The same accuracy as HF Trainer there (the difference's interval "
+        f"includes 0): **{'yes' if same else 'no'}**.",
+        "",
+    ]
+    if len(seeds) == 1:
+        caveat = (
+            ": one training run each, so the interval covers the held-out items, not the spread between seeds"
+        )
+        return lines + differs_lines(parity, "Beyond the bar", caveat)
+    lines += differs_lines(parity, f"Under training seed {seeds[0][0]}, beyond the bar")
+    for seed, made, other in seeds[1:]:
+        lines += [f"Under training seed {seed} (the same items, everything else the same):", ""]
+        lines += parity_lines(made, other) + differs_lines(
+            other, f"Under training seed {seed}, beyond the bar"
+        )
+    return lines + across_seeds_lines(seeds)
+
+
+def other_seed_parities(outputs_dir: Path, params: ExperimentParams) -> list[tuple[int, dict, pd.DataFrame]]:
+    """benchmarks/learning_parity.py's runs of `params` under other training seeds (`--seed N --run-dir
+    outputs/...`), found by their meta.json: the same params but for sft.seeds; as (seed, meta, parity),
+    by seed."""
+    found = []
+    for meta_file in sorted(outputs_dir.glob("*/learning_parity/meta.json")):
+        made = io.read_json(meta_file)
+        try:
+            ran = validate_params(made.get("params"))
+        except ParamsError:
+            continue
+        same_but_seeds = ran.model_copy(
+            update={"sft": ran.sft.model_copy(update={"seeds": params.sft.seeds})}
+        )
+        parity_file = meta_file.parent / "parity.csv"
+        if ran.sft.seeds != params.sft.seeds and same_but_seeds == params and parity_file.exists():
+            found.append((ran.sft.seeds[0], made, pd.read_csv(parity_file)))
+    return sorted(found, key=lambda entry: entry[0])
+
+
+def parity_lines(made: dict, parity: pd.DataFrame) -> list[str]:
+    """One parity run's command, commit and twin time (`made`: its meta.json), and its table."""
+    return [
         f"- Parity: `{made['command']}`, git {(made.get('git_sha') or 'unknown')[:10]}, written "
         f"{made['written_at']}; HF Trainer's twin trained in {made['hf_trainer_seconds'] / 60:.0f} min",
         "",
@@ -529,11 +561,45 @@ def learning_check_lines(outputs_dir: Path, params_file: str = LEARNING_CHECK) -
         "",
         *markdown_table(parity_rows(parity)),
         "",
-        f"kdlib reaches {LEARNING_BAR:.0%} on {first['task']}: **{'yes' if reaches else 'no'}** "
-        f"({100 * first['kdlib']:.1f} %). The same accuracy as HF Trainer there (the difference's interval "
-        f"includes 0): **{'yes' if same else 'no'}**.",
+    ]
+
+
+def differs_lines(parity: pd.DataFrame, lead: str, caveat: str = "") -> list[str]:
+    """A sentence naming the tasks beyond the bar on which kdlib - HF Trainer's interval excludes 0."""
+    apart = [
+        f"{row['task']} ("
+        + with_interval(row["difference"], row["difference_ci_low"], row["difference_ci_high"], 100)
+        + " points)"
+        for row in parity.iloc[1:].to_dict(orient="records")
+        if not row["difference_ci_low"] <= 0 <= row["difference_ci_high"]
+    ]
+    return [f"{lead}, the trainers differ on {'; '.join(apart)}{caveat}.", ""] if apart else []
+
+
+def across_seeds_lines(seeds: list[tuple[int, dict, pd.DataFrame]]) -> list[str]:
+    """Per task, each trainer's accuracy range over the training seeds and the mean kdlib - HF Trainer."""
+    tables = pd.concat([parity.assign(seed=seed) for seed, _, parity in seeds], ignore_index=True)
+    rows = []
+    for task, runs in tables.groupby("task", sort=False):
+        row = {"task": task}
+        for trainer, name in (("kdlib", "kdlib"), ("hf_trainer", "HF Trainer")):
+            row[name] = f"{100 * runs[trainer].min():.1f} - {100 * runs[trainer].max():.1f}"
+        row["mean kdlib - HF Trainer (points)"] = f"{100 * runs['difference'].mean():+.1f}"
+        rows.append(row)
+    names = ", ".join(str(seed) for seed, _, _ in seeds)
+    firsts = [parity.iloc[0] for _, _, parity in seeds]
+    reaches = all(first["kdlib"] >= LEARNING_BAR for first in firsts)
+    same = all(first["difference_ci_low"] <= 0 <= first["difference_ci_high"] for first in firsts)
+    return [
+        f"Across training seeds {names}: each trainer's held-out accuracy in % (lowest - highest seed), and "
+        "the difference averaged over seeds:",
         "",
-        *differs,
+        *markdown_table(pd.DataFrame(rows)),
+        "",
+        f"On {firsts[0]['task']}, under every seed: kdlib reaches {LEARNING_BAR:.0%} "
+        f"**{'yes' if reaches else 'no'}**; the same accuracy as HF Trainer (the difference's interval "
+        f"includes 0) **{'yes' if same else 'no'}**.",
+        "",
     ]
 
 
