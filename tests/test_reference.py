@@ -90,7 +90,8 @@ def test_judge_reads_intervals_against_each_kind_of_claim():
 
 def test_combine_seeds_uses_a_t_interval_over_seeds():
     one = combine_seeds(pd.DataFrame({"value": [0.5], "low": [0.4], "high": [0.6]}), 0.95, (0, 1))
-    assert (one.value, one.low, one.high) == (0.5, 0.4, 0.6) and "bootstrap" in one.basis
+    assert (one.value, one.low, one.high) == (0.5, 0.4, 0.6)
+    assert one.basis == "1 seed, bootstrap over items, not over training seeds"
     three = combine_seeds(pd.DataFrame({"value": [0.5, 0.6, 0.7], "low": 0.0, "high": 1.0}), 0.95, (0, 1))
     assert three.value == pytest.approx(0.6) and three.low > 0.3 and "3 seeds" in three.basis
     rare = pd.DataFrame({"value": [0.0, 0.0, 0.01], "low": 0.0, "high": 0.05})

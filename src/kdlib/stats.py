@@ -90,7 +90,7 @@ def pool_seeds(
             float(value[0]),
             float(np.asarray(low)[0]),
             float(np.asarray(high)[0]),
-            "1 seed, bootstrap over items",
+            "1 seed, bootstrap over items, not over training seeds",
         )
     t_low, t_high = t_interval(value, confidence, bounds)
     return float(value.mean()), t_low, t_high, f"{len(value)} seeds, t interval over seeds"
