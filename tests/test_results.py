@@ -6,6 +6,7 @@ import pandas as pd
 from kdlib import io
 from kdlib.analysis.results import (
     LEARNING_CHECK,
+    baseline_lines,
     contingency_table,
     findings_table,
     judge_lines,
@@ -15,6 +16,7 @@ from kdlib.analysis.results import (
     published_table,
     read_comparison,
     stage_commits,
+    training_time_line,
     version_drift,
 )
 from kdlib.analysis.tables import contingency
@@ -43,11 +45,14 @@ def test_published_numbers_are_read_from_a_comparison_that_also_quotes_findings(
             "paper": ["T5-base 62.1 vs 53.2", 53.17],
             "verdict": ["replicated", "not comparable"],
             "reason": ["", "other student"],
+            "basis": ["1 seed, bootstrap over items, not over training seeds", None],
         }
     )
     io.write_csv(tmp_path / "reference_comparison.csv", comparison)
     read_back = read_comparison(tmp_path / "reference_comparison.csv")
-    assert findings_table(read_back, "s")["ours (95 % CI)"].tolist() == ["0.07 [-0.10, 0.20]"]  # phi: no unit
+    findings = findings_table(read_back, "s")
+    assert findings["ours (95 % CI)"].tolist() == ["0.07 [-0.10, 0.20]"]  # phi: no unit
+    assert findings["interval from"].tolist() == ["1 seed, bootstrap over items, not over training seeds"]
     published = pd.DataFrame({"id": ["s.cf"], "study": ["s"], "dataset": ["babi"], "student": ["T5-base"]})
     table = published_table(read_back, published, "s", "babi")  # published_results.csv without versions
     assert table["paper"].tolist() == ["53.17 % (T5-base)"]
@@ -159,6 +164,84 @@ def test_planned_time_is_shown_beside_the_measured_one():
     assert "no estimate recorded" in planned_line({"notebooks": {}})
     assert "a model was not calibrated" in planned_line({"plan": {**plan, "estimated_seconds": None}})
     assert "ValueError: x" in planned_line({"plan": {"error": "ValueError: x"}})
+
+
+def outcome_rows(condition: str, metric: str, item_ids: list[str], values: list[float]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "student": "s",
+            "condition": condition,
+            "seed": 0,
+            "transform": condition,
+            "metric": metric,
+            "item_id": item_ids,
+            "value": values,
+        }
+    )
+
+
+def test_baseline_bar_is_per_babi_task_and_chance_plus_15_points_on_multiple_choice(tmp_path):
+    babi, csqa = RunLayout(tmp_path / "babi"), RunLayout(tmp_path / "csqa")
+    ids = [f"i{k}" for k in range(10)]
+    items = pd.DataFrame(
+        {
+            "id": ["t0", *ids],
+            "role": ["train", *["eval"] * 10],
+            "question_type": ["t1", *["t1"] * 5, *["t2"] * 5],
+            "choices": [[]] * 11,
+        }
+    )
+    io.write_parquet(babi.items, items)
+    outcomes = pd.concat(
+        [
+            outcome_rows("no_trace", "accuracy", ids, [1.0] * 5 + [1.0, 1.0, 1.0, 0.0, 0.0]),
+            outcome_rows("correct_trace", "accuracy", ids, [0.0] * 10),  # not a baseline
+        ]
+    )
+    io.write_parquet(babi.outcomes, outcomes)
+    lines = baseline_lines(load_params(REPO_ROOT / "params/bhambri2025_babi.yaml"), babi)
+    text = "\n".join(lines)
+    assert "at least 80 % on every bAbI task" in text and "**not reached** in 1 of 2 rows" in text
+    assert "| s | no_trace | 0 | t2 | accuracy | 5 | 60.0 [23.1, 88.2] | 80.0 | **no** |" in lines
+    assert "| s | no_trace | 0 | t1 | accuracy | 5 | 100.0 [56.6, 100.0] | 80.0 | yes |" in lines
+    assert "correct_trace" not in text
+
+    io.write_parquet(csqa.items, items.assign(choices=[["a", "b", "c", "d", "e"]] * 11))
+    outcomes = pd.concat(
+        [
+            outcome_rows("no_trace", "accuracy", ids, [0.0] * 10),
+            outcome_rows("no_trace", "label_first_acc", ids, [1.0] * 4 + [0.0] * 6),
+            outcome_rows(
+                "no_trace_n200", "label_first_acc", ids, [0.0] * 10
+            ),  # a smaller size: not the bar's
+        ]
+    )
+    io.write_parquet(csqa.outcomes, outcomes)
+    lines = baseline_lines(load_params(REPO_ROOT / "params/wadhwa2024_csqa.yaml"), csqa)
+    assert "chance (20 %) + 15 points" in "\n".join(lines) and "**reached** in every row" in "\n".join(lines)
+    assert lines[-2] == "| s | no_trace | 0 | all | label_first_acc | 10 | 40.0 [16.8, 68.7] | 35.0 | yes |"
+    generated = RunLayout(tmp_path / "generated")  # stories without choices: no bar
+    io.write_parquet(generated.items, items)
+    io.write_parquet(generated.outcomes, outcome_rows("no_trace", "accuracy", ids, [0.0] * 10))
+    assert baseline_lines(load_params(REPO_ROOT / "params/demo.yaml"), generated) == []
+
+
+def test_measured_training_time_sums_each_cells_own_seconds(tmp_path):
+    run = RunLayout(tmp_path)
+    assert training_time_line(run) == ""
+    summary = pd.DataFrame(
+        {
+            "cell": ["s/no_trace/seed0", "s/correct_trace/seed0"],
+            "seconds": [6000.0, 3900.0],
+            "tokens_per_second": [74.9, 140.2],
+        }
+    )
+    io.write_csv(run.sft_summary, summary)
+    assert training_time_line(run) == (
+        "- Training, measured: 165 min over 2 cells (s/no_trace/seed0 100 min at 75 tok/s, "
+        "s/correct_trace/seed0 65 min at 140 tok/s); each cell's own time, interrupted parts included, "
+        "in the run where it was trained"
+    )
 
 
 def test_learning_check_section_reports_the_bar_and_parity_or_how_to_run_it(tmp_path):

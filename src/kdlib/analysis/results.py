@@ -18,7 +18,8 @@ import pandas as pd
 
 from kdlib import io
 from kdlib.analysis.reference import PERCENT_METRICS, load_reference
-from kdlib.analysis.tables import JOINT_SHARE, task_accuracy, with_joint_share
+from kdlib.analysis.tables import BINARY_METRICS, JOINT_SHARE, task_accuracy, with_joint_share
+from kdlib.cells import CELL_KEYS
 from kdlib.config import (
     NOTEBOOKS,
     SECTION_KEYS,
@@ -32,6 +33,7 @@ from kdlib.config import (
 from kdlib.data.babi import BABI_TASKS
 from kdlib.evaluation.explanations import describe_judge
 from kdlib.paths import OUTPUTS_DIR, REPO_ROOT, RunLayout
+from kdlib.stats import wilson_interval
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ STUDY_RUNS = (
 )
 LEARNING_CHECK = "params/learning_check.yaml"  # its run and benchmarks/learning_parity.py's parity.csv
 LEARNING_BAR = 0.95  # kdlib's no-trace student on the first bAbI task (issue 28)
+BASELINE_TRANSFORMS = ("no_trace", "multitask")  # the students whose accuracy a study's bar is for
+BAR_PER_BABI_TASK = 0.80  # the bars of issue 29: every bAbI task used,
+BAR_COTEMPQA = 0.25  # CoTempQA,
+BAR_OVER_CHANCE = 0.15  # and multiple choice: chance plus this much
 FIGURES = (  # (stage, figure name, caption) copied and shown when the run has the PNG
     ("correlation", "reference_findings", "Findings: our estimate and interval against each claim"),
     ("correlation", "condition_accuracy", "Accuracy per condition, mean over seeds"),
@@ -150,6 +156,22 @@ def planned_line(record: dict) -> str:
     )
 
 
+def training_time_line(run: RunLayout) -> str:
+    """The training cells' own wall times (sft/summary.csv `seconds`), which count the parts trained before an
+    interruption, unlike run.json's last invocation; "" when the run has no summary."""
+    summary = _read(run.sft_summary)
+    if summary is None or not len(summary):
+        return ""
+    cells = ", ".join(
+        f"{row.cell} {row.seconds / 60:.0f} min at {row.tokens_per_second:.0f} tok/s"
+        for row in summary.itertuples()
+    )
+    return (
+        f"- Training, measured: {summary['seconds'].sum() / 60:.0f} min over {len(summary)} cells ({cells}); "
+        "each cell's own time, interrupted parts included, in the run where it was trained"
+    )
+
+
 def run_facts_lines(params_file: str, params: ExperimentParams, record: dict, commits: str) -> list[str]:
     """Command, git SHAs (`commits`, from stage_commits), sizes and wall times of one run (`record`: its
     run.json)."""
@@ -191,6 +213,7 @@ def findings_table(comparison: pd.DataFrame, study: str) -> pd.DataFrame:
                 for r in rows.itertuples()
             ],
             "why": rows["reason"],
+            "interval from": rows["basis"].fillna(""),
         }
     )
 
@@ -243,6 +266,93 @@ def metric_table(seed_summary: pd.DataFrame) -> pd.DataFrame:
     )
     seeds = frame.groupby(["student", "condition"], sort=False)["n_seeds"].max()
     return table.assign(seeds=seeds).reset_index()
+
+
+def baseline_bar(dataset: str, eval_items: pd.DataFrame) -> tuple[float, str, bool] | None:
+    """The accuracy a study's baseline must reach for its grid to say anything (issue 29), in words, and
+    whether it holds per task (question_type); None for a dataset without a bar."""
+    if dataset == "babi":
+        return BAR_PER_BABI_TASK, f"at least {100 * BAR_PER_BABI_TASK:.0f} % on every bAbI task", True
+    if dataset == "cotempqa":
+        return BAR_COTEMPQA, f"at least {100 * BAR_COTEMPQA:.0f} %", False
+    options = eval_items["choices"].map(len)
+    if len(options) and (options > 1).all():
+        chance = float((1 / options).mean())
+        return (
+            chance + BAR_OVER_CHANCE,
+            f"chance ({100 * chance:.0f} %) + {100 * BAR_OVER_CHANCE:.0f} points",
+            False,
+        )
+    return None
+
+
+def baseline_table(params: ExperimentParams, run: RunLayout) -> tuple[pd.DataFrame, str]:
+    """Per cell of the baseline conditions (BASELINE_TRANSFORMS at full training size) and, where the bar is
+    per task, per task: accuracy with its Wilson interval against baseline_bar; label-first accuracy where a
+    cell has it. Also the bar in words; an empty table when the dataset or grid has no baseline."""
+    if not (run.items.exists() and run.outcomes.exists()):
+        return pd.DataFrame(), ""
+    items = pd.read_parquet(run.items)
+    bar = baseline_bar(params.teacher_traces.dataset.name, items[items["role"] == "eval"])
+    n_train = params.teacher_traces.dataset.n_train
+    names = [
+        spec.name
+        for spec in params.sft.condition_specs()
+        if spec.transform in BASELINE_TRANSFORMS and (spec.train_items or n_train) >= n_train
+    ]
+    if bar is None or not names:
+        return pd.DataFrame(), ""
+    accuracy, words, per_task = bar
+    outcomes = pd.read_parquet(run.outcomes)
+    outcomes = outcomes[outcomes["condition"].isin(names) & outcomes["metric"].isin(BINARY_METRICS)]
+    label_first = outcomes.groupby(list(CELL_KEYS))["metric"].transform(
+        lambda m: (m == "label_first_acc").any()
+    )
+    outcomes = outcomes[outcomes["metric"] == label_first.map({True: "label_first_acc", False: "accuracy"})]
+    task_of = items.set_index("id")["question_type"]
+    outcomes = outcomes.assign(task=outcomes["item_id"].map(task_of) if per_task else "all")
+    rows = []
+    for (student, condition, seed, metric, task), group in outcomes.groupby(
+        [*CELL_KEYS, "metric", "task"], sort=False
+    ):
+        hits, n = int(group["value"].sum()), len(group)
+        low, high = wilson_interval(hits, n)
+        rows.append(
+            {
+                "student": student,
+                "condition": condition,
+                "seed": seed,
+                "task": task,
+                "metric": metric,
+                "n": n,
+                "accuracy % [95 % Wilson]": with_interval(hits / n, low, high, 100),
+                "bar %": round(100 * accuracy, 1),
+                "reached": "yes" if hits / n >= accuracy else "**no**",
+            }
+        )
+    return pd.DataFrame(rows).sort_values([*CELL_KEYS, "task"], kind="stable", ignore_index=True), words
+
+
+def baseline_lines(params: ExperimentParams, run: RunLayout) -> list[str]:
+    """The baseline against its bar: a sentence and baseline_table, or nothing when there is no bar."""
+    table, words = baseline_table(params, run)
+    if table.empty:
+        return []
+    missed = int((table["reached"] != "yes").sum())
+    verdict = (
+        "**reached** in every row" if not missed else f"**not reached** in {missed} of {len(table)} rows"
+    )
+    conditions = ", ".join(table["condition"].unique())
+    return [
+        "#### The baseline against its bar",
+        "",
+        f"The bar for the baseline ({conditions}): {words}, by the point estimate. It is {verdict}. A "
+        "baseline below its bar has not learnt the task, and differences between conditions then say "
+        "little about traces.",
+        "",
+        *markdown_table(table),
+        "",
+    ]
 
 
 def learning_curve_table(seed_summary: pd.DataFrame, sft: SftParams, n_train: int) -> pd.DataFrame:
@@ -360,7 +470,9 @@ def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir:
             f"`kdlib run {params_file}` (finished cells are kept), then `kdlib results`.",
             "",
         ]
-    lines += [*run_facts_lines(params_file, params, record, stage_commits(run)), packages_line(run), ""]
+    lines += [*run_facts_lines(params_file, params, record, stage_commits(run))]
+    lines += [line for line in [training_time_line(run), packages_line(run)] if line] + [""]
+    lines += baseline_lines(params, run)
     comparison = read_comparison(run.reference_comparison)
     lines += ["#### Findings", "", *markdown_table(findings_table(comparison, study.study)), ""]
     published = _read(run.published_results)
