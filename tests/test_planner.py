@@ -172,6 +172,16 @@ def test_a_study_files_gpu_twin_is_planned_in_flops_and_gpu_hours(empty_cache, t
     assert all("GPU-hours on one H100 SXM at 40% MFU" in line for line in gpu)
 
 
+def test_training_gpu_cost_counts_4n_per_padded_token_under_lora_and_6n_under_full():
+    parameters = planner._parameters("tiny-llama", SMOKE.sft)
+    lora = planner.training_gpu_cost("tiny-llama", SMOKE.sft, 1e9)
+    hours = 4 * parameters * 1e9 / (planner.GPU_PEAK_FLOPS * planner.GPU_MFU) / 3600
+    assert lora == f"{4 * parameters * 1e9:.3g} training FLOPs, {hours:.2f} GPU-hours on {planner.GPU_TERMS}"
+    full = planner.training_gpu_cost("tiny-llama", SMOKE.sft.model_copy(update={"finetune": "full"}), 1e9)
+    assert full.startswith(f"{6 * parameters * 1e9:.3g} training FLOPs")
+    assert "no GPU estimate" in planner.training_gpu_cost("no-such-student", SMOKE.sft, 1e9)
+
+
 def test_memoised_counts_are_encode_examples_and_shared_under_one_tokenizer(empty_cache):
     model, tokenizer = tiny_model("tiny-llama")
     counts = planner._TokenCounts(model, tokenizer, SMOKE.sft, SMOKE.decomposition.trace_format)

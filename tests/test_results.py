@@ -2,6 +2,7 @@ import math
 import re
 
 import pandas as pd
+import pytest
 
 from kdlib import io
 from kdlib.analysis.results import (
@@ -9,6 +10,7 @@ from kdlib.analysis.results import (
     baseline_lines,
     contingency_table,
     findings_table,
+    items_to_bar,
     judge_lines,
     learning_check_lines,
     learning_curve_table,
@@ -224,6 +226,39 @@ def test_baseline_bar_is_per_babi_task_and_chance_plus_15_points_on_multiple_cho
     io.write_parquet(generated.items, items)
     io.write_parquet(generated.outcomes, outcome_rows("no_trace", "accuracy", ids, [0.0] * 10))
     assert baseline_lines(load_params(REPO_ROOT / "params/demo.yaml"), generated) == []
+
+
+def test_items_to_bar_fits_accuracy_against_log_items():
+    sizes = pd.Series([150, 300, 600])
+    assert items_to_bar(sizes, pd.Series([0.10, 0.15, 0.20]), 0.25) == pytest.approx(1200.0)
+    assert items_to_bar(sizes, pd.Series([0.20, 0.20, 0.20]), 0.25) is None  # no rise
+    assert items_to_bar(sizes[:2], pd.Series([0.10, 0.15]), 0.25) is None  # two sizes
+
+
+def test_a_baseline_below_its_bar_shows_its_curve_and_the_size_and_cost_that_would_reach_it(tmp_path):
+    run = RunLayout(tmp_path)
+    ids = [f"i{k}" for k in range(20)]
+    items = pd.DataFrame({"id": ids, "role": "eval", "question_type": "equal", "choices": [[]] * 20})
+    io.write_parquet(run.items, items)
+    hits = {"no_trace_n150": 2, "no_trace_n300": 3, "no_trace": 4}  # 10, 15 and 20 % of 20 items
+    outcomes = [outcome_rows(name, "accuracy", ids, [1.0] * k + [0.0] * (20 - k)) for name, k in hits.items()]
+    io.write_parquet(run.outcomes, pd.concat(outcomes))
+    summary = {"student": "s", "condition": "no_trace", "examples": 600, "seconds": 1200.0}
+    io.write_csv(
+        run.sft_summary, pd.DataFrame([{**summary, "tokens_per_example": 90.0, "padding_share": 0.1}])
+    )
+    params = load_params(REPO_ROOT / "params/bhambri2025_cotempqa.yaml")  # 600 items, 2 epochs
+    lines = baseline_lines(params, run, gpu_cost=lambda student, sft, tokens: f"{student} on {tokens:.0f}")
+    assert "at least 25 %, by the point estimate. It is **not reached** in 1 of 1 rows" in "\n".join(lines)
+    assert lines[-2] == (
+        "- s: 150 items 10.0 %, 300 items 15.0 %, 600 items 20.0 %. A line in log(items) reaches 25 % at "
+        "about 1,200 training items (2.0x the largest size run; an extrapolation). One cell of that size, "
+        "2 epochs: about 0.7 h on this CPU (measured: 1.00 s per example and epoch); s on 240000."
+    )
+    io.write_parquet(run.outcomes, pd.concat(outcomes[1:]))  # two sizes: no fit
+    assert baseline_lines(params, run)[-2].endswith(
+        "Fewer than three sizes, or no rise with data: no estimate."
+    )
 
 
 def test_measured_training_time_sums_each_cells_own_seconds(tmp_path):

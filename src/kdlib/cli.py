@@ -144,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "results":
             # imported when this subcommand runs (see the module docstring)
             from kdlib.analysis.results import STUDY_RUNS, write_results
-            from kdlib.planner import twin_lines
+            from kdlib.planner import training_gpu_cost, twin_lines
 
             files = [params_file for study in STUDY_RUNS for params_file in study.params_files]
-            print(write_results(args.outputs, args.docs, twin_plans={f: twin_lines(f) for f in files}))
+            twins = {f: twin_lines(f) for f in files}
+            print(write_results(args.outputs, args.docs, twin_plans=twins, gpu_cost=training_gpu_cost))
         elif args.command == "plan":
             # imported when this subcommand runs (see the module docstring)
             from kdlib.planner import describe_plan, plan_params

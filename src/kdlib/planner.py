@@ -659,29 +659,49 @@ def _parameters(student: str, sft: SftParams) -> float | None:
         return float(sum(p.numel() for p in auto.from_config(config).parameters()))
 
 
+def _training_flops(parameters: float, sft: SftParams, padded_tokens: float) -> float:
+    """6 N per padded training token under full fine-tuning, 4 N under (Q)LoRA (no gradients of the
+    frozen weights)."""
+    return (6 if sft.finetune == "full" else 4) * parameters * padded_tokens
+
+
+def _gpu_hours(flops: float) -> float:
+    return flops / (GPU_PEAK_FLOPS * GPU_MFU) / 3600
+
+
+GPU_TERMS = f"one {GPU_NAME} at {GPU_MFU:.0%} MFU ({GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16 peak)"
+
+
+def training_gpu_cost(student: str, sft: SftParams, padded_tokens: float) -> str:
+    """The FLOPs and GPU-hours of training `student` on `padded_tokens` under `sft`, in words (kdlib
+    results prices the data a baseline would need with it)."""
+    parameters = _parameters(student, sft)
+    if parameters is None:
+        return f"{student}: parameter count unknown offline, so no GPU estimate"
+    flops = _training_flops(parameters, sft, padded_tokens)
+    return f"{flops:.3g} training FLOPs, {_gpu_hours(flops):.2f} GPU-hours on {GPU_TERMS}"
+
+
 def _gpu_lines(params: ExperimentParams, cells: pd.DataFrame, students: list[str]) -> list[str]:
     """FLOPs and GPU-hours of the cells of `students` (those without a calibration here: hub-only, or
-    params for a GPU this machine lacks): per padded training token 6 N under full
-    fine-tuning, 4 N under (Q)LoRA (no gradients of the frozen weights); 2 N per evaluation token."""
-    per_token = 6 if params.sft.finetune == "full" else 4
+    params for a GPU this machine lacks): training as _training_flops, 2 N per evaluation token."""
     lines = []
     for student, group in cells[cells["student"].isin(students)].groupby("student", sort=False):
         parameters = _parameters(student, params.sft)
         if parameters is None:
             lines.append(f"{student}: parameter count unknown offline; FLOPs not estimated")
             continue
-        train_flops = per_token * parameters * group["training_padded_tokens"].sum()
+        train_flops = _training_flops(parameters, params.sft, group["training_padded_tokens"].sum())
         infer_tokens = (
             group[["generation_prompt_tokens", "generation_new_tokens", "label_first_tokens", "lens_tokens"]]
             .sum()
             .sum()
         )
         flops = train_flops + 2 * parameters * infer_tokens
-        hours = flops / (GPU_PEAK_FLOPS * GPU_MFU) / 3600
         lines.append(
             f"{student} ({parameters / 1e9:.2f} B parameters, {params.sft.finetune}): {train_flops:.3g} "
-            f"training + {flops - train_flops:.3g} evaluation FLOPs = {hours:.2f} GPU-hours on one "
-            f"{GPU_NAME} at {GPU_MFU:.0%} MFU ({GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16 peak)"
+            f"training + {flops - train_flops:.3g} evaluation FLOPs = {_gpu_hours(flops):.2f} GPU-hours on "
+            f"{GPU_TERMS}"
         )
     return lines
 

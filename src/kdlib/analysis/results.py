@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from kdlib import io
@@ -58,6 +60,7 @@ BASELINE_TRANSFORMS = ("no_trace", "multitask")  # the students whose accuracy a
 BAR_PER_BABI_TASK = 0.80  # the bars of issue 29: every bAbI task used,
 BAR_COTEMPQA = 0.25  # CoTempQA,
 BAR_OVER_CHANCE = 0.15  # and multiple choice: chance plus this much
+GpuCost = Callable[[str, SftParams, float], str]  # student, sft, padded training tokens -> cost in words
 FIGURES = (  # (stage, figure name, caption) copied and shown when the run has the PNG
     ("correlation", "reference_findings", "Findings: our estimate and interval against each claim"),
     ("correlation", "condition_accuracy", "Accuracy per condition, mean over seeds"),
@@ -286,35 +289,52 @@ def baseline_bar(dataset: str, eval_items: pd.DataFrame) -> tuple[float, str, bo
     return None
 
 
-def baseline_table(params: ExperimentParams, run: RunLayout) -> tuple[pd.DataFrame, str]:
-    """Per cell of the baseline conditions (BASELINE_TRANSFORMS at full training size) and, where the bar is
-    per task, per task: accuracy with its Wilson interval against baseline_bar; label-first accuracy where a
-    cell has it. Also the bar in words; an empty table when the dataset or grid has no baseline."""
+@dataclass(frozen=True)
+class Baseline:
+    """A study's baseline: the bar (baseline_bar), whether it is per task, and one row per item of every
+    baseline condition (BASELINE_TRANSFORMS, at any training size): `outcomes` has CELL_KEYS, metric
+    (label-first accuracy where a cell has it, else accuracy), task, value (0/1) and training_items."""
+
+    bar: float
+    words: str
+    outcomes: pd.DataFrame
+
+
+def read_baseline(params: ExperimentParams, run: RunLayout) -> Baseline | None:
+    """The run's Baseline; None when its dataset has no bar, its grid no baseline, or it has no outcomes."""
     if not (run.items.exists() and run.outcomes.exists()):
-        return pd.DataFrame(), ""
+        return None
     items = pd.read_parquet(run.items)
     bar = baseline_bar(params.teacher_traces.dataset.name, items[items["role"] == "eval"])
     n_train = params.teacher_traces.dataset.n_train
-    names = [
-        spec.name
+    sizes = {
+        spec.name: spec.train_items or n_train
         for spec in params.sft.condition_specs()
-        if spec.transform in BASELINE_TRANSFORMS and (spec.train_items or n_train) >= n_train
-    ]
-    if bar is None or not names:
-        return pd.DataFrame(), ""
+        if spec.transform in BASELINE_TRANSFORMS
+    }
+    if bar is None or not sizes:
+        return None
     accuracy, words, per_task = bar
     outcomes = pd.read_parquet(run.outcomes)
-    outcomes = outcomes[outcomes["condition"].isin(names) & outcomes["metric"].isin(BINARY_METRICS)]
+    outcomes = outcomes[outcomes["condition"].isin(sizes) & outcomes["metric"].isin(BINARY_METRICS)]
     label_first = outcomes.groupby(list(CELL_KEYS))["metric"].transform(
         lambda m: (m == "label_first_acc").any()
     )
     outcomes = outcomes[outcomes["metric"] == label_first.map({True: "label_first_acc", False: "accuracy"})]
     task_of = items.set_index("id")["question_type"]
-    outcomes = outcomes.assign(task=outcomes["item_id"].map(task_of) if per_task else "all")
+    outcomes = outcomes.assign(
+        task=outcomes["item_id"].map(task_of) if per_task else "all",
+        training_items=outcomes["condition"].map(sizes),
+    )
+    return Baseline(accuracy, words, outcomes)
+
+
+def baseline_table(baseline: Baseline, n_train: int) -> pd.DataFrame:
+    """Per cell of the baseline at full training size (`n_train`) and per task: accuracy with its Wilson
+    interval against the bar."""
+    full = baseline.outcomes[baseline.outcomes["training_items"] >= n_train]
     rows = []
-    for (student, condition, seed, metric, task), group in outcomes.groupby(
-        [*CELL_KEYS, "metric", "task"], sort=False
-    ):
+    for (student, condition, seed, metric, task), group in full.groupby([*CELL_KEYS, "metric", "task"]):
         hits, n = int(group["value"].sum()), len(group)
         low, high = wilson_interval(hits, n)
         rows.append(
@@ -326,16 +346,31 @@ def baseline_table(params: ExperimentParams, run: RunLayout) -> tuple[pd.DataFra
                 "metric": metric,
                 "n": n,
                 "accuracy % [95 % Wilson]": with_interval(hits / n, low, high, 100),
-                "bar %": round(100 * accuracy, 1),
-                "reached": "yes" if hits / n >= accuracy else "**no**",
+                "bar %": round(100 * baseline.bar, 1),
+                "reached": "yes" if hits / n >= baseline.bar else "**no**",
             }
         )
-    return pd.DataFrame(rows).sort_values([*CELL_KEYS, "task"], kind="stable", ignore_index=True), words
+    return pd.DataFrame(rows)
 
 
-def baseline_lines(params: ExperimentParams, run: RunLayout) -> list[str]:
-    """The baseline against its bar: a sentence and baseline_table, or nothing when there is no bar."""
-    table, words = baseline_table(params, run)
+def items_to_bar(sizes: pd.Series, accuracy: pd.Series, bar: float) -> float | None:
+    """The training size at which a least-squares line of accuracy against log(size) reaches `bar`; None
+    with fewer than three sizes or a line that does not rise."""
+    if sizes.nunique() < 3:
+        return None
+    slope, intercept = np.polyfit(np.log(sizes.to_numpy(float)), accuracy.to_numpy(float), 1)
+    return float(math.exp((bar - intercept) / slope)) if slope > 0 else None
+
+
+def baseline_lines(params: ExperimentParams, run: RunLayout, gpu_cost: GpuCost | None = None) -> list[str]:
+    """The baseline against its bar: a sentence and baseline_table, then bar_estimate_lines where it misses
+    the bar; nothing when there is no bar."""
+    baseline = read_baseline(params, run)
+    table = (
+        pd.DataFrame()
+        if baseline is None
+        else baseline_table(baseline, params.teacher_traces.dataset.n_train)
+    )
     if table.empty:
         return []
     missed = int((table["reached"] != "yes").sum())
@@ -343,14 +378,73 @@ def baseline_lines(params: ExperimentParams, run: RunLayout) -> list[str]:
         "**reached** in every row" if not missed else f"**not reached** in {missed} of {len(table)} rows"
     )
     conditions = ", ".join(table["condition"].unique())
-    return [
+    lines = [
         "#### The baseline against its bar",
         "",
-        f"The bar for the baseline ({conditions}): {words}, by the point estimate. It is {verdict}. A "
-        "baseline below its bar has not learnt the task, and differences between conditions then say "
+        f"The bar for the baseline ({conditions}): {baseline.words}, by the point estimate. It is {verdict}. "
+        "A baseline below its bar has not learnt the task, and differences between conditions then say "
         "little about traces.",
         "",
         *markdown_table(table),
+        "",
+    ]
+    return lines + (bar_estimate_lines(params, run, baseline, gpu_cost) if missed else [])
+
+
+def bar_estimate_lines(
+    params: ExperimentParams, run: RunLayout, baseline: Baseline, gpu_cost: GpuCost | None
+) -> list[str]:
+    """Per student and task whose full-size baseline misses the bar: its learning curve (accuracy over seeds
+    and items per training size), the size items_to_bar puts at the bar, and what one cell of that size
+    would cost to train here (the full-size cells' measured seconds per example and epoch) and on one GPU
+    (`gpu_cost` of its padded tokens)."""
+    curve = baseline.outcomes.groupby(["student", "task", "training_items"])["value"].mean().reset_index()
+    n_train, epochs = params.teacher_traces.dataset.n_train, params.sft.epochs
+    summary = _read(run.sft_summary)
+    lines = []
+    for (student, task), points in curve.groupby(["student", "task"], sort=False):
+        if points["value"].iloc[-1] >= baseline.bar:
+            continue
+        where = student + ("" if task == "all" else f" on {task}")
+        shown = ", ".join(
+            f"{n:,} items {100 * v:.1f} %"
+            for n, v in zip(points["training_items"], points["value"], strict=True)
+        )
+        needed = items_to_bar(points["training_items"], points["value"], baseline.bar)
+        if needed is None:
+            lines.append(f"- {where}: {shown}. Fewer than three sizes, or no rise with data: no estimate.")
+            continue
+        text = (
+            f"- {where}: {shown}. A line in log(items) reaches {100 * baseline.bar:.0f} % at about "
+            f"{needed:,.0f} training items ({needed / points['training_items'].max():.1f}x the largest size "
+            "run; an extrapolation)"
+        )
+        full_size = baseline.outcomes.loc[baseline.outcomes["training_items"] >= n_train, "condition"]
+        full = (
+            summary[(summary["student"] == student) & summary["condition"].isin(full_size)]
+            if summary is not None
+            else None
+        )
+        if full is not None and len(full):
+            per_example = (full["seconds"] / (full["examples"] * epochs)).mean()
+            hours = needed * epochs * per_example / 3600
+            text += (
+                f". One cell of that size, {epochs} epochs: about {hours:.1f} h on this CPU "
+                f"(measured: {per_example:.2f} s per example and epoch)"
+            )
+            if gpu_cost is not None:
+                padded = (full["tokens_per_example"] / (1 - full["padding_share"])).mean()
+                text += f"; {gpu_cost(student, params.sft, needed * epochs * padded)}"
+        lines.append(text + ".")
+    if not lines:
+        return []
+    return [
+        "#### What would reach the bar",
+        "",
+        "The baseline's accuracy against its training size, per task below the bar, with the size a "
+        "log-linear fit puts at the bar and the cost of training one cell of it:",
+        "",
+        *lines,
         "",
     ]
 
@@ -450,7 +544,9 @@ def stale_reason(params: ExperimentParams, run_dir: Path) -> str | None:
     return f"its params differ in {', '.join(changed)}" if changed else None
 
 
-def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir: Path) -> list[str]:
+def run_section(
+    study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir: Path, gpu_cost: GpuCost | None = None
+) -> list[str]:
     params = load_params(REPO_ROOT / params_file)
     run_dir = outputs_dir / params.common.run_name
     run = RunLayout(run_dir)
@@ -472,7 +568,7 @@ def run_section(study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir:
         ]
     lines += [*run_facts_lines(params_file, params, record, stage_commits(run))]
     lines += [line for line in [training_time_line(run), packages_line(run)] if line] + [""]
-    lines += baseline_lines(params, run)
+    lines += baseline_lines(params, run, gpu_cost)
     comparison = read_comparison(run.reference_comparison)
     lines += ["#### Findings", "", *markdown_table(findings_table(comparison, study.study)), ""]
     published = _read(run.published_results)
@@ -720,9 +816,11 @@ def write_results(
     docs_dir: Path | None = None,
     studies: tuple[StudyRuns, ...] = STUDY_RUNS,
     twin_plans: dict[str, list[str]] | None = None,
+    gpu_cost: GpuCost | None = None,
 ) -> Path:
     """Write docs/results.md (and docs/figures/) from the study runs under `outputs_dir`; `twin_plans`
-    holds, per study params file, the lines on its GPU twin (kdlib.planner.twin_lines)."""
+    holds, per study params file, the lines on its GPU twin (kdlib.planner.twin_lines); `gpu_cost` prices
+    training on one GPU where a baseline misses its bar (kdlib.planner.training_gpu_cost)."""
     outputs_dir = Path(outputs_dir or OUTPUTS_DIR)
     docs_dir = Path(docs_dir or REPO_ROOT / "docs")
     reference = load_reference()
@@ -747,7 +845,7 @@ def write_results(
         source = reference.studies[study.study]
         lines += [f"## {study.title}: {source['citation']}", "", f"<{source['url']}>", ""]
         for params_file in study.params_files:
-            lines += run_section(study, params_file, outputs_dir, docs_dir)
+            lines += run_section(study, params_file, outputs_dir, docs_dir, gpu_cost)
             lines += (twin_plans or {}).get(params_file, [])
     lines += learning_check_lines(outputs_dir)
     return io.write_text(docs_dir / "results.md", "\n".join(lines).rstrip() + "\n")
