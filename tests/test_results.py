@@ -7,6 +7,7 @@ import pytest
 from kdlib import io
 from kdlib.analysis.results import (
     LEARNING_CHECK,
+    STUDY_RUNS,
     baseline_lines,
     contingency_table,
     findings_table,
@@ -20,6 +21,7 @@ from kdlib.analysis.results import (
     stage_commits,
     training_time_line,
     version_drift,
+    write_results,
 )
 from kdlib.analysis.tables import contingency
 from kdlib.config import ExplanationParams, SftParams, dump_params, load_params
@@ -226,6 +228,13 @@ def test_baseline_bar_is_per_babi_task_and_chance_plus_15_points_on_multiple_cho
     io.write_parquet(generated.items, items)
     io.write_parquet(generated.outcomes, outcome_rows("no_trace", "accuracy", ids, [0.0] * 10))
     assert baseline_lines(load_params(REPO_ROOT / "params/demo.yaml"), generated) == []
+
+
+def test_results_page_without_runs_says_how_to_run_each_study(tmp_path):
+    page = write_results(tmp_path / "outputs", tmp_path / "docs", twin_plans={}, gpu_cost=None).read_text()
+    for params_file in [f for study in STUDY_RUNS for f in study.params_files]:
+        assert f"Not finished: notebooks done: none. Complete it with `kdlib run {params_file}`" in page
+    assert "## Learning check: does kdlib's trainer learn" in page
 
 
 def test_items_to_bar_fits_accuracy_against_log_items():
