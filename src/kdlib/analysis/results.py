@@ -291,9 +291,10 @@ def baseline_bar(dataset: str, eval_items: pd.DataFrame) -> tuple[float, str, bo
 
 @dataclass(frozen=True)
 class Baseline:
-    """A study's baseline: the bar (baseline_bar), whether it is per task, and one row per item of every
+    """A study's baseline: its bar and the bar in words (baseline_bar), and one row per item of every
     baseline condition (BASELINE_TRANSFORMS, at any training size): `outcomes` has CELL_KEYS, metric
-    (label-first accuracy where a cell has it, else accuracy), task, value (0/1) and training_items."""
+    (label-first accuracy where a cell has it, else accuracy), task ("all" unless the bar is per task),
+    value (0/1) and training_items."""
 
     bar: float
     words: str
