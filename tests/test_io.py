@@ -1,4 +1,5 @@
 import os
+import subprocess
 
 import pandas as pd
 import pytest
@@ -29,6 +30,29 @@ def test_meta_records_params_sha_and_versions(tmp_path):
     assert meta["artifacts"] == ["a.csv", "b.csv"] and meta["params"] == {"common": {"seed": 1}}
     assert set(meta["packages"]) >= {"torch", "transformers", "peft", "kdlib"} and meta["extra"] == 5
     assert "git_sha" in meta and "git_dirty" in meta
+
+
+def test_meta_names_the_commit_at_import_not_a_later_head(tmp_path, monkeypatch):
+    """A long run records the commit its code came from, though HEAD moves on while it trains."""
+
+    def commit(message: str) -> str:
+        git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+        subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", message], check=True)
+        return subprocess.run(
+            [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    started = commit("code the run imported")
+    monkeypatch.setattr(io, "REPO_ROOT", tmp_path)
+    io.git_sha.cache_clear(), io.git_dirty.cache_clear()
+    try:
+        assert io.git_sha() == started
+        assert commit("committed while it trains") != started
+        io.write_meta(tmp_path / "stage", params={}, artifacts=[])
+        assert io.read_json(tmp_path / "stage" / "meta.json")["git_sha"] == started
+    finally:
+        io.git_sha.cache_clear(), io.git_dirty.cache_clear()
 
 
 def test_missing_artifact_names_the_notebook_to_run(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -234,14 +235,22 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+@functools.cache
 def git_sha() -> str | None:
+    """HEAD when kdlib.io was imported: the commit of the code this process runs, even when HEAD moves on
+    during a long run."""
     return _git("rev-parse", "HEAD")
 
 
+@functools.cache
 def git_dirty() -> bool | None:
-    """Whether tracked files differ from HEAD (results then do not match the SHA exactly)."""
+    """Whether tracked files differed from HEAD when kdlib.io was imported (results then do not match the
+    SHA exactly)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     return None if status is None else bool(status)
+
+
+git_sha(), git_dirty()  # taken at import, i.e. when a notebook's kernel loads kdlib
 
 
 def package_versions() -> dict[str, str | None]:
