@@ -260,6 +260,15 @@ def test_ambiguous_conditions_and_rating_findings():
         "2 conditions match counterfactual: cf, cf_rev"
         in rows.loc["hendriks.multitask_beats_counterfactual", "reason"]
     )
+    curve = [
+        *conditions,
+        ConditionSpec(name="mt_n50", transform="multitask", rationale_recipe="positive", train_items=50),
+    ]
+    sized = compare_with_reference(  # a learning curve's smaller size does not make mt ambiguous
+        load_reference(), _facts("commonsenseqa", curve), outcomes, _no_traces(), n_resamples=200
+    ).set_index("id")
+    assert "mt_n50" not in "".join(sized["reason"].fillna(""))
+    assert sized.loc["hendriks.revised_both_match_multitask", "verdict"] == "replicated"
     contrast = rows.loc["hendriks.revised_both_more_contrastive"]
     assert contrast["verdict"] == "replicated" and contrast["estimate"] == pytest.approx(2.0)
     assert "LLM-judge ratings" in contrast["reason"]

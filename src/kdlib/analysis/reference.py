@@ -255,7 +255,13 @@ class _NotComparable(Exception):
 
 
 def _condition(facts: RunFacts, selector: Selector) -> str:
-    names = [spec.name for spec in facts.conditions if selector.matches(spec)]
+    """The one condition that `selector` matches; where a learning curve adds smaller sizes of it (set
+    train_items), the one trained on every item."""
+    matches = [spec for spec in facts.conditions if selector.matches(spec)]
+    names = [spec.name for spec in matches]
+    full_size = [spec.name for spec in matches if spec.train_items is None]
+    if len(names) > 1 and len(full_size) == 1:
+        return full_size[0]
     if not names:
         raise _NotComparable(f"the run has no condition of {selector.label()}")
     if len(names) > 1:
