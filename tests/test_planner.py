@@ -36,10 +36,12 @@ def test_smoke_counts(empty_cache):
     assert cells.loc[("tiny-llama", "key_tokens_after_label"), "examples"] == SMOKE.sft.key_tokens.n_items
     for row in plan.cells.itertuples():
         assert row.steps == math.ceil(row.examples / batch) * SMOKE.sft.epochs
-    # 8 eval items, greedy + 1 sample; explanations of 4 items except no_trace; 5 choices per item
+    # 8 eval items, greedy + 1 sample; 4 explanations rated except no_trace's, generated where a task
+    # asks for them ([explain] of multitask), read from the greedy output otherwise; 5 choices per item
     n_eval = SMOKE.teacher_traces.dataset.n_eval
     assert cells.loc[("tiny-llama", "no_trace"), "generation_prompts"] == 2 * n_eval
-    assert cells.loc[("tiny-llama", "correct_trace"), "generation_prompts"] == 2 * n_eval + 4
+    assert cells.loc[("tiny-llama", "correct_trace"), "generation_prompts"] == 2 * n_eval
+    assert cells.loc[("tiny-llama", "multitask_rule"), "generation_prompts"] == 2 * n_eval + 4
     assert cells.loc[("tiny-llama", "correct_trace"), "judge_calls"] == 4
     assert cells.loc[("tiny-t5", "no_trace"), "lens_passes"] == n_eval + 8
     # label-first scoring runs each item's context once, then each choice (kdlib.likelihood)
@@ -63,6 +65,21 @@ def test_smoke_counts(empty_cache):
     assert plan.total_seconds is None  # nothing calibrated in an empty cache
     assert any("fewer than 100 optimiser steps" in w for w in plan.warnings)
     assert any("below 381 items" in w for w in plan.warnings)
+
+
+def test_a_generation_batch_runs_to_its_expected_longest_target():
+    lengths = list(range(1, 101))  # 1..100 tokens
+    assert planner.batch_new_tokens(lengths, 1, 256) == 51  # the median of one draw
+    assert planner.batch_new_tokens(lengths, 32, 256) == 97  # the 32/33 quantile
+    assert planner.batch_new_tokens(lengths, 32, 64) == 64  # never past max_new_tokens
+    assert planner.batch_new_tokens([], 32, 64) == 64  # no target of that task: the cap
+    # in a plan: an answer-only cell generates far fewer tokens than a trace cell, below a generous cap
+    raw = SMOKE.model_dump(mode="json")
+    raw["evaluation"]["max_new_tokens"] = 4096
+    cells = planner.plan_params(validate_params(raw), measure=False).cells
+    cells = cells[cells["student"] == "tiny-llama"].set_index("condition")
+    per_prompt = cells["generation_new_tokens"] / cells["generation_prompts"]
+    assert per_prompt["no_trace"] < per_prompt["correct_trace"] < cells["longest_target"].max() + 1
 
 
 def test_min_eval_items_is_the_wilson_rule():

@@ -9,9 +9,11 @@ of each model on this machine (a few training steps, one prefill, one decode bat
 dtype, fine-tuning mode and machine. Students that only the hub has (the `_full` twins) get FLOPs and
 GPU-hours at a stated MFU instead.
 
-Counts that depend on what a teacher LLM writes are bounded, not known: each generated rationale is
-counted at `generation.max_new_tokens` tokens, key-token words at the share `key_tokens` keeps of a
-rationale's words, and generation at `max_new_tokens` per prompt (students may stop earlier).
+Counts that depend on what a model writes are estimated, not known: each generated rationale is counted
+at `generation.max_new_tokens` tokens, key-token words at the share `key_tokens` keeps of a rationale's
+words. A trained student writes about what it learnt, then EOS, and a generation batch runs until its
+longest output ends: a cell's batch is counted at the longest of `batch_size` training targets of the
+task it is asked (see batch_new_tokens), at most `max_new_tokens`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from kdlib import io
 from kdlib.config import ExperimentParams, SftParams, load_params
 from kdlib.data.schema import QAItem
-from kdlib.evaluation.explanations import DIMENSIONS, gives_explanations
+from kdlib.evaluation.explanations import DIMENSIONS, explanation_task, gives_explanations
 from kdlib.evaluation.scoring import answer_context
 from kdlib.likelihood import encode_pair
 from kdlib.model_registry import PRETRAINED, TINY
@@ -55,6 +57,7 @@ from kdlib.teacher.recipes import recipe_jobs
 from kdlib.teacher.stage import load_run_items, offline_rationales, teacher_prompts
 from kdlib.traces.decomposition import decompose, has_gold_steps, steps_by_item
 from kdlib.training.conditions import (
+    PREDICT,
     TRANSFORMS,
     TextExample,
     evaluation_prompt,
@@ -325,6 +328,16 @@ def _scored_tokens(pairs: list[tuple[list[int], list[int]]]) -> int:
     return len(pairs[0][0]) + sum(len(choice) for _, choice in pairs)
 
 
+def batch_new_tokens(target_lengths: list[int], batch_size: int, cap: int) -> int:
+    """New tokens a generation batch of `batch_size` prompts runs for when each output is as long as a
+    training target (EOS included): the expected longest of `batch_size` draws, the 1 - 1/(batch_size + 1)
+    quantile of `target_lengths`, at most `cap` (`cap` when there are none)."""
+    if not target_lengths:
+        return cap
+    longest = torch.tensor(target_lengths, dtype=torch.float64).quantile(1 - 1 / (batch_size + 1))
+    return min(cap, math.ceil(longest.item()))
+
+
 def _student_shape(student: str, sft: SftParams):
     """(tokenizer, a stand-in exposing .config for encode_example, whether a proxy was used)."""
     offline = _offline(student)
@@ -441,11 +454,26 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
                 if evaluation.lens.enabled
                 else 0
             )
-            explained = (
+            rated = (
                 min(evaluation.explanations.n_items, len(eval_items))
                 if evaluation.explanations.enabled and gives_explanations(transform)
                 else 0
             )
+            explain_task = explanation_task(transform)
+            explained = rated if explain_task else 0
+            answered = len(eval_items) * (1 + evaluation.generation.samples)
+            per_batch = {
+                task: batch_new_tokens(
+                    [
+                        e.n_target_tokens
+                        for e, text in zip(encoded, examples, strict=True)
+                        if text.task == task
+                    ],
+                    evaluation.batch_size,
+                    evaluation.max_new_tokens,
+                )
+                for task in filter(None, (PREDICT, explain_task))
+            }
             rows.append(
                 {
                     "student": student,
@@ -463,15 +491,15 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
                     ),
                     "steps": len(plan),
                     "training_padded_tokens": padded,
-                    "generation_prompts": len(eval_items) * (1 + evaluation.generation.samples) + explained,
+                    "generation_prompts": answered + explained,
                     "generation_prompt_tokens": sum(prompts) * (1 + evaluation.generation.samples),
-                    "generation_new_tokens": evaluation.max_new_tokens
-                    * (len(eval_items) * (1 + evaluation.generation.samples) + explained),
+                    "generation_new_tokens": per_batch[PREDICT] * answered
+                    + per_batch.get(explain_task, 0) * explained,
                     "label_first_requests": sum(len(i.choices) for i in with_choices),
                     "label_first_tokens": label_first_tokens,
                     "lens_passes": lens_passes,
                     "lens_tokens": round(sum(prompts) / len(prompts) * lens_passes) if prompts else 0,
-                    "judge_calls": explained
+                    "judge_calls": rated
                     * (1 if evaluation.explanations.judge_mode == "joint" else len(DIMENSIONS)),
                     "proxy_tokenizer": proxy,
                 }

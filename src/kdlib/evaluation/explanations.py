@@ -75,15 +75,21 @@ def explanation_text(output: str, fmt: str) -> str | None:
     return text or None
 
 
+def explanation_task(transform: str) -> str | None:
+    """The task a student of `transform` is asked to explain its answer with, or None when its greedy
+    output holds the explanation (or it gives none)."""
+    if TRANSFORMS[transform].predict_task is not None:  # trained with task tags: ask the [explain] task
+        return EXPLAIN
+    return COUNTERFACTUAL if transform == "counterfactual" else None
+
+
 def explanation_prompt(transform: str, item: QAItem, predicted_answer: str | None) -> str | None:
     """The user turn that asks a student of `transform` to explain, or None when its greedy output holds
-    the explanation (or it gives none)."""
-    spec = TRANSFORMS[transform]
-    if spec.predict_task is not None:  # trained with task tags: ask the [explain] task
-        return task_prompt(EXPLAIN, item)
-    if transform == "counterfactual":
-        return None if predicted_answer is None else task_prompt(COUNTERFACTUAL, item, predicted_answer)
-    return None
+    the explanation (or it gives none, or a counterfactual student has no answer to argue for)."""
+    task = explanation_task(transform)
+    if task is None or (task == COUNTERFACTUAL and predicted_answer is None):
+        return None
+    return task_prompt(task, item, predicted_answer)
 
 
 def gives_explanations(transform: str) -> bool:
