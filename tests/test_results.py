@@ -15,6 +15,7 @@ from kdlib.analysis.results import (
     judge_lines,
     learning_check_lines,
     learning_curve_table,
+    params_line,
     planned_line,
     published_table,
     read_comparison,
@@ -235,6 +236,70 @@ def test_results_page_without_runs_says_how_to_run_each_study(tmp_path):
     for params_file in [f for study in STUDY_RUNS for f in study.params_files]:
         assert f"Not finished: notebooks done: none. Complete it with `kdlib run {params_file}`" in page
     assert "## Learning check: does kdlib's trainer learn" in page
+
+
+def test_a_run_without_a_folder_here_keeps_its_section_while_its_params_are_unchanged(tmp_path):
+    """A clone has no outputs/: `kdlib results` keeps what the earlier page said of such runs, and their
+    figures, but only where the section's params digest is the params file's today."""
+    outputs, docs = tmp_path / "outputs", tmp_path / "docs"
+    babi, cotempqa = "params/bhambri2025_babi.yaml", "params/bhambri2025_cotempqa.yaml"
+    learning = load_params(REPO_ROOT / LEARNING_CHECK)
+    sections = {
+        babi: [
+            "### babi: `params/bhambri2025_babi.yaml`",
+            params_line(load_params(REPO_ROOT / babi)),
+            "",
+            "- Run: measured elsewhere",
+            "",
+            "![Accuracy](figures/bhambri2025_babi/a.png)",
+            "",
+        ],
+        cotempqa: [
+            "### cotempqa: `params/bhambri2025_cotempqa.yaml`",
+            params_line(learning),  # written from other params than cotempqa's
+            "",
+            "- Run: from other params",
+            "",
+        ],
+        LEARNING_CHECK: [
+            "## Learning check: does kdlib's trainer learn, and as well as HF Trainer?",
+            params_line(learning),
+            "",
+            "kdlib reaches 95%: **yes** (measured elsewhere).",
+            "",
+        ],
+    }
+    docs.mkdir()
+    (docs / "results.md").write_text(
+        "\n".join(
+            [
+                *sections[babi],
+                "#### At the paper's size: `x`",
+                "old twin",
+                *sections[cotempqa],
+                *sections[LEARNING_CHECK],
+            ]
+        )
+    )
+    for run_name in ("bhambri2025_babi", "bhambri2025_cotempqa"):
+        (docs / "figures" / run_name).mkdir(parents=True)
+        (docs / "figures" / run_name / "a.png").write_bytes(b"png")
+
+    page = write_results(
+        outputs, docs, twin_plans={babi: ["#### At the paper's size: `new`", ""]}
+    ).read_text()
+    assert "\n".join(sections[babi] + ["#### At the paper's size: `new`"]) in page
+    assert "old twin" not in page and (docs / "figures" / "bhambri2025_babi" / "a.png").exists()
+    assert "from other params" not in page and not (docs / "figures" / "bhambri2025_cotempqa").exists()
+    assert f"Not finished: notebooks done: none. Complete it with `kdlib run {cotempqa}`" in page
+    assert "\n".join(sections[LEARNING_CHECK]) in page
+
+    (outputs / "bhambri2025_babi").mkdir(parents=True)  # a run folder here is read, not the page
+    io.write_json(outputs / "bhambri2025_babi" / "run.json", {"notebooks": {}})
+    page = write_results(outputs, docs, twin_plans={}).read_text()
+    assert "- Run: measured elsewhere" not in page and "**yes** (measured elsewhere)" in page  # the check's
+    assert f"Not finished: notebooks done: none. Complete it with `kdlib run {babi}`" in page
+    assert not (docs / "figures" / "bhambri2025_babi").exists()
 
 
 def test_items_to_bar_fits_accuracy_against_log_items():

@@ -2,14 +2,20 @@
 
 `kdlib results` reads `outputs/<run_name>/` of each study params file in STUDY_RUNS, copies the run's PNG
 figures to `docs/figures/<run_name>/` and writes `docs/results.md`. A run whose notebook 05 has not
-finished is listed with the notebooks done and the command that completes it. Nothing is typed in: every
-table is rendered from the CSV files that notebooks 04 and 05 wrote (reference_comparison.csv,
-seed_summary.csv, contingency.csv, lens_emergence.csv, run_flags.csv) and from run.json.
+finished is listed with the notebooks done and the command that completes it. A run with no folder here
+(a clone, another machine) keeps its section and figures from the earlier results.md, as long as its
+params file still validates to the params that section was written from (the digest on its second line).
+Nothing is typed in: every table is rendered from the CSV files that notebooks 04 and 05 wrote
+(reference_comparison.csv, seed_summary.csv, contingency.csv, lens_emergence.csv, run_flags.csv) and
+from run.json.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -545,13 +551,49 @@ def stale_reason(params: ExperimentParams, run_dir: Path) -> str | None:
     return f"its params differ in {', '.join(changed)}" if changed else None
 
 
+def params_line(params: ExperimentParams) -> str:
+    """A hidden line naming the validated params a section was written from (comments and layout aside)."""
+    digest = hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    return f"<!-- params sha256 {digest[:16]} -->"
+
+
+def page_sections(lines: list[str]) -> dict[str, list[str]]:
+    """The sections of a results.md by params file: a run's from its '### <dataset>: `<file>`' header to the
+    next header at its level or above (or its GPU twin's), the learning check's to the end."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines:
+        run_header = re.fullmatch(r"### .*: `(?P<file>[^`]+)`", line)
+        if run_header or line.startswith("## Learning check"):
+            current = sections.setdefault(run_header["file"] if run_header else LEARNING_CHECK, [])
+        elif line.startswith(("## ", "### ", "#### At the paper's size")):
+            current = None
+        if current is not None:
+            current.append(line)
+    return sections
+
+
+def carried_sections(page: Path, outputs_dir: Path, params_files: list[str]) -> dict[str, list[str]]:
+    """The sections of the earlier `page` to keep: of runs with no run.json under `outputs_dir` whose
+    params file still validates to the params the section was written from."""
+    earlier = page_sections(page.read_text().splitlines()) if page.exists() else {}
+    carried = {}
+    for params_file in params_files:
+        params = load_params(REPO_ROOT / params_file)
+        section = earlier.get(params_file, [])
+        absent = not (outputs_dir / params.common.run_name / "run.json").exists()
+        if absent and params_line(params) in section:
+            carried[params_file] = section
+    return carried
+
+
 def run_section(
     study: StudyRuns, params_file: str, outputs_dir: Path, docs_dir: Path, gpu_cost: GpuCost | None = None
 ) -> list[str]:
     params = load_params(REPO_ROOT / params_file)
     run_dir = outputs_dir / params.common.run_name
     run = RunLayout(run_dir)
-    lines = [f"### {params.teacher_traces.dataset.name}: `{params_file}`", ""]
+    lines = [f"### {params.teacher_traces.dataset.name}: `{params_file}`", params_line(params), ""]
     record = io.read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {"notebooks": {}}
     done = [nb for nb in NOTEBOOKS if record["notebooks"].get(nb, {}).get("status") == "ok"]
     stale = stale_reason(params, run_dir)
@@ -664,6 +706,7 @@ def learning_check_lines(outputs_dir: Path, params_file: str = LEARNING_CHECK) -
     parity_file = run.root / "learning_parity" / "parity.csv"
     lines = [
         "## Learning check: does kdlib's trainer learn, and as well as HF Trainer?",
+        params_line(params),
         "",
         f"`{params_file}` trains one no-trace student on bAbI and evaluates it on held-out items; "
         "`benchmarks/learning_parity.py` trains HF Trainer's twin on the same examples with the same LoRA, "
@@ -825,7 +868,12 @@ def write_results(
     outputs_dir = Path(outputs_dir or OUTPUTS_DIR)
     docs_dir = Path(docs_dir or REPO_ROOT / "docs")
     reference = load_reference()
-    shutil.rmtree(docs_dir / "figures", ignore_errors=True)
+    params_files = [params_file for study in studies for params_file in study.params_files]
+    carried = carried_sections(docs_dir / "results.md", outputs_dir, [*params_files, LEARNING_CHECK])
+    carried_runs = {load_params(REPO_ROOT / params_file).common.run_name for params_file in carried}
+    for folder in (docs_dir / "figures").glob("*"):
+        if folder.is_dir() and folder.name not in carried_runs:
+            shutil.rmtree(folder)
     lines = [
         "# Results: the three studies re-tested on real data",
         "",
@@ -846,7 +894,9 @@ def write_results(
         source = reference.studies[study.study]
         lines += [f"## {study.title}: {source['citation']}", "", f"<{source['url']}>", ""]
         for params_file in study.params_files:
-            lines += run_section(study, params_file, outputs_dir, docs_dir, gpu_cost)
+            lines += carried.get(params_file) or run_section(
+                study, params_file, outputs_dir, docs_dir, gpu_cost
+            )
             lines += (twin_plans or {}).get(params_file, [])
-    lines += learning_check_lines(outputs_dir)
+    lines += carried.get(LEARNING_CHECK) or learning_check_lines(outputs_dir)
     return io.write_text(docs_dir / "results.md", "\n".join(lines).rstrip() + "\n")
