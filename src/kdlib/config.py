@@ -6,6 +6,7 @@ naming the file and the dotted key.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -689,3 +690,8 @@ def notebook_params(notebook: str, namespace: dict[str, Any]) -> tuple[CommonPar
 
 def dump_params(params: ExperimentParams) -> str:
     return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+
+
+def params_digest(params: ExperimentParams) -> str:
+    """sha256 of the validated params (comments and layout of the file aside)."""
+    return hashlib.sha256(dump_params(params).encode()).hexdigest()

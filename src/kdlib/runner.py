@@ -3,7 +3,6 @@ export HTML copies, and write the run's run.log, run.json and report (kdlib.repo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ from nbconvert import HTMLExporter
 from papermill.exceptions import PapermillExecutionError
 
 from kdlib import io
-from kdlib.config import NOTEBOOKS, ExperimentParams, dump_params, load_params
+from kdlib.config import NOTEBOOKS, ExperimentParams, dump_params, load_params, params_digest
 from kdlib.paths import NOTEBOOKS_DIR, default_run_dir
 from kdlib.planner import plan_params
 from kdlib.preflight import preflight
@@ -209,7 +208,7 @@ def planned(params: ExperimentParams, recorded: dict | None = None) -> dict:
     params it planned), logged as the run starts; `recorded`, the run's earlier plan, is kept when it
     planned the same params, so that a continued run neither plans again nor loses its first estimate. A
     planner that fails is logged and recorded, and the run goes on (it is an estimate)."""
-    digest = hashlib.sha256(dump_params(params).encode()).hexdigest()
+    digest = params_digest(params)
     if recorded and recorded.get("params_sha256") == digest:
         log.info(
             "plan: about %s for notebooks 01-04 from scratch, as first planned",

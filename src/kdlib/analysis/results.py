@@ -12,8 +12,6 @@ from run.json.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 import shutil
@@ -36,6 +34,7 @@ from kdlib.config import (
     ParamsError,
     SftParams,
     load_params,
+    params_digest,
     validate_params,
 )
 from kdlib.data.babi import BABI_TASKS
@@ -553,8 +552,7 @@ def stale_reason(params: ExperimentParams, run_dir: Path) -> str | None:
 
 def params_line(params: ExperimentParams) -> str:
     """A hidden line naming the validated params a section was written from (comments and layout aside)."""
-    digest = hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-    return f"<!-- params sha256 {digest[:16]} -->"
+    return f"<!-- params sha256 {params_digest(params)[:16]} -->"
 
 
 def page_sections(lines: list[str]) -> dict[str, list[str]]:
