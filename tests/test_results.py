@@ -20,6 +20,7 @@ from kdlib.analysis.results import (
     published_table,
     read_comparison,
     stage_commits,
+    summary_lines,
     training_time_line,
     version_drift,
     write_results,
@@ -300,6 +301,39 @@ def test_a_run_without_a_folder_here_keeps_its_section_while_its_params_are_unch
     assert "- Run: measured elsewhere" not in page and "**yes** (measured elsewhere)" in page  # the check's
     assert f"Not finished: notebooks done: none. Complete it with `kdlib run {babi}`" in page
     assert not (docs / "figures" / "bhambri2025_babi").exists()
+
+
+def test_closing_summary_reads_each_runs_bar_and_settled_findings_from_the_page():
+    header = "| finding | claim | student | paper | ours (95 % CI) | verdict | why | interval from |"
+    page = [
+        "### babi: `a.yaml`",
+        "- Run: git 0",
+        "The bar for the baseline (no_trace): 80 %, by the point estimate. "
+        "It is **not reached** in 1 of 2 rows. A baseline below its bar has not learnt the task.",
+        "#### Findings",
+        "",
+        header,
+        "|---|---|---|---|---|---|---|---|",
+        "| x.low_phi | phi < 0.3 | s | a \\| t | 0.89 [0.82, 0.95] | not replicated (conclusive) | w | 1 |",
+        "| x.same | within 2 | s | p | -2.9 [-5.3, -0.4] points | not replicated | w | 1 seed |",
+        "| x.ours | kdlib's | s | p | 1.0 [0.0, 2.0] points | measured | w | 1 seed |",
+        "| x.wrong | wrong traces | s | p | 0.0 [0.0, 1.3] % | replicated | w | 1 seed |",
+        "",
+        "#### Per condition",
+        "| a | b |",
+        "|---|---|",
+        "| replicated | replicated |",
+        "### cotempqa: `b.yaml`",
+        "Not finished: notebooks done: none.",
+    ]
+    summary = summary_lines(page, ["a.yaml", "b.yaml"])
+    assert "(replicated, or not replicated (conclusive)): 2 are." in summary[2]
+    assert summary[6] == (
+        "| `a.yaml` | not reached in 1 of 2 rows | "
+        "x.low_phi: not replicated (conclusive), 0.89 [0.82, 0.95]; "
+        "x.wrong: replicated, 0.0 [0.0, 1.3] % | x.same |"
+    )
+    assert summary[7] == "| `b.yaml` | not run yet |  |  |"
 
 
 def test_items_to_bar_fits_accuracy_against_log_items():

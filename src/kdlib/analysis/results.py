@@ -7,7 +7,8 @@ finished is listed with the notebooks done and the command that completes it. A 
 params file still validates to the params that section was written from (the digest on its second line).
 Nothing is typed in: every table is rendered from the CSV files that notebooks 04 and 05 wrote
 (reference_comparison.csv, seed_summary.csv, contingency.csv, lens_emergence.csv, run_flags.csv) and
-from run.json.
+from run.json. The page closes with a summary, per run, of the baseline against its bar and the findings
+its intervals settle, read from the sections above (carried ones included).
 """
 
 from __future__ import annotations
@@ -853,6 +854,72 @@ def across_seeds_lines(seeds: list[tuple[int, dict, pd.DataFrame]]) -> list[str]
     ]
 
 
+SETTLED_VERDICTS = ("replicated", "not replicated (conclusive)")
+
+
+def table_rows(section: list[str], header: str) -> list[list[str]]:
+    """The body rows (cells stripped) of the first markdown table under `header` in `section`."""
+    rows: list[list[str]] = []
+    start = section.index(header) if header in section else len(section)
+    for line in section[start + 1 :]:
+        if line.startswith("#"):
+            break
+        if line.startswith("|---"):
+            continue
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]])
+        elif rows:
+            break
+    return rows[1:]  # the first row is the header
+
+
+def summary_row(params_file: str, section: list[str]) -> tuple[dict[str, str], int]:
+    """One run's line of the closing summary, read from its section of the page: the baseline against its
+    bar, and its paper findings settled (replicated or not replicated (conclusive)) or left open; and how
+    many it settles."""
+    row = {
+        "run": f"`{params_file}`",
+        "baseline against its bar": "not run yet",
+        "settled": "",
+        "left open": "",
+    }
+    if not any(line.startswith("- Run:") for line in section):
+        return row, 0
+    bar = next((line for line in section if line.startswith("The bar for the baseline")), "")
+    reached = re.search(r"It is \*\*(not reached|reached)\*\*( in [^.]+)?", bar)
+    row["baseline against its bar"] = reached[1] + (reached[2] or "") if reached else "no bar"
+    findings = table_rows(section, "#### Findings")  # finding, claim, student, paper, ours, verdict, ...
+    settled = [
+        f"{name}: {verdict}, {ours}"
+        for name, *_, ours, verdict, _, _ in findings
+        if verdict in SETTLED_VERDICTS
+    ]
+    left_open = [
+        name for name, *_, verdict, _, _ in findings if verdict not in (*SETTLED_VERDICTS, "measured")
+    ]
+    row["settled"] = "; ".join(settled) or "none"
+    row["left open"] = ", ".join(left_open) or "none"
+    return row, len(settled)
+
+
+def summary_lines(lines: list[str], params_files: list[str]) -> list[str]:
+    """The closing summary of a results page (`lines`): per run, the baseline against its bar and which
+    paper findings its intervals settle."""
+    sections = page_sections(lines)
+    rows, settled = zip(*(summary_row(f, sections.get(f, [])) for f in params_files), strict=True)
+    return [
+        "## Summary: what the runs settle",
+        "",
+        "Read from the sections above. A finding is settled when its interval decides the claim "
+        f"(replicated, or not replicated (conclusive)): {sum(settled)} are. One left open has an interval "
+        "that admits both answers at these sizes: it asks for more items, seeds or a larger student, not "
+        "for a verdict.",
+        "",
+        *markdown_table(pd.DataFrame(list(rows))),
+        "",
+    ]
+
+
 def write_results(
     outputs_dir: Path | None = None,
     docs_dir: Path | None = None,
@@ -897,4 +964,5 @@ def write_results(
             )
             lines += (twin_plans or {}).get(params_file, [])
     lines += carried.get(LEARNING_CHECK) or learning_check_lines(outputs_dir)
+    lines += summary_lines(lines, params_files)
     return io.write_text(docs_dir / "results.md", "\n".join(lines).rstrip() + "\n")
