@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from kdlib import io
+from kdlib.analysis.reference import TOO_FEW_TRACES
 from kdlib.analysis.results import (
     LEARNING_CHECK,
     STUDY_RUNS,
@@ -318,6 +319,7 @@ def test_closing_summary_reads_each_runs_bar_and_settled_findings_from_the_page(
         "| x.same | within 2 | s | p | -2.9 [-5.3, -0.4] points | not replicated | w | 1 seed |",
         "| x.ours | kdlib's | s | p | 1.0 [0.0, 2.0] points | measured | w | 1 seed |",
         "| x.wrong | wrong traces | s | p | 0.0 [0.0, 1.3] % | replicated | w | 1 seed |",
+        f"| x.vacuous | few traces | s | p | 0.0 [0.0, 1.3] % | replicated | w; {TOO_FEW_TRACES} | 1 |",
         "",
         "#### Per condition",
         "| a | b |",
@@ -331,7 +333,8 @@ def test_closing_summary_reads_each_runs_bar_and_settled_findings_from_the_page(
     assert summary[6] == (
         "| `a.yaml` | not reached in 1 of 2 rows | "
         "x.low_phi: not replicated (conclusive), 0.89 [0.82, 0.95]; "
-        "x.wrong: replicated, 0.0 [0.0, 1.3] % | x.same |"
+        "x.wrong: replicated, 0.0 [0.0, 1.3] % | "
+        "x.same; x.vacuous: replicated on fewer than 20 right or wrong traces |"
     )
     assert summary[7] == "| `b.yaml` | not run yet |  |  |"
 

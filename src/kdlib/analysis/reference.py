@@ -46,6 +46,7 @@ CONTINGENCY_STATISTICS = (  # a published number of one of these is compared wit
 KDLIB_QUESTION = "kdlib"  # the version of a finding that is kdlib's question, with no published claim
 CHANCE_METRICS = frozenset({"accuracy", "label_first_acc"})  # where guessing sets a floor
 MIN_TRACES = 20  # right (or wrong) traces below which a verdict about traces says it is no evidence
+TOO_FEW_TRACES = "too few to be evidence either way"  # how the verdict's reason says so
 
 
 class ReferenceFileError(ValueError):
@@ -359,7 +360,7 @@ def _thin_traces(contingency: pd.DataFrame, student: str, condition: str) -> str
         return ""
     return (
         f"; it rests on {right} right and {wrong} wrong traces (fewer than {MIN_TRACES} "
-        f"{' and '.join(kinds)}): too few to be evidence either way"
+        f"{' and '.join(kinds)}): {TOO_FEW_TRACES}"
     )
 
 

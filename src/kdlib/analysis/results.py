@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from kdlib import io
-from kdlib.analysis.reference import PERCENT_METRICS, load_reference
+from kdlib.analysis.reference import MIN_TRACES, PERCENT_METRICS, TOO_FEW_TRACES, load_reference
 from kdlib.analysis.tables import BINARY_METRICS, JOINT_SHARE, task_accuracy, with_joint_share
 from kdlib.cells import CELL_KEYS
 from kdlib.config import (
@@ -875,8 +875,8 @@ def table_rows(section: list[str], header: str) -> list[list[str]]:
 
 def summary_row(params_file: str, section: list[str]) -> tuple[dict[str, str], int]:
     """One run's line of the closing summary, read from its section of the page: the baseline against its
-    bar, and its paper findings settled (replicated or not replicated (conclusive)) or left open; and how
-    many it settles."""
+    bar, and its paper findings settled (replicated or not replicated (conclusive)) or left open (a verdict
+    resting on fewer than MIN_TRACES right or wrong traces among them); and how many it settles."""
     row = {
         "run": f"`{params_file}`",
         "baseline against its bar": "not run yet",
@@ -888,17 +888,17 @@ def summary_row(params_file: str, section: list[str]) -> tuple[dict[str, str], i
     bar = next((line for line in section if line.startswith("The bar for the baseline")), "")
     reached = re.search(r"It is \*\*(not reached|reached)\*\*( in [^.]+)?", bar)
     row["baseline against its bar"] = reached[1] + (reached[2] or "") if reached else "no bar"
-    findings = table_rows(section, "#### Findings")  # finding, claim, student, paper, ours, verdict, ...
-    settled = [
-        f"{name}: {verdict}, {ours}"
-        for name, *_, ours, verdict, _, _ in findings
-        if verdict in SETTLED_VERDICTS
-    ]
-    left_open = [
-        name for name, *_, verdict, _, _ in findings if verdict not in (*SETTLED_VERDICTS, "measured")
-    ]
+    findings = table_rows(section, "#### Findings")  # finding, claim, student, paper, ours, verdict, why, ...
+    settled, vacuous, left_open = [], [], []
+    for name, *_, ours, verdict, why, _ in findings:
+        if verdict in SETTLED_VERDICTS and TOO_FEW_TRACES in why:
+            vacuous.append(f"{name}: {verdict} on fewer than {MIN_TRACES} right or wrong traces")
+        elif verdict in SETTLED_VERDICTS:
+            settled.append(f"{name}: {verdict}, {ours}")
+        elif verdict != "measured":
+            left_open.append(name)
     row["settled"] = "; ".join(settled) or "none"
-    row["left open"] = ", ".join(left_open) or "none"
+    row["left open"] = "; ".join(left_open + vacuous) or "none"
     return row, len(settled)
 
 
