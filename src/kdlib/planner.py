@@ -76,6 +76,8 @@ from kdlib.training.loop import (
     train,
 )
 
+ATTRIBUTION_FIXED_PASSES = 3  # integrated gradients of an item cost (n_steps + this) training passes of it;
+# fitted on two Wadhwa runs of 966 items: 2 steps 42 min, 4 steps 39 min, calibrated at 220 and 320 tokens/s
 MIN_STEPS = 100  # fewer optimiser steps per cell draw a warning: 16-24 left every CPU-study student at chance
 RESOLVE_POINTS = 5.0  # an evaluation set should resolve this many accuracy points ...
 CONFIDENCE = 0.95  # ... as the half-width of one cell's Wilson interval at 50 % accuracy
@@ -638,7 +640,7 @@ def _notebook_rows(params, cells, speeds, teacher_calls, attributed, n_train, n_
         ).sum() / max(rationale_cells["examples"].sum(), 1)
         training += (
             attributed
-            * sft.key_tokens.n_steps
+            * (sft.key_tokens.n_steps + ATTRIBUTION_FIXED_PASSES)
             * tokens_per_example
             / speeds[sft.students[0]].train_tokens_per_second
         )
