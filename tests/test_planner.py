@@ -53,6 +53,25 @@ def test_smoke_counts(empty_cache):
         pairs = [encode_pair(model, tokenizer, context, choice) for choice in item.choices]
         scored += len(pairs[0][0]) + sum(len(choice) for _, choice in pairs)
     assert items and cells.loc[("tiny-llama", "no_trace"), "label_first_tokens"] == scored
+    # the lens runs label-first's forward passes (on every item: an open one reads its gold answer), then
+    # decodes each continuation token at every layer through the output embedding, for both lenses
+    config, n_parameters = model.config, sum(p.numel() for p in model.parameters())
+    ratio = (config.num_hidden_layers + 1) * config.vocab_size * config.hidden_size / n_parameters
+    assert planner.lens_decode_ratio(config) == pytest.approx(ratio)
+    train_items, eval_items, _ = load_run_items(SMOKE.teacher_traces, SMOKE.common)
+    lens = SMOKE.evaluation.lens
+
+    def lens_tokens(items, lenses):
+        tokens = 0.0
+        for item in items:
+            context = answer_context(model, tokenizer, "no_trace", SMOKE.decomposition.trace_format, item)
+            pairs = [encode_pair(model, tokenizer, context, a) for a in item.choices or [item.answer]]
+            decoded = sum(len(answer) for _, answer in pairs)
+            tokens += len(pairs[0][0]) + decoded + lenses * decoded * ratio
+        return tokens
+
+    expected = lens_tokens(eval_items, 2) + lens_tokens(train_items[: lens.train_items], 0)
+    assert cells.loc[("tiny-llama", "no_trace"), "lens_tokens"] == round(expected)
     # the placeholder control has the rationale's target tokens, without its words
     for student in ("tiny-llama", "tiny-t5"):
         after = cells.loc[(student, "rationale_after_label")]

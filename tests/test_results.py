@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from kdlib import io
-from kdlib.analysis.reference import TOO_FEW_TRACES
+from kdlib.analysis.reference import NOT_IN_GRID, TOO_FEW_TRACES
 from kdlib.analysis.results import (
     LEARNING_CHECK,
     STUDY_RUNS,
@@ -320,6 +320,7 @@ def test_closing_summary_reads_each_runs_bar_and_settled_findings_from_the_page(
         "| x.ours | kdlib's | s | p | 1.0 [0.0, 2.0] points | measured | w | 1 seed |",
         "| x.wrong | wrong traces | s | p | 0.0 [0.0, 1.3] % | replicated | w | 1 seed |",
         f"| x.vacuous | few traces | s | p | 0.0 [0.0, 1.3] % | replicated | w; {TOO_FEW_TRACES} | 1 |",
+        f"| x.untrained | other grid | s | p |  | not comparable | {NOT_IN_GRID} x | |",
         "",
         "#### Per condition",
         "| a | b |",

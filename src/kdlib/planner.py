@@ -395,6 +395,38 @@ class _TokenCounts:
             self._evaluation[transform] = (prompts, label_first_tokens)
         return self._evaluation[transform]
 
+    def lens(self, transform: str, items: list[QAItem]) -> tuple[int, int]:
+        """(the tokens the lens's forward passes run, the continuation tokens it decodes at every layer)
+        of reading `items` of a `transform` cell: each item's answer context once, then every choice (the
+        gold answer for an open item), as kdlib.evaluation.lens.lens_requests asks."""
+        forward = decoded = 0
+        for item in items:
+            context = answer_context(self.shape, self.tokenizer, transform, self.trace_format, item)
+            answers = item.choices or [item.answer]
+            pairs = [encode_pair(self.shape, self.tokenizer, context, answer) for answer in answers]
+            forward += _scored_tokens(pairs)
+            decoded += sum(len(continuation) for _, continuation in pairs)
+        return forward, decoded
+
+
+def lens_decode_ratio(config) -> float:
+    """Prefill tokens' worth of work per token a lens decodes: it reads the L + 1 residual states through
+    the V x H output embedding (2 (L + 1) V H FLOPs) where a prefill token costs about 2 N. SmolLM2-135M:
+    31 x 49152 x 576 / 135 M = 6.5 (measured on Wadhwa's run: the lens took 2.3 times label-first scoring
+    of the same requests, this ratio says 1.85)."""
+    text = config.get_text_config(decoder=True)
+    return (text.num_hidden_layers + 1) * text.vocab_size * text.hidden_size / _config_parameters(config)
+
+
+def lens_work(counts: _TokenCounts, decode_ratio: float, transform: str, eval_items, fitted_items) -> int:
+    """Prefill tokens' worth of a cell's lens work: the forward passes over the eval items' lens requests
+    and each decoded token at every layer, by the logit lens and, when `fitted_items` fit a tuned lens,
+    by the tuned lens too, plus the forward passes that collect the fitting states."""
+    forward, decoded = counts.lens(transform, eval_items)
+    lenses = 2 if fitted_items else 1
+    fitting, _ = counts.lens(transform, fitted_items)
+    return round(forward + lenses * decoded * decode_ratio + fitting)
+
 
 def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: bool = False) -> Plan:
     """The Plan of `params` on this machine (`measure`: calibrate models not yet calibrated here;
@@ -430,6 +462,7 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
                 else "hub-only student"
             )
             warnings.append(f"{student}: tokens counted under {PROXY_TOKENIZER}'s tokenizer ({where})")
+        decode_ratio = lens_decode_ratio(shape.config) if evaluation.lens.enabled else 0.0
         for cell in (c for c in grid_cells(sft) if c.student == student):
             needs_filler = TRANSFORMS[cell.condition.transform].needs_filler
             filler = student_filler(tokenizer) if needs_filler else None
@@ -450,9 +483,10 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
             transform = cell.condition.transform
             with_choices = [i for i in eval_items if i.choices] if evaluation.label_first else []
             prompts, label_first_tokens = counts.evaluation(transform, eval_items, evaluation.label_first)
-            lens_passes = (
-                len(eval_items)
-                + (min(evaluation.lens.train_items, len(train_items)) if evaluation.lens.tuned else 0)
+            lens_fitted = min(evaluation.lens.train_items, len(train_items)) if evaluation.lens.tuned else 0
+            lens_passes = len(eval_items) + lens_fitted if evaluation.lens.enabled else 0
+            lens_tokens = (
+                lens_work(counts, decode_ratio, transform, eval_items, train_items[:lens_fitted])
                 if evaluation.lens.enabled
                 else 0
             )
@@ -500,7 +534,7 @@ def plan_params(params: ExperimentParams, *, measure: bool = True, recalibrate: 
                     "label_first_requests": sum(len(i.choices) for i in with_choices),
                     "label_first_tokens": label_first_tokens,
                     "lens_passes": lens_passes,
-                    "lens_tokens": round(sum(prompts) / len(prompts) * lens_passes) if prompts else 0,
+                    "lens_tokens": lens_tokens,
                     "judge_calls": rated
                     * (1 if evaluation.explanations.judge_mode == "joint" else len(DIMENSIONS)),
                     "proxy_tokenizer": proxy,
@@ -682,8 +716,11 @@ def _notebook_rows(params, cells, speeds, teacher_calls, attributed, n_train, n_
 
 def _parameters(student: str, sft: SftParams) -> float | None:
     config = model_config(student, trust_remote_code=sft.trust_remote_code) if _offline(student) else None
-    if config is None:
-        return HUB_PARAMETERS.get(student)
+    return HUB_PARAMETERS.get(student) if config is None else _config_parameters(config)
+
+
+def _config_parameters(config) -> float:
+    """Parameters of a model built from `config` (on the meta device: no memory, no weights)."""
     with torch.device("meta"):
         auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
         return float(sum(p.numel() for p in auto.from_config(config).parameters()))

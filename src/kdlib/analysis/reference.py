@@ -47,6 +47,7 @@ KDLIB_QUESTION = "kdlib"  # the version of a finding that is kdlib's question, w
 CHANCE_METRICS = frozenset({"accuracy", "label_first_acc"})  # where guessing sets a floor
 MIN_TRACES = 20  # right (or wrong) traces below which a verdict about traces says it is no evidence
 TOO_FEW_TRACES = "too few to be evidence either way"  # how the verdict's reason says so
+NOT_IN_GRID = "the run has no condition of"  # how a finding whose conditions the run lacks says so
 
 
 class ReferenceFileError(ValueError):
@@ -264,7 +265,7 @@ def _condition(facts: RunFacts, selector: Selector) -> str:
     if len(names) > 1 and len(full_size) == 1:
         return full_size[0]
     if not names:
-        raise _NotComparable(f"the run has no condition of {selector.label()}")
+        raise _NotComparable(f"{NOT_IN_GRID} {selector.label()}")
     if len(names) > 1:
         raise _NotComparable(f"{len(names)} conditions match {selector.label()}: {', '.join(names)}")
     return names[0]
