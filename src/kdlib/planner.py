@@ -360,6 +360,7 @@ class _TokenCounts:
         self._prompts: dict[str, list[int]] = {}
         self._targets: dict[str, list[int]] = {}
         self._evaluation: dict[str, tuple[list[int], int]] = {}
+        self._answer_pairs: dict[tuple[str, str, str], list[tuple[list[int], list[int]]]] = {}
 
     def prompt_ids(self, user: str) -> list[int]:
         """The student's prompt ids of the user turn `user` (encode_prompt of student_prompt)."""
@@ -386,14 +387,25 @@ class _TokenCounts:
         """(the generation prompts' lengths, the label-first tokens) of evaluating a `transform` cell."""
         if transform not in self._evaluation:
             prompts = [len(self.prompt_ids(evaluation_prompt(transform, item))) for item in eval_items]
-            label_first_tokens = 0
-            for item in (i for i in eval_items if i.choices and label_first):
-                context = answer_context(self.shape, self.tokenizer, transform, self.trace_format, item)
-                label_first_tokens += _scored_tokens(
-                    [encode_pair(self.shape, self.tokenizer, context, choice) for choice in item.choices]
-                )
+            label_first_tokens = sum(
+                _scored_tokens(self.answer_pairs(transform, item))
+                for item in eval_items
+                if item.choices and label_first
+            )
             self._evaluation[transform] = (prompts, label_first_tokens)
         return self._evaluation[transform]
+
+    def answer_pairs(self, transform: str, item: QAItem) -> list[tuple[list[int], list[int]]]:
+        """(answer context ids, answer ids) of each choice of `item` (its gold answer when open) under a
+        `transform` cell, as label-first scoring and the lens read them; memoised."""
+        key = (transform, item.id, item.question)  # train and eval ids may coincide across splits
+        if key not in self._answer_pairs:
+            context = answer_context(self.shape, self.tokenizer, transform, self.trace_format, item)
+            answers = item.choices or [item.answer]
+            self._answer_pairs[key] = [
+                encode_pair(self.shape, self.tokenizer, context, answer) for answer in answers
+            ]
+        return self._answer_pairs[key]
 
     def lens(self, transform: str, items: list[QAItem]) -> tuple[int, int]:
         """(the tokens the lens's forward passes run, the continuation tokens it decodes at every layer)
@@ -401,9 +413,7 @@ class _TokenCounts:
         gold answer for an open item), as kdlib.evaluation.lens.lens_requests asks."""
         forward = decoded = 0
         for item in items:
-            context = answer_context(self.shape, self.tokenizer, transform, self.trace_format, item)
-            answers = item.choices or [item.answer]
-            pairs = [encode_pair(self.shape, self.tokenizer, context, answer) for answer in answers]
+            pairs = self.answer_pairs(transform, item)
             forward += _scored_tokens(pairs)
             decoded += sum(len(continuation) for _, continuation in pairs)
         return forward, decoded
